@@ -1,0 +1,37 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   - create .venv, install, run the whole pipeline on a small built-in default
+#   make test   - create/update .venv, install, run the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip -q --disable-pip-version-check
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test test-fast venv venv-test kernels kernels-cuda-build clean
+
+$(VENV)/.runtime: requirements.txt requirements-assets.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps -r requirements-assets.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime requirements-test.txt
+	$(PIP) install -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.runtime
+venv-test: $(VENV)/.test
+
+demo: $(VENV)/.runtime
+	$(PY) -m bert.demo
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) .torch_extensions build *.egg-info

@@ -1,0 +1,37 @@
+"""The HDF5 shard schema (NVIDIA-compatible). The one place these names and dtypes live.
+
+One file per shard, gzip-compressed datasets; N instances, L = sequence length,
+P = max predictions per sequence.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# name -> (dtype, shape in terms of N, L, P)
+MASKED_FIELDS = {
+    "input_ids": (np.int32, ("N", "L")),  # WordPiece ids, 0-padded
+    "input_mask": (np.int8, ("N", "L")),  # 1 = real token
+    "segment_ids": (np.int8, ("N", "L")),  # 0 / 1
+    "masked_lm_positions": (np.int32, ("N", "P")),  # ascending, 0-padded (a 0 ends the list)
+    "masked_lm_ids": (np.int32, ("N", "P")),  # original ids, 0-padded
+    "next_sentence_labels": (np.int8, ("N",)),  # 1 = B is random, 0 = true next
+}
+# Unmasked shards (dynamic masking in the loader) have no masked_lm_* datasets.
+UNMASKED_FIELDS = {k: v for k, v in MASKED_FIELDS.items() if not k.startswith("masked_lm_")}
+# Unmasked shards also mark word starts for whole-word masking (1 = first piece of a word).
+WORD_START_FIELD = ("word_starts", np.int8, ("N", "L"))
+
+COMPRESSION = "gzip"
+COMPRESSION_LEVEL = 4
+MANIFEST = "manifest.json"
+
+# Masking definition (BERT / NVIDIA): 15 % of tokens, 80 % [MASK], 10 % random, 10 % kept.
+MASKED_LM_PROB = 0.15
+MAX_PREDICTIONS = {128: 20, 512: 80}
+
+
+def num_predictions(num_tokens: int, max_predictions: int, prob: float = MASKED_LM_PROB) -> int:
+    """How many positions to mask among `num_tokens` maskable tokens."""
+    return min(max_predictions, max(1, int(round(num_tokens * prob))))
