@@ -33,5 +33,12 @@ test: $(VENV)/.test
 test-fast: $(VENV)/.test
 	$(PY) -m pytest -q -m "not slow"
 
+# Kernels (issue 5): ahead-of-time build on a CUDA machine; CUDA-torch build check on any machine.
+kernels: $(VENV)/.runtime
+	$(PY) -m kernels.build
+
+kernels-cuda-build:
+	bash kernels/check_cuda_build.sh
+
 clean:
 	rm -rf $(VENV) .torch_extensions build *.egg-info
