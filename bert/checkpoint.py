@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).split("WeightsUnpickler error: ")[-1].split(".")[0]
+        raise CheckpointError(f"{path}: refused, holds objects other than tensors ({reason})") from None
     except (OSError, RuntimeError, KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read weights ({e})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

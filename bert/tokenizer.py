@@ -42,6 +42,7 @@ class BertTokenizer:
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
         tok.decoder = decoders.WordPiece(prefix="##")
+        tok.add_special_tokens(list(SPECIAL_TOKENS))  # already in the vocab: ids do not change
         self.backend = tok
 
     @classmethod

@@ -1,0 +1,193 @@
+"""bert/: state-dict keys, parity with transformers, sparse MLM, config."""
+import json
+
+import pytest
+import torch
+
+from bert import (BertConfig, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
+                  BertForTokenClassification, BertModel, positions_to_labels)
+from bert.checkpoint import load_state_dict_into
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+LAYER_KEYS = [
+    "attention.self.query.weight", "attention.self.query.bias", "attention.self.key.weight",
+    "attention.self.key.bias", "attention.self.value.weight", "attention.self.value.bias",
+    "attention.output.dense.weight", "attention.output.dense.bias", "attention.output.LayerNorm.weight",
+    "attention.output.LayerNorm.bias", "intermediate.dense.weight", "intermediate.dense.bias",
+    "output.dense.weight", "output.dense.bias", "output.LayerNorm.weight", "output.LayerNorm.bias",
+]
+PINNED_PRETRAINING_KEYS = (
+    ["bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight",
+     "bert.embeddings.token_type_embeddings.weight", "bert.embeddings.LayerNorm.weight",
+     "bert.embeddings.LayerNorm.bias"]
+    + [f"bert.encoder.layer.{i}.{k}" for i in range(2) for k in LAYER_KEYS]
+    + ["bert.pooler.dense.weight", "bert.pooler.dense.bias", "cls.predictions.bias",
+       "cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
+       "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias",
+       "cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "cls.seq_relationship.weight",
+       "cls.seq_relationship.bias"]
+)
+
+PAIRS = [  # (ours, transformers' class name, head keys besides bert.*)
+    (BertForPreTraining, "BertForPreTraining"),
+    (BertForSequenceClassification, "BertForSequenceClassification"),
+    (BertForQuestionAnswering, "BertForQuestionAnswering"),
+    (BertForTokenClassification, "BertForTokenClassification"),
+    (BertModel, "BertModel"),
+]
+
+
+def hf_model(name, **overrides):
+    config = transformers.BertConfig(**{**TINY, **overrides}, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = getattr(transformers, name)(config).eval()
+    with torch.no_grad():  # non-trivial LayerNorm and bias values, so the test can fail on them
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def ours_from(hf, cls, **overrides):
+    ours = cls(BertConfig(**{**TINY, **overrides})).eval()
+    report = load_state_dict_into(ours, hf.state_dict(), "hf")
+    assert not report.initialized and not report.unused, report.summary()
+    if hasattr(ours, "tie_weights"):
+        ours.tie_weights()
+    return ours
+
+
+def batch(padded: bool, B=3, T=11):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, TINY["vocab_size"], (B, T), generator=g)
+    types = torch.randint(0, 2, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    if padded:
+        mask[0, 7:] = 0
+        mask[2, 2:] = 0
+    return ids, mask, types
+
+
+def test_pinned_state_dict_keys():
+    ours = BertForPreTraining(BertConfig(**TINY))
+    assert list(ours.state_dict()) == PINNED_PRETRAINING_KEYS
+
+
+@pytest.mark.parametrize("cls,name", PAIRS)
+def test_keys_equal_transformers(cls, name):
+    assert set(cls(BertConfig(**TINY)).state_dict()) == set(hf_model(name).state_dict())
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_pretraining_logits_and_grads_match_transformers(padded):
+    hf = hf_model("BertForPreTraining")
+    ours = ours_from(hf, BertForPreTraining)
+    ids, mask, types = batch(padded)
+    ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    out = ours(ids, attention_mask=mask, token_type_ids=types)
+    real = mask.bool()
+    torch.testing.assert_close(out.prediction_logits[real], ref.prediction_logits[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.seq_relationship_logits, ref.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+
+    (ref.prediction_logits[real].square().mean() + ref.seq_relationship_logits.square().mean()).backward()
+    (out.prediction_logits[real].square().mean() + out.seq_relationship_logits.square().mean()).backward()
+    hf_params = dict(hf.named_parameters())
+    for key, param in ours.named_parameters():
+        torch.testing.assert_close(param.grad, hf_params[key].grad, atol=1e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("cls,name", PAIRS[1:4])
+@pytest.mark.parametrize("padded", [False, True])
+def test_task_heads_match_transformers(cls, name, padded):
+    labels = 2 if cls is BertForQuestionAnswering else 3  # transformers sizes qa_outputs by num_labels
+    hf = hf_model(name, num_labels=labels)
+    ours = ours_from(hf, cls, num_labels=labels)
+    ids, mask, types = batch(padded)
+    ref, out = hf(input_ids=ids, attention_mask=mask, token_type_ids=types), ours(ids, mask, types)
+    for field in ("logits", "start_logits", "end_logits"):
+        if hasattr(ref, field) and getattr(ref, field) is not None:
+            torch.testing.assert_close(getattr(out, field), getattr(ref, field), atol=1e-5, rtol=1e-5)
+
+
+def test_task_losses_match_transformers():
+    ids, mask, types = batch(True)
+    hf = hf_model("BertForSequenceClassification", num_labels=1)
+    ours = ours_from(hf, BertForSequenceClassification, num_labels=1)
+    target = torch.tensor([0.5, 2.0, -1.0])
+    torch.testing.assert_close(ours(ids, mask, types, labels=target).loss,
+                               hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=target).loss)
+    hf = hf_model("BertForQuestionAnswering")
+    ours = ours_from(hf, BertForQuestionAnswering)
+    s, e = torch.tensor([1, 3, 40]), torch.tensor([2, 5, 41])  # 40/41: outside the sequence, ignored
+    torch.testing.assert_close(
+        ours(ids, mask, types, start_positions=s, end_positions=e).loss,
+        hf(input_ids=ids, attention_mask=mask, token_type_ids=types, start_positions=s, end_positions=e).loss)
+
+
+def test_sparse_mlm_loss_equals_dense():
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(**TINY)).eval()
+    ids, mask, types = batch(True)
+    labels = torch.full_like(ids, -100)
+    labels[0, [1, 4]] = torch.tensor([5, 6])
+    labels[1, 9] = 7
+    out = model(ids, mask, types, labels=labels)
+    dense = model(ids, mask, types).prediction_logits
+    expected = torch.nn.functional.cross_entropy(dense.view(-1, TINY["vocab_size"]), labels.view(-1))
+    torch.testing.assert_close(out.mlm_loss, expected)
+    assert out.prediction_logits.shape == (3, TINY["vocab_size"])
+    hf = hf_model("BertForPreTraining")
+    ours = ours_from(hf, BertForPreTraining)
+    nsp = torch.tensor([0, 1, 1])
+    ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels, next_sentence_label=nsp)
+    torch.testing.assert_close(ours(ids, mask, types, labels=labels, next_sentence_label=nsp).loss, ref.loss)
+
+
+def test_positions_to_labels_stops_at_first_zero():
+    positions = torch.tensor([[1, 3, 0, 0], [2, 0, 5, 0]])  # row 1: NVIDIA's reader stops at the first 0
+    ids = torch.tensor([[11, 13, 0, 0], [12, 0, 15, 0]])
+    labels = positions_to_labels((2, 6), positions, ids)
+    expected = torch.full((2, 6), -100)
+    expected[0, 1], expected[0, 3], expected[1, 2] = 11, 13, 12
+    assert torch.equal(labels, expected)
+
+
+def test_config_round_trips_hf_config_json(tmp_path):
+    hf_config = transformers.BertConfig(**TINY)
+    hf_config.save_pretrained(tmp_path)
+    config = BertConfig.from_json_file(tmp_path / "config.json")
+    assert config.hidden_size == 32 and config.num_hidden_layers == 2
+    config.to_json_file(tmp_path / "ours.json")
+    back = transformers.BertConfig.from_json_file(tmp_path / "ours.json")
+    for key in TINY:
+        assert getattr(back, key) == TINY[key], key
+    assert json.loads((tmp_path / "ours.json").read_text())["model_type"] == "bert"
+
+
+@pytest.mark.parametrize("name,layers,hidden", [("tiny", 2, 128), ("mini", 4, 256), ("small", 4, 512),
+                                                ("medium", 8, 512), ("base", 12, 768), ("large", 24, 1024)])
+def test_presets(name, layers, hidden):
+    config = BertConfig.preset(name)
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (layers, hidden, 4 * hidden)
+
+
+def test_parameter_count_formula_matches_model():
+    config = BertConfig.preset("tiny", vocab_size=1000)
+    assert config.num_parameters() == BertForPreTraining(config).num_parameters()
+
+
+@pytest.mark.parametrize("bad,field", [(dict(hidden_size=30), "hidden_size"), (dict(hidden_act="swish"), "hidden_act"),
+                                       (dict(vocab_size=0), "vocab_size")])
+def test_config_errors_name_the_field(bad, field):
+    with pytest.raises(ValueError, match=field):
+        BertConfig(**{**TINY, **bad})
+
+
+def test_bad_config_file_names_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"hidden_size": 30, "num_attention_heads": 4}')
+    with pytest.raises(ValueError, match="config.json.*hidden_size"):
+        BertConfig.from_json_file(path)
