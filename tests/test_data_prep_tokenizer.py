@@ -1,0 +1,65 @@
+"""FastWordPiece must give ids identical to Hugging Face's BertTokenizerFast."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data_prep.fast_tokenizer import FastWordPiece
+
+ADVERSARIAL = [
+    "Héllo Wörld, naïve café — «quotes» “curly” ‘single’ … ellipsis",
+    "İstanbul ΣΊΣΥΦΟΣ ὈΔΥΣΣΕΎΣ straße ß ǅ ﬁne ﬀ",
+    "中文分词测试：北京欢迎你！日本語のテキスト、한국어 텍스트",
+    "control\x00chars\x01here\x7f and\x0bvertical\x0cfeed\x85nel\u200bzero\u00adsoft\ufffdrepl",
+    "tabs\tand\nnewlines\r\nand\u3000ideographic\u00a0nbsp\u2028line\u2029para",
+    "emoji 😀👍🏽 👨‍👩‍👧 flags 🇫🇷 and symbols ©®™ ° ± × ÷ € £ ¥ ₹ ← → ∑ ∞ √",
+    "x" * 99 + " " + "y" * 100 + " " + "z" * 101 + " " + "é" * 101,
+    "snake_case under_score a~b a`b a^b a|b a\\b a{b}c [x] <tag> @user #hash $5 100% a&b *",
+    "numbers 3.14159 1,000,000 10:30pm 2020-01-01 +1-555-0100 e=mc^2",
+    "Ａｒｅ ｆｕｌｌｗｉｄｔｈ ｌｅｔｔｅｒｓ ＯＫ？ ①②③ ⅣⅤ ²³",
+    "combining a\u0301 e\u0308 o\u0303 hangul \u1100\u1161 arabic العربية hebrew עברית",
+    "thai ภาษาไทย devanagari हिन्दी ᚠᚢᚦ runes 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math",
+    "",
+    "   ",
+    "\x00\x01",
+    "'quoted' \"double\" (paren) don't won't it's U.S.A. e.g. i.e.",
+]
+
+
+def reference(vocab_file, lower):
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertTokenizerFast(vocab=str(vocab_file), do_lower_case=lower)
+
+
+def ref_ids(ref, texts):
+    ids = ref(texts, add_special_tokens=False)["input_ids"]
+    assert len({i for row in ids for i in row}) > 20, "reference tokenizer degenerate (vocab not loaded?)"
+    return ids
+
+
+@pytest.mark.parametrize("lower", [True, False])
+def test_adversarial_strings_match_reference(vocab_file, lower):
+    fast = FastWordPiece.from_vocab_file(vocab_file, do_lower_case=lower)
+    expected = ref_ids(reference(vocab_file, lower), ADVERSARIAL)
+    for text, want in zip(ADVERSARIAL, expected):
+        assert fast.token_ids(text) == want, repr(text)
+
+
+def test_long_words_become_unk(vocab_file):
+    fast = FastWordPiece.from_vocab_file(vocab_file)
+    unk = fast.tokenizer.unk_id
+    assert fast.token_ids("a" * 101) == [unk]
+    assert fast.token_ids("a" * 100) != [unk]
+
+
+@pytest.mark.parametrize("lower", [True, False])
+def test_real_text_matches_reference_byte_for_byte(vocab_file, squad_dev, lower):
+    data = json.loads(squad_dev.read_text(encoding="utf-8"))["data"]
+    texts = [p["context"] for a in data for p in a["paragraphs"]]
+    texts += [q["question"] for a in data for p in a["paragraphs"] for q in p["qas"]][:3000]
+    assert len(texts) > 4000
+    fast = FastWordPiece.from_vocab_file(vocab_file, do_lower_case=lower)
+    expected = ref_ids(reference(vocab_file, lower), texts)
+    mismatches = [t for t, want in zip(texts, expected) if fast.token_ids(t) != want]
+    assert mismatches == []
