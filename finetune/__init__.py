@@ -1,0 +1,1 @@
+"""Finetuning drivers (SQuAD, GLUE, NER) over the `bert` core; metric definitions in finetune.metrics."""
