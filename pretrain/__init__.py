@@ -1,0 +1,1 @@
+"""BERT pretraining on DeepSpeed: loader, LAMB, schedule, checkpoints, metrics, entry points."""

@@ -1,0 +1,146 @@
+"""Checkpoints of a pretraining run.
+
+OUT/global_stepN/ is DeepSpeed's tag folder (engine and optimizer state, all ranks) and also
+holds config.json + model.safetensors (fp32 weights gathered at any ZeRO stage) + vocab.txt.
+OUT/latest names the newest complete checkpoint; it is replaced (temp + rename) only after
+every rank has finished writing, so a crash mid-save leaves the previous checkpoint in force.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from bert.checkpoint import TIED_KEYS, save_hf_folder
+from bert.config import BertConfig
+
+LATEST = "latest"
+TAG_PATTERN = re.compile(r"^global_step(\d+)$")
+HF_FILES = ("config.json", "model.safetensors", "vocab.txt")
+
+
+def tag_for(step: int) -> str:
+    return f"global_step{step}"  # DeepSpeed's tag naming
+
+
+def read_latest(output_dir) -> str | None:
+    path = Path(output_dir) / LATEST
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    if not (Path(output_dir) / tag).is_dir():
+        raise FileNotFoundError(f"{path} names {tag!r}, which is not a folder in {output_dir}")
+    return tag
+
+
+def write_latest(output_dir, tag: str) -> None:
+    path = Path(output_dir) / LATEST
+    tmp = path.with_name(f".{LATEST}.tmp")
+    tmp.write_text(tag + "\n")
+    os.replace(tmp, path)
+
+
+def _fp32_copy_of(engine, param: torch.nn.Parameter) -> torch.Tensor:
+    """The fp32 master value of one parameter; a collective call under ZeRO 1-3 and bf16."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    value = safe_get_full_fp32_param(param)  # ZeRO 1-3 and DeepSpeed's bf16 optimizer
+    if value is not None:
+        return value
+    optimizer = engine.optimizer
+    if hasattr(optimizer, "fp16_groups") and hasattr(optimizer, "fp32_groups"):  # fp16/bf16 at ZeRO 0
+        for low, high in zip(optimizer.fp16_groups, optimizer.fp32_groups):
+            for lp, hp in zip(low, high):
+                if lp is param:
+                    return hp
+    return param.detach()
+
+
+def gather_fp32_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """fp32 weights under Hugging Face names (tied aliases dropped), complete on rank 0 and None
+    elsewhere. Every rank must call it (it gathers partitions)."""
+    module = engine.module
+    names = {}
+    for name, p in module.named_parameters():  # each tied tensor once, under its first name
+        names.setdefault(id(p), name)
+    state = {}
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    for p in {id(p): p for p in module.parameters()}.values():
+        value = _fp32_copy_of(engine, p)
+        if rank0:
+            state[names[id(p)]] = value.detach().to("cpu", torch.float32).clone().view(p.ds_shape if hasattr(p, "ds_shape") else p.shape)
+    if not rank0:
+        return None
+    for name, buffer in module.named_buffers():
+        state[name] = buffer.detach().cpu()
+    return {k: v.contiguous() for k, v in state.items() if k not in TIED_KEYS}
+
+
+def write_weights(folder: Path, config: BertConfig, state: dict, vocab_file=None) -> None:
+    """Add config.json, model.safetensors, vocab.txt to an existing folder (each file appears whole)."""
+    staging = Path(tempfile.mkdtemp(prefix=".hf.", dir=folder))
+    try:
+        written = save_hf_folder(staging / "hf", config, state, vocab_file)
+        for name in HF_FILES:
+            if (written / name).exists():
+                os.replace(written / name, folder / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def list_tags(output_dir) -> list[tuple[int, str]]:
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    tags = [(int(m.group(1)), p.name) for p in output_dir.iterdir()
+            if p.is_dir() and (m := TAG_PATTERN.match(p.name))]
+    return sorted(tags)
+
+
+def prune(output_dir, keep: int) -> list[str]:
+    """Delete all but the newest `keep` checkpoints; never the one `latest` names."""
+    latest = read_latest(output_dir)
+    tags = list_tags(output_dir)
+    removed = []
+    for _, tag in tags[:-keep] if keep > 0 else []:
+        if tag != latest:
+            shutil.rmtree(Path(output_dir) / tag, ignore_errors=True)
+            removed.append(tag)
+    return removed
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save(engine, output_dir, step: int, client_state: dict, config: BertConfig, vocab_file=None,
+         keep: int = 3) -> str:
+    """Collective: every rank calls it. Returns the tag written."""
+    tag = tag_for(step)
+    engine.save_checkpoint(str(output_dir), tag=tag, client_state=client_state, save_latest=False)
+    state = gather_fp32_state_dict(engine)
+    if state is not None:
+        write_weights(Path(output_dir) / tag, config, state, vocab_file)
+    barrier()  # every rank has written its part
+    if state is not None:
+        write_latest(output_dir, tag)
+        prune(output_dir, keep)
+    barrier()
+    return tag
+
+
+def load(engine, output_dir) -> dict | None:
+    """Restore engine, optimizer, schedule from OUT/latest; returns the client state (or None)."""
+    tag = read_latest(output_dir)
+    if tag is None:
+        return None
+    path, client_state = engine.load_checkpoint(str(output_dir), tag=tag)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(output_dir) / tag}")
+    return client_state

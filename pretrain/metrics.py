@@ -1,0 +1,80 @@
+"""Metrics: one JSON object per line in OUT/metrics.jsonl (namespaced keys plus `step`),
+optionally TensorBoard. Only rank 0 writes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter:
+    def __init__(self, output_dir, enabled: bool, tensorboard: bool = False):
+        self.enabled = enabled
+        self.path = Path(output_dir) / METRICS_FILE
+        self._file = None
+        self._tb = None
+        if not enabled:
+            return
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ImportError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+            self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records of steps after the checkpoint (they will be redone)."""
+        if not self.enabled or not self.path.exists():
+            return
+        self._file.close()
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step}
+        for key, value in values.items():
+            if value is None:
+                continue
+            value = float(value)
+            record[key] = value if math.isfinite(value) else str(value)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, float):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir) -> list[dict]:
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {METRICS_FILE} in {run_dir}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def throughput(global_batch: int, seq_len: int, seconds: float, flops_per_token: float,
+               peak_tflops: float, world_size: int) -> dict:
+    seq_per_s = global_batch / seconds
+    tokens_per_s = seq_per_s * seq_len
+    out = {"perf/seq_per_s": seq_per_s, "perf/tokens_per_s": tokens_per_s, "perf/step_time_s": seconds}
+    if peak_tflops > 0:
+        out["perf/mfu"] = flops_per_token * tokens_per_s / (peak_tflops * 1e12 * world_size)
+    return out

@@ -1,0 +1,51 @@
+"""Optimizer choice, parameter groups and the learning-rate schedule (per phase)."""
+from __future__ import annotations
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from pretrain.lamb import Lamb
+
+NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+OPTIMIZERS = ("lamb", "adamw")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups, as NVIDIA's BERT: biases and LayerNorm without weight decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # tied parameters appear once
+        if p.requires_grad:
+            (no_decay if name.endswith(NO_DECAY) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def use_deepspeed_fused_lamb(optimizer_type: str, zero_stage: int) -> bool:
+    """DeepSpeed's fused Lamb (CUDA kernel) keeps per-layer trust ratios only without ZeRO:
+    it is used exactly when the device is CUDA and the ZeRO stage is 0."""
+    return optimizer_type == "lamb" and zero_stage == 0 and torch.cuda.is_available()
+
+
+def build_optimizer(model, optimizer_type: str, lr: float, weight_decay: float, betas, eps: float,
+                    use_nvlamb: bool = False):
+    groups = param_groups(model, weight_decay)
+    if optimizer_type == "lamb":
+        return Lamb(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, use_nvlamb=use_nvlamb)
+    if optimizer_type == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)
+    raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {optimizer_type!r}")
+
+
+def warmup_poly_lambda(total_steps: int, warmup_steps: int, power: float = 0.5):
+    """Linear warmup to the peak, then polynomial decay to 0 at total_steps (NVIDIA's
+    PolyWarmUpScheduler: degree 0.5). Returns the multiplier of the peak lr for a step."""
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return (1.0 - progress) ** power
+    return factor
+
+
+def build_schedule(optimizer, total_steps: int, warmup_steps: int, power: float = 0.5) -> LambdaLR:
+    return LambdaLR(optimizer, warmup_poly_lambda(total_steps, warmup_steps, power))

@@ -1,0 +1,169 @@
+"""BERT pretraining with DeepSpeed (phase 1 or phase 2).
+
+    deepspeed --num_gpus 2 pretrain/run_pretraining.py --deepspeed_config ds_configs/X.json \\
+        --input_dir SHARDS --config_file MODEL_CONFIG.json --output_dir OUT --max_steps N \\
+        [--checkpoint_interval K] [--resume] [--init_checkpoint PHASE1_OUT]
+    python pretrain/run_pretraining.py ...          # one process, no launcher
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by the deepspeed launcher
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bert.checkpoint import load_state_dict_into, read_state_dict, resolve_model_dir  # noqa: E402
+from bert.config import BertConfig  # noqa: E402
+from bert.model import BertForPreTraining  # noqa: E402
+from pretrain import checkpoint  # noqa: E402
+from pretrain.args import (PretrainArgs, optimizer_spec, parse_args, read_ds_config,  # noqa: E402
+                           resolve_batch)
+from pretrain.data import MaskingSpec, PretrainingData, list_shards  # noqa: E402
+from pretrain.lamb import Lamb, partition_layout  # noqa: E402
+from pretrain.metrics import MetricsWriter  # noqa: E402
+from pretrain.optim import build_optimizer, build_schedule, param_groups, use_deepspeed_fused_lamb  # noqa: E402
+from pretrain.trainer import Trainer, write_json  # noqa: E402
+
+
+def single_process_env() -> None:
+    """Plain `python run_pretraining.py`: the environment the launcher would have set."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
+
+
+def init_distributed(timeout_s: float):
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # inference-only op, 60 s JIT build
+    single_process_env()
+    deepspeed.init_distributed(timeout=datetime.timedelta(seconds=timeout_s), verbose=False)
+    import torch.distributed as dist
+    return dist.get_rank(), dist.get_world_size()
+
+
+def model_config(args: PretrainArgs) -> BertConfig:
+    if args.config_file:
+        return BertConfig.from_json_file(args.config_file)
+    if args.model_preset:
+        vocab = len(Path(args.vocab_file).read_text().splitlines()) if args.vocab_file else 30522
+        return BertConfig.preset(args.model_preset, vocab_size=vocab)
+    return BertConfig.from_json_file(resolve_model_dir(args.init_checkpoint) / "config.json")
+
+
+def build_model(args: PretrainArgs, config: BertConfig) -> BertForPreTraining:
+    torch.manual_seed(args.seed)
+    model = BertForPreTraining(config)
+    if args.init_checkpoint:  # phase 2: the phase-1 weights, a fresh optimizer and schedule
+        folder = resolve_model_dir(args.init_checkpoint)
+        report = load_state_dict_into(model, read_state_dict(folder), str(folder))
+        model.tie_weights()
+        print(report.summary(), flush=True)
+    model.set_gradient_checkpointing(args.gradient_checkpointing)
+    return model
+
+
+def masking_spec(args: PretrainArgs, config: BertConfig, shards) -> MaskingSpec | None:
+    if all(s.masked for s in shards) or args.vocab_file is None:
+        return None
+    from bert.tokenizer import SPECIAL_TOKENS, read_vocab
+    vocab = read_vocab(args.vocab_file)
+    from data_prep.schema import MAX_PREDICTIONS
+    seq_len = shards[0].seq_len
+    return MaskingSpec(config.vocab_size, vocab["[MASK]"], tuple(vocab[t] for t in SPECIAL_TOKENS),
+                       MAX_PREDICTIONS.get(seq_len, round(seq_len * 0.15 + 0.5)))
+
+
+def git_revision() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def build_engine(args, model, ds_config, zero_stage, spec, total_steps):
+    import deepspeed
+
+    schedule = lambda opt: build_schedule(opt, total_steps, args.num_warmup_steps, args.schedule_power)  # noqa: E731
+    config = {k: v for k, v in ds_config.items() if k != "optimizer"}
+    if use_deepspeed_fused_lamb(spec.kind, zero_stage):
+        config["optimizer"] = {"type": "Lamb", "params": {**spec.params, "lr": spec.lr,
+                                                            "weight_decay": spec.weight_decay}}
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, spec.weight_decay),
+                                          lr_scheduler=schedule, config=config)
+        return engine
+    if zero_stage > 0:
+        config.setdefault("zero_allow_untested_optimizer", True)
+    if spec.kind == "lamb" and zero_stage == 3:
+        raise ValueError("LAMB under ZeRO stage 3 is refused: its per-parameter trust ratios are "
+                         "implemented for ZeRO 0-2 only; use ZeRO 1/2 or --optimizer adamw")
+    optimizer = build_optimizer(model, spec.kind, spec.lr, spec.weight_decay, spec.betas, spec.eps,
+                                args.use_nvlamb)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
+    if isinstance(optimizer, Lamb):
+        optimizer.attach_layout(*partition_layout(engine.module, optimizer))
+    return engine
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        rank, world_size = init_distributed(args.dist_timeout)
+        ds_config = read_ds_config(args.deepspeed_config)
+        batch = resolve_batch(ds_config, world_size, source=f"--deepspeed_config {args.deepspeed_config}")
+        ds_config = {**ds_config, "train_micro_batch_size_per_gpu": batch.micro,
+                     "gradient_accumulation_steps": batch.accumulation, "train_batch_size": batch.global_}
+        ds_config.setdefault("gradient_clipping", 0.0)  # DeepSpeed's default would be 1.0
+        spec = optimizer_spec(ds_config, args, f"--deepspeed_config {args.deepspeed_config}")
+        zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+        config = model_config(args)
+        shards = list_shards(args.input_dir)
+        if shards[0].seq_len > config.max_position_embeddings:
+            raise ValueError(f"shards in {args.input_dir} have sequence length {shards[0].seq_len} > "
+                             f"max_position_embeddings {config.max_position_embeddings}")
+        eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
+    except (ValueError, FileNotFoundError) as e:
+        print(f"run_pretraining.py: error: {e}", file=sys.stderr)
+        return 2
+
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    model = build_model(args, config)
+    engine = build_engine(args, model, ds_config, zero_stage, spec, args.max_steps)
+    data = PretrainingData(shards, batch.micro, rank, world_size, args.seed,
+                           masking=masking_spec(args, config, shards))
+    metrics = MetricsWriter(args.output_dir, enabled=rank == 0, tensorboard=args.tensorboard)
+    trainer = Trainer(args, engine, config, batch, data, eval_shards, metrics, rank, world_size)
+    resumed = args.resume and trainer.resume()
+    if rank == 0:
+        write_json(Path(args.output_dir) / "run_config.json", {
+            "args": vars(args), "model_config": config.to_dict(), "deepspeed_config": ds_config,
+            "optimizer": spec.kind, "zero_stage": zero_stage, "world_size": world_size,
+            "batch": {"micro": batch.micro, "accumulation": batch.accumulation, "global": batch.global_},
+            "git_revision": git_revision(), "resumed_from_step": trainer.step if resumed else None})
+    summary = trainer.run()
+    if rank == 0:
+        write_json(Path(args.output_dir) / "summary.json", summary)
+        print("summary: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in summary.items()), flush=True)
+    data.close()
+    metrics.close()
+    checkpoint.barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The training loop: optimizer steps of micro-batches through a DeepSpeed engine, metrics,
+evaluation and checkpoints. Setup (arguments, model, engine) lives in run_pretraining.py."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from bert.config import BertConfig
+from pretrain import checkpoint
+from pretrain.args import BatchSizes, PretrainArgs
+from pretrain.data import PretrainingData, eval_batches
+from pretrain.metrics import MetricsWriter, throughput
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= dist.get_world_size()
+    return values
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+@dataclass
+class Trainer:
+    args: PretrainArgs
+    engine: object  # deepspeed.DeepSpeedEngine
+    model_config: BertConfig
+    batch: BatchSizes
+    data: PretrainingData
+    eval_shards: list | None
+    metrics: MetricsWriter
+    rank: int
+    world_size: int
+    step: int = 0  # optimizer steps done
+
+    @property
+    def device(self):
+        return self.engine.device
+
+    def _seed_step(self) -> None:
+        """Dropout randomness from (seed, step, rank): a resumed run draws the same masks."""
+        torch.manual_seed(hash((self.args.seed, self.step, self.rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+
+    def train_step(self) -> dict:
+        self._seed_step()
+        self.engine.train()
+        lr = self.engine.get_lr()[0]  # the rate this step uses
+        totals = torch.zeros(3)  # loss, mlm, nsp summed over micro-batches
+        for _ in range(self.batch.accumulation):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self.data).items()}
+            out = self.engine(**batch)
+            self.engine.backward(out.loss)
+            totals += torch.stack([out.loss.detach(), out.mlm_loss.detach(), out.nsp_loss.detach()]).float().cpu()
+            grad_norm = self._grad_norm_if_boundary()
+            self.engine.step()
+        self.step += 1
+        loss, mlm, nsp = (all_reduce_mean(totals.to(self.device)).cpu() / self.batch.accumulation).tolist()
+        engine_norm = self.engine.get_global_grad_norm()
+        grad_norm = engine_norm if engine_norm is not None else grad_norm
+        values = {"train/loss": loss, "train/mlm_loss": mlm, "train/nsp_loss": nsp,
+                  "optim/lr": lr,
+                  "optim/grad_norm": float(grad_norm) if grad_norm is not None else None,
+                  "optim/skipped_steps": self.engine.skipped_steps}
+        if self.engine.fp16_enabled():
+            values["optim/loss_scale"] = getattr(self.engine.optimizer, "cur_scale",
+                                                 getattr(self.engine.optimizer, "loss_scale", None))
+        return values
+
+    def _grad_norm_if_boundary(self):
+        """Global gradient norm where DeepSpeed does not report one (no ZeRO, no fp16/bf16
+        wrapper): the gradients are already averaged over ranks at the accumulation boundary."""
+        if not self.engine.is_gradient_accumulation_boundary() or self.engine.optimizer is not self.engine.basic_optimizer:
+            return None
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.engine.eval()
+        sums = torch.zeros(6, dtype=torch.float64)  # mlm loss*n, mlm correct, mlm n, nsp loss*n, nsp correct, nsp n
+        for batch in eval_batches(self.eval_shards, self.batch.micro, self.rank, self.world_size,
+                                  self.args.eval_samples, self.data.masking):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = self.engine(**batch)
+            n_mlm, n_nsp = out.mlm_labels.numel(), batch["next_sentence_label"].numel()
+            mlm_correct = (out.prediction_logits.argmax(-1) == out.mlm_labels).sum()
+            nsp_correct = (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
+            sums += torch.tensor([out.mlm_loss.item() * n_mlm, mlm_correct.item(), n_mlm,
+                                  out.nsp_loss.item() * n_nsp, nsp_correct.item(), n_nsp], dtype=torch.float64)
+        sums = all_reduce_sum(sums.to(self.device)).cpu()
+        self.engine.train()
+        if sums[2] == 0:
+            return {}
+        return {"eval/mlm_loss": sums[0] / sums[2], "eval/mlm_acc": sums[1] / sums[2],
+                "eval/nsp_loss": sums[3] / sums[5], "eval/nsp_acc": sums[4] / sums[5],
+                "eval/loss": sums[0] / sums[2] + sums[3] / sums[5]}
+
+    def save(self) -> str:
+        client_state = {"data": self.data.state(), "step": self.step, "seed": self.args.seed}
+        return checkpoint.save(self.engine, self.args.output_dir, self.step, client_state, self.model_config,
+                               self.args.vocab_file, self.args.keep_checkpoints)
+
+    def resume(self) -> bool:
+        client_state = checkpoint.load(self.engine, self.args.output_dir)
+        if client_state is None:
+            return False
+        self.step = client_state["step"]
+        self.data.load_state(client_state["data"])
+        self.metrics.truncate_after(self.step)
+        return True
+
+    def _want_eval(self) -> bool:
+        if not self.eval_shards:
+            return False
+        interval = self.args.eval_interval
+        return (interval > 0 and self.step % interval == 0) or self.step == self.args.max_steps
+
+    def run(self) -> dict:
+        args = self.args
+        flops = self.model_config.flops_per_token(self.data.seq_len)
+        progress = tqdm(total=args.max_steps, initial=self.step, disable=self.rank != 0,
+                        desc="pretrain", dynamic_ncols=True)
+        first_step, started, last = self.step, time.perf_counter(), {}
+        while self.step < args.max_steps:
+            t0 = time.perf_counter()
+            values = self.train_step()
+            seconds = time.perf_counter() - t0
+            values.update(throughput(self.batch.global_, self.data.seq_len, seconds, flops,
+                                     args.peak_tflops, self.world_size))
+            if self._want_eval():
+                values.update(self.evaluate())
+            if self.step % args.log_interval == 0 or self.step == args.max_steps or "eval/loss" in values:
+                self.metrics.write(self.step, values)
+            if self.step % args.checkpoint_interval == 0 or self.step == args.max_steps:
+                self.save()
+            progress.update(1)
+            progress.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{values['optim/lr']:.2e}")
+            last = values
+        progress.close()
+        elapsed = time.perf_counter() - started
+        steps = self.step - first_step
+        summary = {"steps": self.step, "steps_this_run": steps, "seconds": elapsed,
+                   "seq_per_s": steps * self.batch.global_ / elapsed if steps else None,
+                   **{k: float(v) for k, v in last.items() if v is not None}}
+        return summary
+
+
+def write_json(path, payload: dict) -> None:
+    import os
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
