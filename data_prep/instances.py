@@ -1,0 +1,153 @@
+"""BERT pretraining instances from tokenized documents (Google's / NVIDIA's algorithm).
+
+A document is a list of segments (sentences), each a list of WordPiece ids. Segments
+are packed up to a target length (a random shorter one with probability
+short_seq_prob); the packed chunk is cut into A and B; B is the true continuation or,
+with probability 0.5 (always when the chunk is one segment), a random span of
+another document. Differences from NVIDIA, both for bounded memory and
+worker-count independence: the "other document" is drawn from the same block of
+documents (data_prep.create_pretraining_data groups the stream into blocks of about a
+megabyte of text), and every document has its own RNG seeded from
+(seed, dupe round, global document index).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from data_prep.masking import mask_tokens
+from data_prep.schema import MASKED_LM_PROB
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    max_seq_length: int = 128
+    max_predictions: int = 20
+    short_seq_prob: float = 0.1
+    masked_lm_prob: float = MASKED_LM_PROB
+    whole_word_mask: bool = False
+    static_masking: bool = True  # False: unmasked shards with word_starts, masked by the loader
+
+    def __post_init__(self):
+        if self.max_seq_length < 8:
+            raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
+        if not 1 <= self.max_predictions <= self.max_seq_length:
+            raise ValueError(f"--max_predictions_per_seq must be in [1, max_seq_length], got {self.max_predictions}")
+
+
+@dataclass(frozen=True)
+class Specials:
+    cls_id: int
+    sep_id: int
+    mask_id: int
+    vocab_size: int
+    continuation: np.ndarray  # [vocab] bool, "##" pieces
+
+
+def document_seed(seed: int, dupe: int, doc_index: int) -> int:
+    """A distinct Random() seed per (seed, dupe round, document); documents < 2**48, dupes < 2**16."""
+    return (seed << 64) | (dupe << 48) | doc_index
+
+
+def create_block_instances(docs: list[list[list[int]]], first_doc_index: int, spec: InstanceSpec,
+                           specials: Specials, seed: int, dupe_factor: int) -> dict[str, np.ndarray]:
+    """All instances of a block of documents, as arrays in the HDF5 schema."""
+    numbered = [(first_doc_index + i, [s for s in d if s]) for i, d in enumerate(docs)]
+    numbered = [(number, doc) for number, doc in numbered if doc]
+    docs = [doc for _, doc in numbered]
+    rows = []  # (tokens_a, tokens_b, is_random_next)
+    for dupe in range(dupe_factor):
+        for index, (number, _) in enumerate(numbered):
+            rng = random.Random(document_seed(seed, dupe, number))
+            rows += _document_instances(docs, index, spec, rng)
+    return _to_arrays(rows, spec, specials, np.random.default_rng([seed, dupe_factor, first_doc_index]))
+
+
+def _document_instances(docs, index, spec: InstanceSpec, rng: random.Random):
+    document = docs[index]
+    max_num_tokens = spec.max_seq_length - 3
+    target = max_num_tokens
+    if rng.random() < spec.short_seq_prob:
+        target = rng.randint(2, max_num_tokens)
+    out, chunk, length, i = [], [], 0, 0
+    while i < len(document):
+        chunk.append(document[i])
+        length += len(document[i])
+        if i == len(document) - 1 or length >= target:
+            a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+            tokens_a = [t for seg in chunk[:a_end] for t in seg]
+            if len(chunk) == 1 or rng.random() < 0.5:
+                tokens_b, is_random = _random_segment(docs, index, target - len(tokens_a), rng)
+                i -= len(chunk) - a_end  # put the unused segments back
+            else:
+                tokens_b, is_random = [t for seg in chunk[a_end:] for t in seg], False
+            _truncate_pair(tokens_a, tokens_b, max_num_tokens, rng)
+            out.append((tokens_a, tokens_b, is_random))
+            chunk, length = [], 0
+        i += 1
+    return out
+
+
+def _random_segment(docs, index, target_length, rng: random.Random):
+    other = index
+    for _ in range(10):
+        other = rng.randrange(len(docs))
+        if other != index:
+            break
+    doc = docs[other]
+    tokens = []
+    for seg in doc[rng.randrange(len(doc)):]:
+        tokens += seg
+        if len(tokens) >= target_length:
+            break
+    return tokens, other != index
+
+
+def _truncate_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng: random.Random):
+    """BERT's truncation in closed form: repeatedly drop a token from the longer list (B on ties),
+    from its front or back with probability 1/2 each."""
+    excess = len(tokens_a) + len(tokens_b) - max_num_tokens
+    if excess <= 0:
+        return
+    gap = min(abs(len(tokens_a) - len(tokens_b)), excess)
+    rest = excess - gap
+    cut_a = rest // 2 + (gap if len(tokens_a) > len(tokens_b) else 0)
+    for tokens, cut in ((tokens_a, cut_a), (tokens_b, excess - cut_a)):
+        if cut:
+            front = rng.getrandbits(cut).bit_count()  # Binomial(cut, 1/2)
+            del tokens[:front]
+            del tokens[len(tokens) - (cut - front):]
+
+
+def _to_arrays(rows, spec: InstanceSpec, sp: Specials, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    n, L, P = len(rows), spec.max_seq_length, spec.max_predictions
+    input_ids = np.zeros((n, L), np.int32)
+    input_mask = np.zeros((n, L), np.int8)
+    segment_ids = np.zeros((n, L), np.int8)
+    nsp = np.zeros(n, np.int8)
+    positions = np.zeros((n, P), np.int32)
+    labels = np.zeros((n, P), np.int32)
+    for r, (a, b, is_random) in enumerate(rows):
+        tokens = np.array([sp.cls_id, *a, sp.sep_id, *b, sp.sep_id], np.int32)
+        k = len(tokens)
+        input_mask[r, :k] = 1
+        segment_ids[r, len(a) + 2:k] = 1
+        nsp[r] = is_random
+        if spec.static_masking:
+            special = np.zeros(k, bool)
+            special[[0, len(a) + 1, k - 1]] = True
+            starts = ~sp.continuation[tokens] if spec.whole_word_mask else None
+            tokens, pos, lab = mask_tokens(rng, tokens, special, sp.vocab_size, P, sp.mask_id,
+                                           starts, spec.masked_lm_prob)
+            positions[r, :len(pos)] = pos
+            labels[r, :len(lab)] = lab
+        input_ids[r, :k] = tokens
+    out = {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids,
+           "next_sentence_labels": nsp}
+    if spec.static_masking:
+        out.update(masked_lm_positions=positions, masked_lm_ids=labels)
+    else:
+        out["word_starts"] = (~sp.continuation[input_ids] & input_mask.astype(bool)).astype(np.int8)
+    return out
