@@ -1,0 +1,127 @@
+"""Our LAMB against an independent float64 reference, in one process (no DeepSpeed).
+The multi-rank ZeRO check is in test_pretrain_zero.py."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pretrain.lamb import Lamb, Segment
+
+
+def reference_lamb(weights, grads_per_step, lr, betas, eps, weight_decays, adaptive_all=False):
+    """Plain float64 LAMB (NVIDIA/apex FusedLAMB semantics), one parameter at a time, written
+    from the paper's equations without torch's foreach ops."""
+    b1, b2 = betas
+    w = [x.double().clone() for x in weights]
+    m = [torch.zeros_like(x) for x in w]
+    v = [torch.zeros_like(x) for x in w]
+    for t, grads in enumerate(grads_per_step, start=1):
+        for i, g in enumerate(grads):
+            g = g.double()
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            m_hat = m[i] / (1 - b1 ** t)
+            v_hat = v[i] / (1 - b2 ** t)
+            update = m_hat / (v_hat.sqrt() + eps) + weight_decays[i] * w[i]
+            ratio = 1.0
+            if weight_decays[i] != 0 or adaptive_all:
+                w_norm = math.sqrt(float((w[i] * w[i]).sum()))
+                u_norm = math.sqrt(float((update * update).sum()))
+                ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+            w[i] = w[i] - lr * ratio * update
+    return w
+
+
+def random_problem(seed=0, steps=6):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(7, 5), (5,), (11,), (3, 4, 2)]
+    weights = [torch.randn(s, generator=gen) * 0.1 for s in shapes]
+    weights[2] = torch.zeros(11)  # a zero-norm parameter: trust ratio falls back to 1
+    grads = [[torch.randn(s, generator=gen) * (k + 1) for s in shapes] for k in range(steps)]
+    return weights, grads
+
+
+@pytest.mark.parametrize("use_nvlamb", [False, True])
+def test_lamb_matches_float64_reference(use_nvlamb):
+    weights, grads = random_problem()
+    lr, betas, eps, wd = 0.01, (0.9, 0.999), 1e-6, 0.01
+    decays = [wd, 0.0, wd, 0.0]
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    opt = Lamb([{"params": [params[0], params[2]], "weight_decay": wd},
+                {"params": [params[1], params[3]], "weight_decay": 0.0}],
+               lr=lr, betas=betas, eps=eps, use_nvlamb=use_nvlamb)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        opt.step()
+    expected = reference_lamb(weights, grads, lr, betas, eps, decays, adaptive_all=use_nvlamb)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach().double(), e, rtol=1e-5, atol=1e-6)
+    moved = [float((p.detach().double() - w.double()).abs().max()) for p, w in zip(params, weights)]
+    assert min(moved) > 1e-3  # every parameter really moved
+
+
+def flat_partitions(weights, num_parts):
+    """Concatenate parameters into one flat vector (with tail padding) and cut it into equal
+    partitions, as ZeRO 1/2 does; returns the partitions and each one's segment list."""
+    sizes = [w.numel() for w in weights]
+    total = sum(sizes)
+    part = -(-total // num_parts)
+    flat = torch.zeros(part * num_parts)
+    flat[:total] = torch.cat([w.reshape(-1) for w in weights])
+    parts, layouts, offset = [], [], 0
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    for r in range(num_parts):
+        lo, hi = r * part, (r + 1) * part
+        segments = []
+        for i, (s, n) in enumerate(zip(starts, sizes)):
+            a, b = max(lo, s), min(hi, s + n)
+            if a < b:
+                segments.append(Segment(i, a - lo, b - a))
+        parts.append(torch.nn.Parameter(flat[lo:hi].clone()))
+        layouts.append(segments)
+    return parts, layouts, starts, sizes
+
+
+def flat_grads(grads, num_parts):
+    parts, *_ = flat_partitions(grads, num_parts)
+    return [p.detach() for p in parts]
+
+
+def test_partitioned_flat_tensors_use_per_parameter_trust_ratios():
+    """Parameters cut across partitions (as ZeRO 1/2 cuts them): with the layout attached, the
+    result equals unpartitioned LAMB; without it (one ratio per partition, DeepSpeed's
+    behaviour) it does not, so the layout is what makes the difference."""
+    weights, grads = random_problem(seed=1)
+    lr, betas, eps, wd = 0.02, (0.9, 0.999), 1e-6, 0.01
+    expected = reference_lamb(weights, grads, lr, betas, eps, [wd] * len(weights))
+
+    def run(with_layout):
+        parts, layouts, starts, sizes = flat_partitions(weights, 3)
+        owners = [{seg.param_index for seg in s} for s in layouts]
+        assert owners[0] & owners[1] or owners[1] & owners[2], "no parameter is cut by a partition boundary"
+        opt = Lamb([{"params": parts, "weight_decay": wd}], lr=lr, betas=betas, eps=eps)
+        if with_layout:
+            opt.attach_layout({id(p): s for p, s in zip(parts, layouts)}, num_params=len(weights))
+        for step_grads in grads:
+            for p, g in zip(parts, flat_grads(step_grads, 3)):
+                p.grad = g.clone()
+            opt.step()
+        flat = torch.cat([p.detach() for p in parts])
+        return [flat[s:s + n].view_as(w).double() for s, n, w in zip(starts, sizes, weights)]
+
+    for got, e in zip(run(with_layout=True), expected):
+        torch.testing.assert_close(got, e, rtol=1e-5, atol=1e-6)
+    per_partition = run(with_layout=False)
+    worst = max(float((g - e).abs().max()) for g, e in zip(per_partition, expected))
+    assert worst > 1e-3, "per-partition trust ratios should differ from per-parameter ones"
+
+
+def test_invalid_hyperparameters_are_refused():
+    p = [torch.nn.Parameter(torch.ones(2))]
+    with pytest.raises(ValueError, match="betas"):
+        Lamb(p, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="lr"):
+        Lamb(p, lr=-1.0)
