@@ -1,0 +1,111 @@
+"""The HDF5 loader: equal disjoint slices per rank, exact position, schema errors; batch arithmetic."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from bert.model import positions_to_labels
+from pretrain.args import resolve_batch
+from pretrain.data import PretrainingData, ShardError, labels_from_positions, list_shards
+from pretrain_helpers import make_shards
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory, squad_dev, vocab_file):
+    return make_shards(tmp_path_factory.mktemp("shards"), squad_dev, vocab_file, num_shards=3,
+                       paragraphs_per_shard=40)
+
+
+def rows_seen(data, batches):
+    seen = []
+    for _ in range(batches):
+        b = next(data)
+        seen.extend(tuple(r) for r in b["input_ids"].tolist())
+    return seen
+
+
+def test_ranks_get_disjoint_equal_slices(shard_dir):
+    shards = list_shards(shard_dir)
+    assert len({s.num_rows for s in shards}) > 1  # unequal shard sizes
+    world = 3
+    loaders = [PretrainingData(shards, 4, r, world, seed=7) for r in range(world)]
+    per_rank = loaders[0].rows_per_epoch
+    assert all(d.rows_per_epoch == per_rank for d in loaders)
+    assert per_rank == sum(s.num_rows // world for s in shards)
+    epochs = [rows_seen(d, per_rank // 4) for d in loaders]
+    flat = [row for rows in epochs for row in rows]
+    assert len(flat) == len(set(flat))  # disjoint (rows are distinct sentences)
+    total = sum(s.num_rows for s in shards)
+    assert len(flat) >= total - world * len(shards)  # at most world-1 rows dropped per shard
+    for d in loaders:
+        d.close()
+
+
+def test_resume_position_reproduces_batches(shard_dir):
+    shards = list_shards(shard_dir)
+    data = PretrainingData(shards, 5, 1, 2, seed=3)
+    rows_seen(data, 9)
+    state = data.state()
+    expected = [next(data) for _ in range(30)]  # crosses shard and epoch boundaries
+    data.close()
+    resumed = PretrainingData(shards, 5, 1, 2, seed=3)
+    resumed.load_state(state)
+    for e in expected:
+        got = next(resumed)
+        for k in e:
+            assert torch.equal(got[k], e[k])
+    assert resumed.epoch >= 1
+    resumed.close()
+    other = PretrainingData(shards, 5, 1, 3, seed=3)
+    with pytest.raises(ValueError, match="world size"):
+        other.load_state(state)
+    other.close()
+
+
+def test_epochs_reshuffle(shard_dir):
+    shards = list_shards(shard_dir)
+    data = PretrainingData(shards, 1, 0, 1, seed=0)
+    first = rows_seen(data, data.rows_per_epoch)
+    second = rows_seen(data, data.rows_per_epoch)
+    assert sorted(first) == sorted(second) and first != second
+    data.close()
+
+
+def test_labels_match_model_helper():
+    rng = np.random.default_rng(0)
+    positions = np.sort(rng.choice(np.arange(1, 30), size=(4, 6)), axis=1).astype(np.int32)
+    positions[1, 4:] = 0
+    positions[2, 2] = 0  # NVIDIA's reader stops at the first 0
+    ids = rng.integers(5, 100, size=(4, 6)).astype(np.int32)
+    ours = labels_from_positions(positions, ids, 32)
+    theirs = positions_to_labels((4, 32), torch.from_numpy(positions), torch.from_numpy(ids))
+    assert torch.equal(torch.from_numpy(ours), theirs)
+
+
+def test_bad_shards_name_file_and_field(tmp_path, shard_dir):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    src = sorted(shard_dir.iterdir())[0]
+    with h5py.File(src) as f, h5py.File(bad / "x.hdf5", "w") as g:
+        for name in f:
+            if name != "segment_ids":
+                g.create_dataset(name, data=f[name][:])
+    with pytest.raises(ShardError, match=r"x\.hdf5.*segment_ids"):
+        list_shards(bad)
+    (bad / "x.hdf5").write_bytes(b"not hdf5")
+    with pytest.raises(ShardError, match="x.hdf5"):
+        list_shards(bad)
+    with pytest.raises(FileNotFoundError, match="no \\*.hdf5"):
+        list_shards(tmp_path)
+
+
+def test_batch_arithmetic():
+    assert resolve_batch({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 8}, 2).accumulation == 4
+    assert resolve_batch({"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 2}, 4).global_ == 64
+    with pytest.raises(ValueError, match="8 x .*2 x world size 2 = 32, but train_batch_size is 48"):
+        resolve_batch({"train_batch_size": 48, "train_micro_batch_size_per_gpu": 8,
+                       "gradient_accumulation_steps": 2}, 2)
+    with pytest.raises(ValueError, match="train_batch_size"):
+        resolve_batch({"train_batch_size": 60, "train_micro_batch_size_per_gpu": 8}, 2)
