@@ -1,0 +1,89 @@
+"""Documents from input files: NVIDIA-style text, plain text, JSONL, book folders, Wikipedia dumps.
+
+Every reader streams: one document at a time, whatever the file size (a book file is
+one document and is read whole, which bounds memory by the largest book).
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+from data_prep.storage import StorageError, list_files, open_text
+
+FORMATS = ("lines", "text", "jsonl", "books", "wiki")
+
+
+def iter_segmented_documents(uri: str) -> Iterator[list[str]]:
+    """NVIDIA's create_pretraining_data input: one segment (sentence) per line, blank line
+    between documents, file end ends a document."""
+    doc: list[str] = []
+    with _reading(uri) as stream:
+        for line in stream:
+            line = line.strip()
+            if line:
+                doc.append(line)
+            elif doc:
+                yield doc
+                doc = []
+        if doc:
+            yield doc
+
+
+def iter_documents(uri: str, fmt: str, text_field: str = "text") -> Iterator[str]:
+    """Documents as raw (not sentence-split) text."""
+    if fmt == "wiki":
+        from data_prep.wiki import iter_wiki_articles
+        for _, text in iter_wiki_articles(uri):
+            yield text
+    elif fmt == "jsonl":
+        yield from _iter_jsonl(uri, text_field)
+    elif fmt == "books":
+        with _reading(uri) as stream:
+            text = stream.read().strip()
+        if text:
+            yield text
+    elif fmt in ("text", "lines"):
+        for doc in iter_segmented_documents(uri):
+            yield "\n".join(doc)
+    else:
+        raise ValueError(f"--input_format must be one of {FORMATS}, got {fmt!r}")
+
+
+def _iter_jsonl(uri: str, field: str) -> Iterator[str]:
+    with _reading(uri) as stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise StorageError(f"{uri}:{number}: invalid JSON ({err.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise StorageError(f"{uri}:{number}: record has no string field {field!r} (--text_field)")
+            if record[field].strip():
+                yield record[field]
+
+
+class _reading:
+    """Open a text input; turn decoding/decompression failures into errors naming the file."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def __enter__(self):
+        self.stream = open_text(self.uri)
+        return self.stream
+
+    def __exit__(self, kind, err, tb):
+        self.stream.close()
+        if isinstance(err, UnicodeDecodeError):
+            raise StorageError(f"{self.uri}: not valid UTF-8 text (byte offset {err.start} of a read block)")
+        if isinstance(err, (OSError, EOFError)) and not isinstance(err, StorageError):
+            raise StorageError(f"{self.uri}: unreadable or corrupt ({err})")
+        return False
+
+
+def input_files(inputs: list[str], fmt: str) -> list[str]:
+    suffixes = {"books": (".txt",), "jsonl": (".jsonl", ".jsonl.gz", ".jsonl.bz2", ".json"),
+                "wiki": (".xml", ".xml.bz2", ".bz2")}.get(fmt, ())
+    return list_files(inputs, suffixes)
