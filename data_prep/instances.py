@@ -4,8 +4,10 @@ A document is a list of segments (sentences), each a list of WordPiece ids. Segm
 are packed up to a target length (a random shorter one with probability
 short_seq_prob); the packed chunk is cut into A and B; B is the true continuation or,
 with probability 0.5 (always when the chunk is one segment), a random span of
-another document. Differences from NVIDIA, both for bounded memory and
-worker-count independence: the "other document" is drawn from the same block of
+another document. Differences from NVIDIA: BERT always takes a random B when the chunk
+is a single segment, which pushes the random share to about 57 % on Wikipedia-like
+text; we first cut such a segment at a random token, so the share is 50 %. For
+bounded memory and worker-count independence, the "other document" is drawn from the same block of
 documents (data_prep.create_pretraining_data groups the stream into blocks of about a
 megabyte of text), and every document has its own RNG seeded from
 (seed, dupe round, global document index).
@@ -13,11 +15,12 @@ megabyte of text), and every document has its own RNG seeded from
 from __future__ import annotations
 
 import random
+from itertools import chain
 from dataclasses import dataclass
 
 import numpy as np
 
-from data_prep.masking import mask_tokens
+from data_prep.masking import mask_batch, mask_tokens
 from data_prep.schema import MASKED_LM_PROB
 
 
@@ -76,13 +79,18 @@ def _document_instances(docs, index, spec: InstanceSpec, rng: random.Random):
         chunk.append(document[i])
         length += len(document[i])
         if i == len(document) - 1 or length >= target:
+            lone = len(chunk) == 1 and len(chunk[0]) >= 2
+            if lone:  # cut a lone segment so it can still get a true next half (see module doc)
+                cut = rng.randint(1, len(chunk[0]) - 1)
+                chunk = [chunk[0][:cut], chunk[0][cut:]]
             a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
-            tokens_a = [t for seg in chunk[:a_end] for t in seg]
+            tokens_a = list(chain.from_iterable(chunk[:a_end]))
             if len(chunk) == 1 or rng.random() < 0.5:
                 tokens_b, is_random = _random_segment(docs, index, target - len(tokens_a), rng)
-                i -= len(chunk) - a_end  # put the unused segments back
+                if not lone:
+                    i -= len(chunk) - a_end  # put the unused segments back
             else:
-                tokens_b, is_random = [t for seg in chunk[a_end:] for t in seg], False
+                tokens_b, is_random = list(chain.from_iterable(chunk[a_end:])), False
             _truncate_pair(tokens_a, tokens_b, max_num_tokens, rng)
             out.append((tokens_a, tokens_b, is_random))
             chunk, length = [], 0
@@ -124,30 +132,32 @@ def _truncate_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng: ran
 def _to_arrays(rows, spec: InstanceSpec, sp: Specials, rng: np.random.Generator) -> dict[str, np.ndarray]:
     n, L, P = len(rows), spec.max_seq_length, spec.max_predictions
     input_ids = np.zeros((n, L), np.int32)
-    input_mask = np.zeros((n, L), np.int8)
     segment_ids = np.zeros((n, L), np.int8)
+    lengths = np.zeros(n, np.int64)
+    a_lengths = np.zeros(n, np.int64)
     nsp = np.zeros(n, np.int8)
-    positions = np.zeros((n, P), np.int32)
-    labels = np.zeros((n, P), np.int32)
     for r, (a, b, is_random) in enumerate(rows):
-        tokens = np.array([sp.cls_id, *a, sp.sep_id, *b, sp.sep_id], np.int32)
-        k = len(tokens)
-        input_mask[r, :k] = 1
-        segment_ids[r, len(a) + 2:k] = 1
-        nsp[r] = is_random
-        if spec.static_masking:
-            special = np.zeros(k, bool)
-            special[[0, len(a) + 1, k - 1]] = True
-            starts = ~sp.continuation[tokens] if spec.whole_word_mask else None
-            tokens, pos, lab = mask_tokens(rng, tokens, special, sp.vocab_size, P, sp.mask_id,
-                                           starts, spec.masked_lm_prob)
-            positions[r, :len(pos)] = pos
-            labels[r, :len(lab)] = lab
-        input_ids[r, :k] = tokens
+        tokens = [sp.cls_id, *a, sp.sep_id, *b, sp.sep_id]
+        input_ids[r, :len(tokens)] = tokens
+        segment_ids[r, len(a) + 2:len(tokens)] = 1
+        lengths[r], a_lengths[r], nsp[r] = len(tokens), len(a), is_random
+    cols = np.arange(L)[None, :]
+    input_mask = (cols < lengths[:, None]).astype(np.int8)
     out = {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids,
            "next_sentence_labels": nsp}
-    if spec.static_masking:
-        out.update(masked_lm_positions=positions, masked_lm_ids=labels)
-    else:
+    if not spec.static_masking:
         out["word_starts"] = (~sp.continuation[input_ids] & input_mask.astype(bool)).astype(np.int8)
+        return out
+    maskable = input_mask.astype(bool) & (cols != 0) & (cols != a_lengths[:, None] + 1) & (cols != lengths[:, None] - 1)
+    if spec.whole_word_mask:
+        positions, labels = np.zeros((n, P), np.int32), np.zeros((n, P), np.int32)
+        for r in range(n):
+            k = lengths[r]
+            masked, pos, lab = mask_tokens(rng, input_ids[r, :k], ~maskable[r, :k], sp.vocab_size, P, sp.mask_id,
+                                           ~sp.continuation[input_ids[r, :k]], spec.masked_lm_prob)
+            input_ids[r, :k], positions[r, :len(pos)], labels[r, :len(lab)] = masked, pos, lab
+    else:
+        input_ids, positions, labels = mask_batch(rng, input_ids, maskable, lengths, sp.vocab_size, P,
+                                                  sp.mask_id, spec.masked_lm_prob)
+    out.update(input_ids=input_ids, masked_lm_positions=positions, masked_lm_ids=labels)
     return out

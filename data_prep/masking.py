@@ -61,3 +61,33 @@ def _whole_word_positions(rng, candidates: np.ndarray, word_starts: np.ndarray, 
 def continuation_table(id_to_token: list[str]) -> np.ndarray:
     """[vocab] bool: True for "##" continuation pieces; word_starts = ~table[ids]."""
     return np.array([t.startswith("##") for t in id_to_token], dtype=bool)
+
+
+def mask_batch(rng: np.random.Generator, ids: np.ndarray, maskable: np.ndarray, lengths: np.ndarray,
+               vocab_size: int, max_predictions: int, mask_id: int,
+               masked_lm_prob: float = MASKED_LM_PROB) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mask_tokens for a padded batch at once (token-level masking, same rule and statistics).
+
+    ids: [n, L]; maskable: [n, L] bool, False for [CLS]/[SEP]/padding; lengths: [n] real lengths.
+    Returns (masked ids [n, L], positions [n, P] ascending and 0-padded, labels [n, P] 0-padded).
+    """
+    n, seq_len = ids.shape
+    counts = np.minimum(max_predictions, np.maximum(1, np.round(lengths * masked_lm_prob))).astype(np.int64)
+    counts = np.minimum(counts, maskable.sum(1))
+    keys = np.where(maskable, rng.random((n, seq_len)), 2.0)
+    order = np.argsort(keys, axis=1)[:, :max_predictions]
+    if order.shape[1] < max_predictions:
+        order = np.pad(order, ((0, 0), (0, max_predictions - order.shape[1])))
+    chosen = np.arange(max_predictions)[None, :] < counts[:, None]
+    positions = np.sort(np.where(chosen, order, seq_len), axis=1)  # unchosen sort to the end
+    valid = positions < seq_len
+    positions = np.where(valid, positions, 0)
+    rows = np.arange(n)[:, None]
+    labels = np.where(valid, ids[rows, positions], 0)
+    masked = ids.copy()
+    action = rng.random((n, max_predictions))
+    r, c = np.nonzero(valid & (action < 0.8))
+    masked[r, positions[r, c]] = mask_id
+    r, c = np.nonzero(valid & (action >= 0.9))
+    masked[r, positions[r, c]] = rng.integers(0, vocab_size, len(r))
+    return masked, positions.astype(ids.dtype), labels.astype(ids.dtype)
