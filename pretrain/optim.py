@@ -37,13 +37,15 @@ def build_optimizer(model, optimizer_type: str, lr: float, weight_decay: float, 
 
 
 def warmup_poly_lambda(total_steps: int, warmup_steps: int, power: float = 0.5):
-    """Linear warmup to the peak, then polynomial decay to 0 at total_steps (NVIDIA's
-    PolyWarmUpScheduler: degree 0.5). Returns the multiplier of the peak lr for a step."""
+    """Linear warmup to the peak over warmup_steps, then polynomial decay towards 0 at
+    total_steps (NVIDIA's PolyWarmUpScheduler: degree 0.5). Step s (0-based) gets this multiplier
+    of the peak lr: (s + 1) / W during warmup, then (1 - (s - W + 1) / (T - W + 1)) ** power,
+    strictly decreasing and never 0 within the phase."""
     def factor(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
+        if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return (1.0 - progress) ** power
+        decay_steps = max(1, total_steps - warmup_steps + 1)
+        return max(0.0, 1.0 - (step - warmup_steps + 1) / decay_steps) ** power
     return factor
 
 

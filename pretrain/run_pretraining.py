@@ -108,9 +108,6 @@ def build_engine(args, model, ds_config, zero_stage, spec, total_steps):
         return engine
     if zero_stage > 0:
         config.setdefault("zero_allow_untested_optimizer", True)
-    if spec.kind == "lamb" and zero_stage == 3:
-        raise ValueError("LAMB under ZeRO stage 3 is refused: its per-parameter trust ratios are "
-                         "implemented for ZeRO 0-2 only; use ZeRO 1/2 or --optimizer adamw")
     optimizer = build_optimizer(model, spec.kind, spec.lr, spec.weight_decay, spec.betas, spec.eps,
                                 args.use_nvlamb)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
@@ -136,12 +133,15 @@ def main(argv=None) -> int:
             raise ValueError(f"shards in {args.input_dir} have sequence length {shards[0].seq_len} > "
                              f"max_position_embeddings {config.max_position_embeddings}")
         eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
-    except (ValueError, FileNotFoundError) as e:
+        if spec.kind == "lamb" and zero_stage == 3:
+            raise ValueError("LAMB under ZeRO stage 3 is refused: per-parameter trust ratios are "
+                             "implemented for ZeRO 0-2; use ZeRO 1 or 2, or --optimizer adamw")
+        model = build_model(args, config)
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError and ShardError are ValueErrors
         print(f"run_pretraining.py: error: {e}", file=sys.stderr)
         return 2
 
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    model = build_model(args, config)
     engine = build_engine(args, model, ds_config, zero_stage, spec, args.max_steps)
     data = PretrainingData(shards, batch.micro, rank, world_size, args.seed,
                            masking=masking_spec(args, config, shards))
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     if rank == 0:
         write_json(Path(args.output_dir) / "summary.json", summary)
         print("summary: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                     for k, v in summary.items()), flush=True)
+                                     for k, v in summary.items() if k != "rank_param_checksums"), flush=True)
     data.close()
     metrics.close()
     checkpoint.barrier()

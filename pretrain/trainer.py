@@ -123,6 +123,21 @@ class Trainer:
         self.metrics.truncate_after(self.step)
         return True
 
+    def parameter_checksums(self) -> list[float] | None:
+        """A checksum of this rank's model parameters, gathered from every rank: ranks that
+        train in lockstep end with identical values. None under ZeRO 3 (parameters are partitioned)."""
+        if self.engine.zero_optimization_stage() == 3:
+            return None
+        with torch.no_grad():
+            params = list(self.engine.module.parameters())
+            local = torch.stack([p.detach().double().square().sum() + p.detach().double().sum() for p in params]).sum()
+        gathered = [torch.zeros((), dtype=torch.float64, device=self.device) for _ in range(self.world_size)]
+        if self.world_size > 1:
+            dist.all_gather(gathered, local.to(self.device))
+        else:
+            gathered = [local]
+        return [float(x) for x in gathered]
+
     def _want_eval(self) -> bool:
         if not self.eval_shards:
             return False
@@ -153,9 +168,12 @@ class Trainer:
         progress.close()
         elapsed = time.perf_counter() - started
         steps = self.step - first_step
-        summary = {"steps": self.step, "steps_this_run": steps, "seconds": elapsed,
+        checksums = self.parameter_checksums()
+        summary = {"steps": self.step, "rank_param_checksums": checksums, "steps_this_run": steps, "seconds": elapsed,
                    "seq_per_s": steps * self.batch.global_ / elapsed if steps else None,
                    **{k: float(v) for k, v in last.items() if v is not None}}
+        if checksums is not None:
+            summary["ranks_identical"] = len(set(checksums)) == 1
         return summary
 
 
