@@ -11,6 +11,8 @@ name and renamed when complete; a rerun with finished shards does nothing.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import tempfile
 import json
 import os
 import sys
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from data_prep import sentences
 from data_prep.readers import FORMATS, input_files, iter_documents
 from data_prep.shards import OutputDir, write_json_atomic
-from data_prep.storage import StorageError, is_s3
+from data_prep.storage import StorageError, check_bucket, is_s3
 
 DOCS_PER_TASK = 64
 
@@ -98,7 +100,11 @@ def _tasks(args):
 def run(args) -> dict:
     out = OutputDir(args.output_dir)
     names = [f"text_{i:05d}.txt" for i in range(args.num_shards)]
-    local_dir = Path(args.output_dir) if not is_s3(args.output_dir) else Path(".extract-work")
+    local_dir = Path(args.output_dir)
+    if is_s3(args.output_dir):
+        check_bucket(args.output_dir)
+        tag = hashlib.sha256(args.output_dir.encode()).hexdigest()[:16]
+        local_dir = Path(tempfile.gettempdir()) / f"bertspeed-extract-{tag}"
     local_dir.mkdir(parents=True, exist_ok=True)
     if all(out.exists(n) for n in names) and out.exists("extract.json"):
         print("all text shards already present; nothing to do", file=sys.stderr)

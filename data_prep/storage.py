@@ -28,15 +28,16 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-_client = None
+_clients: dict = {}
 
 
 def s3_client():
-    global _client
-    if _client is None:
+    """One boto3 client per (endpoint, credential source) seen in the environment."""
+    key = tuple(os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE"))
+    if key not in _clients:
         import boto3
-        _client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
-    return _client
+        _clients[key] = boto3.session.Session().client("s3", endpoint_url=key[0] or None)
+    return _clients[key]
 
 
 def _s3_error(uri: str, err: Exception) -> StorageError:
@@ -55,11 +56,14 @@ def _s3_error(uri: str, err: Exception) -> StorageError:
 
 
 def _s3_call(uri, fn, **kwargs):
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
     try:
         return fn(**kwargs)
     except (ClientError, BotoCoreError) as err:
         raise _s3_error(uri, err) from None
+    except S3UploadFailedError as err:
+        raise StorageError(f"{uri}: upload failed ({err})") from None
 
 
 def list_files(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[str]:
@@ -155,5 +159,13 @@ def s3_exists(uri: str) -> bool:
 
 def check_bucket(uri: str) -> None:
     """Fail early with a clear message when the bucket is missing or credentials are bad."""
+    from botocore.exceptions import ClientError
     bucket, _ = split_s3(uri)
-    _s3_call(f"s3://{bucket}", s3_client().head_bucket, Bucket=bucket)
+    try:
+        s3_client().head_bucket(Bucket=bucket)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+            raise StorageError(f"s3://{bucket}: bucket does not exist") from None
+        raise _s3_error(f"s3://{bucket}", err) from None
+    except Exception as err:  # noqa: BLE001 - endpoint down, no credentials, ...
+        raise _s3_error(f"s3://{bucket}", err) from None
