@@ -92,7 +92,7 @@ def read_examples(task: GlueTask, path: Path, test: bool = False) -> list[Exampl
         label = None
         if not test:
             label = _parse_label(task, row[label_col], path, line_no)
-        examples.append(Example(row[0] if test else f"{path.stem}-{line_no}", row[a],
+        examples.append(Example(row[0] if test else str(len(examples)), row[a],
                                 row[b] if b is not None else None, label))
     if not examples:
         raise ValueError(f"{path}: no examples")

@@ -3,8 +3,9 @@
     python finetune/run_glue.py --task_name RTE --data_dir GLUE_DIR/RTE --model_dir MODEL --output_dir OUT
     deepspeed --num_gpus 2 finetune/run_glue.py ... --deepspeed_config ds_configs/<x>.json
 
-Writes OUT/eval_results.json (mcc / acc / f1 / pearson / spearmanr, as the task reports), OUT/metrics.jsonl,
-GLUE submission files for the test set (OUT/submission/<Task>.tsv) and the finetuned model (OUT/model).
+Writes OUT/eval_results.json (mcc / acc / f1 / pearson / spearmanr, as the task reports; MNLI's
+mismatched scores end in _mm), OUT/metrics.jsonl, dev predictions (OUT/dev_predictions.tsv), GLUE
+submission files for the test set (OUT/submission/<Task>.tsv) and the finetuned model (OUT/model).
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def main(argv=None):
         features = glue.featurize(examples, tokenizer, args.max_seq_length)
         preds = predict_labels(trainer, task, features, args.eval_batch_size)
         scores = glue_metrics(task.metric_name, preds, [e.label for e in examples])
+        if trainer.rt.is_main:
+            glue.write_submission(Path(args.output_dir) / f"{Path(name).stem}_predictions.tsv", task, examples, preds)
         suffix = "_mm" if "mismatched" in name else ""
         results.update({f"{k}{suffix}": v for k, v in scores.items()})
         results[f"eval_examples{suffix}"] = len(examples)
