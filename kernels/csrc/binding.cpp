@@ -10,7 +10,6 @@
 namespace {
 
 using bertspeed::DType;
-using Tensors = std::initializer_list<const at::Tensor*>;
 
 DType dtype_of(const at::Tensor& t) {
   switch (t.scalar_type()) {
@@ -21,69 +20,80 @@ DType dtype_of(const at::Tensor& t) {
   }
 }
 
-void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
+// Same device as `like`, contiguous, of `dtype` and with `numel` elements.
+void* checked(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype, int64_t numel,
+                    const char* name) {
   TORCH_CHECK(t.is_cuda() && t.device() == like.device(), name, " must be on ", like.device());
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.numel() == numel, name, " must have ", numel, " elements, got ", t.numel());
+  return t.data_ptr();
 }
 
-const void* optional_ptr(const std::optional<at::Tensor>& t, const at::Tensor& like, const char* name) {
-  if (!t) return nullptr;
-  check(*t, like, name);
-  return t->data_ptr();
+void* checked(const std::optional<at::Tensor>& t, const at::Tensor& like, at::ScalarType dtype,
+                    int64_t numel, const char* name) {
+  return t ? checked(*t, like, dtype, numel, name) : nullptr;
 }
 
 void* stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.get_device()).stream(); }
 
 void ok(int code) { TORCH_CHECK(code == 0, "bertspeed kernel launch failed: ", bertspeed::error_string(code)); }
 
-int64_t rows_of(const at::Tensor& t) { return t.size(-1) == 0 ? 0 : t.numel() / t.size(-1); }
+int64_t rows_of(const at::Tensor& t) { return t.numel() / t.size(-1); }
 
 void layer_norm_forward(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                         const std::optional<at::Tensor>& bias, const at::Tensor& gamma, const at::Tensor& beta,
                         at::Tensor& y, at::Tensor& mean, at::Tensor& rstd, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
-  for (const at::Tensor* t : Tensors{&x, &gamma, &beta, &y, &mean, &rstd}) check(*t, x, "every tensor");
-  ok(bertspeed::layer_norm_forward(dtype_of(x), dtype_of(gamma), x.data_ptr(), optional_ptr(residual, x, "residual"),
-                                   optional_ptr(bias, x, "bias"), gamma.data_ptr(), beta.data_ptr(), y.data_ptr(),
-                                   mean.data_ptr<float>(), rstd.data_ptr<float>(), rows_of(x), x.size(-1),
-                                   float(eps), stream_of(x)));
+  const int64_t n = x.numel(), cols = x.size(-1), rows = rows_of(x);
+  const auto t = x.scalar_type(), w = gamma.scalar_type();
+  ok(bertspeed::layer_norm_forward(
+      dtype_of(x), dtype_of(gamma), checked(x, x, t, n, "x"), checked(residual, x, t, n, "residual"),
+      checked(bias, x, t, cols, "bias"), checked(gamma, x, w, cols, "gamma"), checked(beta, x, w, cols, "beta"),
+      checked(y, x, t, n, "y"), static_cast<float*>(checked(mean, x, at::kFloat, rows, "mean")),
+      static_cast<float*>(checked(rstd, x, at::kFloat, rows, "rstd")), rows, cols, float(eps), stream_of(x)));
 }
 
 void layer_norm_backward(const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& residual,
                          const std::optional<at::Tensor>& bias, const at::Tensor& gamma, const at::Tensor& mean,
                          const at::Tensor& rstd, at::Tensor& dx, at::Tensor& dgamma, at::Tensor& dbeta) {
   const c10::cuda::CUDAGuard guard(x.device());
-  for (const at::Tensor* t : Tensors{&dy, &x, &gamma, &mean, &rstd, &dx, &dgamma, &dbeta}) check(*t, x, "every tensor");
-  const int64_t rows = rows_of(x), cols = x.size(-1);
+  const int64_t n = x.numel(), cols = x.size(-1), rows = rows_of(x);
+  const auto t = x.scalar_type(), w = gamma.scalar_type();
   auto workspace = at::empty({bertspeed::layer_norm_backward_workspace(rows, cols)}, x.options().dtype(at::kFloat));
-  ok(bertspeed::layer_norm_backward(dtype_of(x), dtype_of(gamma), dy.data_ptr(), x.data_ptr(),
-                                    optional_ptr(residual, x, "residual"), optional_ptr(bias, x, "bias"),
-                                    gamma.data_ptr(), mean.data_ptr<float>(), rstd.data_ptr<float>(), dx.data_ptr(),
-                                    dgamma.data_ptr(), dbeta.data_ptr(), workspace.data_ptr<float>(), rows, cols,
-                                    stream_of(x)));
+  ok(bertspeed::layer_norm_backward(
+      dtype_of(x), dtype_of(gamma), checked(dy, x, t, n, "dy"), checked(x, x, t, n, "x"),
+      checked(residual, x, t, n, "residual"), checked(bias, x, t, cols, "bias"), checked(gamma, x, w, cols, "gamma"),
+      static_cast<const float*>(checked(mean, x, at::kFloat, rows, "mean")),
+      static_cast<const float*>(checked(rstd, x, at::kFloat, rows, "rstd")), checked(dx, x, t, n, "dx"),
+      checked(dgamma, x, w, cols, "dgamma"), checked(dbeta, x, w, cols, "dbeta"), workspace.data_ptr<float>(),
+      rows, cols, stream_of(x)));
 }
 
 void softmax_forward(const at::Tensor& scores, const std::optional<at::Tensor>& mask, at::Tensor& probs,
-                     std::optional<at::Tensor> out, int64_t rows_per_batch, double scale, double dropout_p,
+                     const std::optional<at::Tensor>& out, int64_t rows_per_batch, double scale, double dropout_p,
                      int64_t seed) {
   const c10::cuda::CUDAGuard guard(scores.device());
-  check(scores, scores, "scores");
-  check(probs, scores, "probs");
-  TORCH_CHECK(!mask || mask->scalar_type() == at::kFloat, "mask must be float32");
+  const int64_t n = scores.numel(), cols = scores.size(-1), rows = rows_of(scores);
+  const auto t = scores.scalar_type();
+  TORCH_CHECK(rows_per_batch > 0 && rows % rows_per_batch == 0, "rows_per_batch must divide the rows");
   TORCH_CHECK(dropout_p == 0 || out, "dropout needs an output tensor");
-  ok(bertspeed::softmax_forward(dtype_of(scores), scores.data_ptr(),
-                                static_cast<const float*>(optional_ptr(mask, scores, "mask")), probs.data_ptr(),
-                                out ? out->data_ptr() : nullptr, rows_of(scores), scores.size(-1), rows_per_batch,
-                                float(scale), dropout_p, uint64_t(seed), 0, stream_of(scores)));
+  ok(bertspeed::softmax_forward(
+      dtype_of(scores), checked(scores, scores, t, n, "scores"),
+      static_cast<const float*>(checked(mask, scores, at::kFloat, rows / rows_per_batch * cols, "mask")),
+      checked(probs, scores, t, n, "probs"), checked(out, scores, t, n, "out"), rows, cols, rows_per_batch,
+      float(scale), dropout_p, uint64_t(seed), 0, stream_of(scores)));
 }
 
 void softmax_backward(const at::Tensor& grad_out, const at::Tensor& probs, at::Tensor& grad_in, double scale,
                       double dropout_p, int64_t seed) {
   const c10::cuda::CUDAGuard guard(probs.device());
-  for (const at::Tensor* t : Tensors{&grad_out, &probs, &grad_in}) check(*t, probs, "every tensor");
-  ok(bertspeed::softmax_backward(dtype_of(probs), grad_out.data_ptr(), probs.data_ptr(), grad_in.data_ptr(),
-                                 rows_of(probs), probs.size(-1), float(scale), dropout_p, uint64_t(seed), 0,
-                                 stream_of(probs)));
+  const auto t = probs.scalar_type();
+  const int64_t n = probs.numel();
+  ok(bertspeed::softmax_backward(
+      dtype_of(probs), checked(grad_out, probs, t, n, "grad_out"), checked(probs, probs, t, n, "probs"),
+      checked(grad_in, probs, t, n, "grad_in"), rows_of(probs), probs.size(-1), float(scale), dropout_p,
+      uint64_t(seed), 0, stream_of(probs)));
 }
 
 }  // namespace
