@@ -35,8 +35,9 @@ from data_prep.masking import continuation_table
 from data_prep.readers import iter_segmented_documents
 from data_prep.shards import (OutputDir, fields_for, read_done_marker, read_piece, sha256_file, shard_name,
                               shard_ranges, write_json_atomic, write_shard)
-from data_prep.storage import StorageError, check_bucket, is_s3, list_files
+from data_prep.storage import StorageError, check_bucket, is_s3, list_files, open_binary
 
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.bz2")  # taken from folders and s3 prefixes
 MIN_BLOCK_DOCS = 32  # so that "another document" for NSP has a real choice
 MAX_BLOCK_FACTOR = 16  # a block never exceeds 16 x --block_bytes (huge single documents)
 
@@ -194,9 +195,9 @@ def _write_one_shard(part_dir, slices, shard, num_rows, spec: InstanceSpec, out_
     tmp = Path(part_dir) / f".tmp-{shard_name(shard)}"
     pieces = (read_piece(part_path(part_dir, b), lo, hi, names) for b, lo, hi in slices)
     write_shard(tmp, pieces, num_rows, spec.max_seq_length, spec.max_predictions, spec.static_masking)
-    sha = sha256_file(tmp)
+    sha, size = sha256_file(tmp), os.path.getsize(tmp)
     OutputDir(out_uri).publish(tmp, shard_name(shard))
-    write_json_atomic(Path(marker), {"num_instances": num_rows, "sha256": sha})
+    write_json_atomic(Path(marker), {"num_instances": num_rows, "sha256": sha, "bytes": size})
     return shard
 
 
@@ -228,9 +229,9 @@ def write_phase(spec, out_uri, part_dir: Path, counts, args, pool) -> list[dict]
         jobs.append(pool.apply_async(_write_one_shard, job) if pool else job)
     for job in tqdm(jobs, desc=f"pass 2: shards seq {spec.max_seq_length}", unit="shard"):
         job.get() if pool else _write_one_shard(*job)
-    return [dict(file=shard_name(s), num_instances=hi - lo,
-                 sha256=read_done_marker(part_dir / f"{shard_name(s)}.done.json")["sha256"])
-            for s, (lo, hi) in enumerate(ranges)]
+    markers = [read_done_marker(part_dir / f"{shard_name(s)}.done.json") for s in range(len(ranges))]
+    return [dict(file=shard_name(s), num_instances=hi - lo, sha256=m["sha256"], bytes=m["bytes"])
+            for s, ((lo, hi), m) in enumerate(zip(ranges, markers))]
 
 
 # ---------------------------------------------------------------- driver
@@ -255,7 +256,7 @@ def prepare_work_dir(work: Path, config: dict) -> None:
 
 def run(args) -> list[dict]:
     phases = phase_specs(args)
-    files = list_files(args.input)
+    files = list_files(args.input, TEXT_SUFFIXES)
     if not os.path.isfile(args.vocab_file):
         raise ValueError(f"--vocab_file {args.vocab_file}: not found")
     tokenizer = BertTokenizer.from_vocab_file(args.vocab_file, args.do_lower_case)
@@ -263,6 +264,11 @@ def run(args) -> list[dict]:
     if is_s3(args.output_dir):
         check_bucket(args.output_dir)
     config = result_config(args, files, vocab_sha)
+    finished = [finished_manifest(out_uri, config) for _, out_uri in phases]
+    if all(finished):
+        print("all phases already complete (manifest.json with the same arguments); nothing to do",
+              file=sys.stderr)
+        return finished
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args, config)
     prepare_work_dir(work, config)
     part_dirs = [work / f"seq_len_{s.max_seq_length}_max_pred_{s.max_predictions}" for s, _ in phases]
@@ -289,6 +295,30 @@ def run(args) -> list[dict]:
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return manifests
+
+
+def finished_manifest(out_uri: str, config: dict) -> dict | None:
+    """The manifest of a completed run with the same result-determining arguments, if any."""
+    target = OutputDir(out_uri).target(schema.MANIFEST)
+    try:
+        if is_s3(out_uri):
+            if not OutputDir(out_uri).exists(schema.MANIFEST):
+                return None
+            with open_binary(target) as f:
+                manifest = json.load(f)
+        else:
+            manifest = json.loads(Path(target).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if manifest.get("config") != config:
+        return None
+    out = OutputDir(out_uri)
+    for shard in manifest["shards"]:
+        if not out.exists(shard["file"]):
+            return None
+        if not is_s3(out_uri) and os.path.getsize(out.target(shard["file"])) != shard["bytes"]:
+            return None
+    return manifest
 
 
 def write_manifest(out_uri, spec, shards, tokenizer, config, args, num_docs, num_bytes, seconds) -> dict:

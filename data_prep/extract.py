@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="files, folders or s3:// prefixes")
     p.add_argument("--input_format", choices=("auto",) + FORMATS, default="auto",
-                   help="auto: wiki for *.xml[.bz2], jsonl for *.jsonl[.gz], text otherwise")
+                   help="auto: wiki for *.xml[.bz2], jsonl for *.jsonl[.gz], books for folders, text otherwise")
     p.add_argument("--text_field", default="text", help="JSONL field holding the document text")
     p.add_argument("--output_dir", required=True, help="local directory or s3://bucket/prefix")
     p.add_argument("--num_shards", type=int, default=1)
@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def detect_format(uri: str, fmt: str) -> str:
     if fmt != "auto":
         return fmt
+    if os.path.isdir(uri):
+        return "books"
     name = uri.lower()
     if ".xml" in name or name.endswith(".bz2") and "wiki" in name:
         return "wiki"

@@ -74,7 +74,8 @@ def list_files(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[str]:
         if is_s3(item):
             out += _list_s3(item, suffixes)
         elif os.path.isdir(item):
-            found = sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and p.name.endswith(suffixes or ""))
+            found = sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and p.name.endswith(suffixes or "")
+                           and not p.name.startswith("."))
             if not found:
                 raise StorageError(f"{item}: directory holds no input files {suffixes or ''}")
             out += found

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from tqdm import tqdm
 
 from bert.tokenizer import SPECIAL_TOKENS
+from data_prep.create_pretraining_data import TEXT_SUFFIXES
 from data_prep.readers import iter_segmented_documents
 from data_prep.storage import StorageError, list_files
 
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     if args.vocab_size <= len(SPECIAL_TOKENS):
         p.error(f"--vocab_size must exceed {len(SPECIAL_TOKENS)}")
     try:
-        files = list_files(args.input)
+        files = list_files(args.input, TEXT_SUFFIXES)
         lines = (line for uri in tqdm(files, desc="vocab", unit="file")
                  for doc in iter_segmented_documents(uri) for line in doc)
         tokens = train_vocab(lines, args.vocab_size, args.do_lower_case, args.min_frequency, args.limit_alphabet)
