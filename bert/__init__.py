@@ -1,9 +1,18 @@
 """bertspeed's shared core: config, model, task heads, tokenizer, checkpoint import/export."""
-from bert.config import PRESETS, BertConfig
-from bert.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
-from bert.model import IGNORE_INDEX, BertForPreTraining, BertModel, positions_to_labels
+import importlib
 
-__all__ = [
-    "PRESETS", "BertConfig", "BertModel", "BertForPreTraining", "BertForSequenceClassification",
-    "BertForQuestionAnswering", "BertForTokenClassification", "IGNORE_INDEX", "positions_to_labels",
-]
+_EXPORTS = {
+    "PRESETS": "bert.config", "BertConfig": "bert.config",
+    "BertForQuestionAnswering": "bert.heads", "BertForSequenceClassification": "bert.heads",
+    "BertForTokenClassification": "bert.heads",
+    "IGNORE_INDEX": "bert.model", "BertForPreTraining": "bert.model", "BertModel": "bert.model",
+    "positions_to_labels": "bert.model",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    # Lazy, so torch-free users (data_prep imports bert.tokenizer) do not pay torch's import.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'bert' has no attribute {name!r}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -91,6 +90,7 @@ class BertTokenizer:
         out = {"input_ids": [e.ids for e in encodings], "token_type_ids": [e.type_ids for e in encodings],
                "attention_mask": [e.attention_mask for e in encodings]}
         if return_tensors == "pt":
+            import torch  # lazily: data_prep uses this tokenizer without paying for torch
             return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
         out["offsets"] = [e.offsets for e in encodings]
         return out
