@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 
 import torch
 
@@ -43,41 +44,52 @@ class Harness:
     def layer_norm_forward(self, x, residual, bias, weight, beta, eps):
         cols = x.shape[-1]
         rows = x.numel() // cols
-        y = torch.empty_like(x)
-        mean = torch.empty(x.shape[:-1], dtype=torch.float32)
-        rstd = torch.empty_like(mean)
+        g = Guards()
+        args = [g.input(t) for t in (x, residual, bias, weight, beta)]
+        y, mean, rstd = g.output(x.shape, x.dtype), g.output(x.shape[:-1]), g.output(x.shape[:-1])
         self._check(self.lib.harness_layer_norm_forward(
-            DTYPE_CODES[x.dtype], DTYPE_CODES[weight.dtype], _ptr(x), _ptr(residual), _ptr(bias), _ptr(weight),
-            _ptr(beta), _ptr(y), _ptr(mean), _ptr(rstd), rows, cols, eps))
+            DTYPE_CODES[x.dtype], DTYPE_CODES[weight.dtype], *map(_ptr, args), _ptr(y), _ptr(mean), _ptr(rstd),
+            rows, cols, eps))
+        g.verify()
         return y, mean, rstd
 
     def layer_norm_backward(self, dy, x, residual, bias, weight, mean, rstd):
         cols = x.shape[-1]
         rows = x.numel() // cols
-        dx, dweight, dbeta = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
-        workspace = torch.empty(self.lib.harness_layer_norm_backward_workspace(rows, cols), dtype=torch.float32)
+        g = Guards()
+        args = [g.input(t) for t in (dy, x, residual, bias, weight, mean, rstd)]
+        dx, dweight, dbeta = g.output(x.shape, x.dtype), g.output(weight.shape, weight.dtype), \
+            g.output(weight.shape, weight.dtype)
+        workspace = g.output((self.lib.harness_layer_norm_backward_workspace(rows, cols),))
         self._check(self.lib.harness_layer_norm_backward(
-            DTYPE_CODES[x.dtype], DTYPE_CODES[weight.dtype], _ptr(dy), _ptr(x), _ptr(residual), _ptr(bias),
-            _ptr(weight), _ptr(mean), _ptr(rstd), _ptr(dx), _ptr(dweight), _ptr(dbeta), _ptr(workspace), rows, cols))
+            DTYPE_CODES[x.dtype], DTYPE_CODES[weight.dtype], *map(_ptr, args), _ptr(dx), _ptr(dweight),
+            _ptr(dbeta), _ptr(workspace), rows, cols))
+        g.verify()
         return dx, dweight, dbeta
 
     def softmax_forward(self, scores, mask, scale, dropout_p=0.0, seed=0):
         cols = scores.shape[-1]
         rows = scores.numel() // cols
         rows_per_batch = rows // mask.shape[0] if mask is not None else rows
-        probs = torch.empty_like(scores)
-        out = torch.empty_like(scores) if dropout_p > 0 else None
+        g = Guards()
+        scores, mask = g.input(scores), g.input(mask)
+        probs = g.output(scores.shape, scores.dtype)
+        out = g.output(scores.shape, scores.dtype) if dropout_p > 0 else None
         self._check(self.lib.harness_softmax_forward(
             DTYPE_CODES[scores.dtype], _ptr(scores), _ptr(mask), _ptr(probs), _ptr(out), rows, cols,
             max(rows_per_batch, 1), scale, dropout_p, seed, 0))
+        g.verify()
         return out, probs
 
     def softmax_backward(self, grad_out, probs, scale, dropout_p=0.0, seed=0):
         cols = probs.shape[-1]
-        grad_in = torch.empty_like(probs)
+        g = Guards()
+        grad_out, probs = g.input(grad_out), g.input(probs)
+        grad_in = g.output(probs.shape, probs.dtype)
         self._check(self.lib.harness_softmax_backward(
             DTYPE_CODES[probs.dtype], _ptr(grad_out), _ptr(probs), _ptr(grad_in), probs.numel() // cols, cols,
             scale, dropout_p, seed, 0))
+        g.verify()
         return grad_in
 
     def philox_words(self, seed: int, first: int, n: int) -> torch.Tensor:
@@ -90,6 +102,48 @@ class Harness:
         out = torch.empty(32, dtype=torch.int32)
         self.lib.harness_shuffle_probe(int(kind == "down"), arg, width, _ptr(out))
         return out.tolist()
+
+
+class Guards:
+    """Places each tensor between guard zones, like a memory checker would.
+
+    Inputs sit between NaNs, so a kernel reading past an end gets NaN into
+    its results. Outputs sit between a sentinel value, so `verify()` reports
+    writes past an end; it also reports writes into an input.
+    """
+
+    WIDTH = 64  # elements on each side (keeps 128-byte alignment)
+    SENTINEL = -7777.0
+
+    def __init__(self):
+        self.outputs, self.inputs = [], []  # (raw buffer, numel), (view, copy of the input)
+
+    def _place(self, shape, dtype, fill):
+        n = math.prod(shape)
+        raw = torch.full((n + 2 * self.WIDTH,), fill, dtype=dtype)
+        return raw, n, raw[self.WIDTH:self.WIDTH + n].view(shape)
+
+    def input(self, t):
+        if t is None:
+            return None
+        _, _, view = self._place(t.shape, t.dtype, math.nan)
+        view.copy_(t)
+        self.inputs.append((view, t.clone()))
+        return view
+
+    def output(self, shape, dtype=torch.float32):
+        raw, n, view = self._place(tuple(shape), dtype, self.SENTINEL)
+        self.outputs.append((raw, n))
+        return view
+
+    def verify(self):
+        for raw, n in self.outputs:
+            guards = torch.cat([raw[:self.WIDTH], raw[self.WIDTH + n:]])
+            if not (guards == self.SENTINEL).all():
+                raise RuntimeError("out-of-bounds write: a kernel wrote into a guard zone")
+        for view, original in self.inputs:
+            if not torch.equal(view, original):
+                raise RuntimeError("a kernel wrote into one of its inputs")
 
 
 def _ptr(t):

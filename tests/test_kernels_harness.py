@@ -182,3 +182,21 @@ def test_emulated_shuffles_follow_cuda_rules(harness, kind, arg, width):
         src = lane ^ arg if kind == "xor" else lane + arg
         expected.append(src if segment <= src < segment + width else lane)
     assert got == expected
+
+
+def test_guard_zones_catch_out_of_bounds_access(harness):
+    """A launch over one row too many reads the NaN guard and writes past the outputs' ends."""
+    from kernels.harness import Guards, _ptr
+
+    g = Guards()
+    x, residual, bias, weight, beta = (g.input(t) for t in layer_norm_inputs(3, 31, torch.float32))
+    y, mean, rstd = g.output(x.shape), g.output((3,)), g.output((3,))
+    harness.lib.harness_layer_norm_forward(0, 0, *map(_ptr, (x, residual, bias, weight, beta, y, mean, rstd)),
+                                           4, 31, 1e-5)
+    with pytest.raises(RuntimeError, match="out-of-bounds write"):
+        g.verify()
+    g = Guards()
+    scores = g.input(torch.randn(2, 8))
+    harness.lib.harness_softmax_forward(0, _ptr(scores), None, _ptr(scores), None, 2, 8, 2, 1.0, 0.0, 0, 0)
+    with pytest.raises(RuntimeError, match="wrote into one of its inputs"):
+        g.verify()
