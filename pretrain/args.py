@@ -23,6 +23,8 @@ class PretrainArgs:
     config_file: str | None = None  # model config.json (defaults to the init checkpoint's)
     model_preset: str | None = None  # or a BertConfig preset name: tiny, mini, ..., base, large
     vocab_file: str | None = None  # copied into checkpoints; needed for dynamic masking
+    max_predictions_per_seq: int | None = None  # dynamic masking (default: 20 at 128, 80 at 512)
+    whole_word_mask: bool = False  # dynamic masking of whole words (shards' word_starts)
     init_checkpoint: str | None = None  # phase 2: start from these weights, fresh optimizer
     resume: bool = False  # continue from OUTPUT_DIR/latest if it exists
     eval_dir: str | None = None

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from bert.model import IGNORE_INDEX
+from data_prep import masking as mlm_masking
 from data_prep.schema import MASKED_FIELDS, UNMASKED_FIELDS, WORD_START_FIELD
 
 SHARD_SUFFIXES = (".hdf5", ".h5")
@@ -72,11 +73,12 @@ def list_shards(input_dir: str | Path) -> list[Shard]:
 
 @dataclass
 class MaskingSpec:
-    """Dynamic masking (unmasked shards only)."""
+    """Dynamic masking (unmasked shards only), with data_prep's masking rule."""
     vocab_size: int
     mask_id: int
-    special_ids: tuple[int, ...]
+    special_ids: tuple[int, ...]  # never masked ([CLS], [SEP], [PAD], ...)
     max_predictions: int
+    whole_word: bool = False  # uses the shards' word_starts
 
 
 def read_slice(shard: Shard, rank: int, world_size: int) -> dict[str, np.ndarray]:
@@ -100,13 +102,26 @@ def labels_from_positions(positions: np.ndarray, ids: np.ndarray, seq_len: int) 
 
 
 def dynamic_mask(arrays: dict, spec: MaskingSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Mask an unmasked slice with data_prep's masking function; returns (input_ids, labels)."""
-    try:
-        from data_prep import masking
-    except ImportError:
-        raise ShardError("unmasked shards need data_prep.masking (dynamic masking), which is not "
-                         "installed in this checkout") from None
-    return masking.mask_batch(arrays, spec, rng)
+    """Mask an unmasked slice with data_prep's masking functions; returns (input_ids, labels)."""
+    ids = arrays["input_ids"].astype(np.int64)
+    real = arrays["input_mask"].astype(bool)
+    maskable = real & ~np.isin(ids, spec.special_ids)
+    seq_len = ids.shape[1]
+    if not spec.whole_word:
+        masked, positions, mlm_ids = mlm_masking.mask_batch(rng, ids, maskable, real.sum(1), spec.vocab_size,
+                                                        spec.max_predictions, spec.mask_id)
+        return masked, labels_from_positions(positions, mlm_ids, seq_len)
+    if WORD_START_FIELD[0] not in arrays:
+        raise ShardError(f"whole-word dynamic masking needs the {WORD_START_FIELD[0]!r} dataset in the shards")
+    masked, labels = ids.copy(), np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)
+    for i in range(len(ids)):
+        n = int(real[i].sum())
+        row, positions, originals = mlm_masking.mask_tokens(
+            rng, ids[i, :n], ~maskable[i, :n], spec.vocab_size, spec.max_predictions, spec.mask_id,
+            word_starts=arrays[WORD_START_FIELD[0]][i, :n].astype(bool))
+        masked[i, :n] = row
+        labels[i, positions] = originals
+    return masked, labels
 
 
 def to_tensors(arrays: dict, labels: np.ndarray, input_ids: np.ndarray) -> dict[str, torch.Tensor]:

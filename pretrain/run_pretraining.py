@@ -7,9 +7,6 @@
 """
 from __future__ import annotations
 
-import datetime
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,36 +19,17 @@ import torch  # noqa: E402
 from bert.checkpoint import load_state_dict_into, read_state_dict, resolve_model_dir  # noqa: E402
 from bert.config import BertConfig  # noqa: E402
 from bert.model import BertForPreTraining  # noqa: E402
+from bert.tokenizer import SPECIAL_TOKENS, read_vocab  # noqa: E402
+from data_prep.schema import MASKED_LM_PROB, MAX_PREDICTIONS  # noqa: E402
 from pretrain import checkpoint  # noqa: E402
 from pretrain.args import (PretrainArgs, optimizer_spec, parse_args, read_ds_config,  # noqa: E402
                            resolve_batch)
+from pretrain.distributed import init_distributed  # noqa: E402
 from pretrain.data import MaskingSpec, PretrainingData, list_shards  # noqa: E402
 from pretrain.lamb import Lamb, partition_layout  # noqa: E402
 from pretrain.metrics import MetricsWriter  # noqa: E402
 from pretrain.optim import build_optimizer, build_schedule, param_groups, use_deepspeed_fused_lamb  # noqa: E402
 from pretrain.trainer import Trainer, write_json  # noqa: E402
-
-
-def single_process_env() -> None:
-    """Plain `python run_pretraining.py`: the environment the launcher would have set."""
-    if "RANK" in os.environ:
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
-
-
-def init_distributed(timeout_s: float):
-    import deepspeed
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # inference-only op, 60 s JIT build
-    single_process_env()
-    deepspeed.init_distributed(timeout=datetime.timedelta(seconds=timeout_s), verbose=False)
-    import torch.distributed as dist
-    return dist.get_rank(), dist.get_world_size()
 
 
 def model_config(args: PretrainArgs) -> BertConfig:
@@ -76,14 +54,16 @@ def build_model(args: PretrainArgs, config: BertConfig) -> BertForPreTraining:
 
 
 def masking_spec(args: PretrainArgs, config: BertConfig, shards) -> MaskingSpec | None:
-    if all(s.masked for s in shards) or args.vocab_file is None:
+    """Dynamic masking for unmasked shards (data_prep --masking dynamic); needs the vocab."""
+    if all(s.masked for s in shards):
         return None
-    from bert.tokenizer import SPECIAL_TOKENS, read_vocab
+    if args.vocab_file is None:
+        raise ValueError(f"{args.input_dir} holds unmasked shards (dynamic masking): pass --vocab_file")
     vocab = read_vocab(args.vocab_file)
-    from data_prep.schema import MAX_PREDICTIONS
     seq_len = shards[0].seq_len
+    max_predictions = args.max_predictions_per_seq or MAX_PREDICTIONS.get(seq_len, round(seq_len * MASKED_LM_PROB))
     return MaskingSpec(config.vocab_size, vocab["[MASK]"], tuple(vocab[t] for t in SPECIAL_TOKENS),
-                       MAX_PREDICTIONS.get(seq_len, round(seq_len * 0.15 + 0.5)))
+                       max_predictions, whole_word=args.whole_word_mask)
 
 
 def git_revision() -> str | None:
@@ -116,42 +96,51 @@ def build_engine(args, model, ds_config, zero_stage, spec, total_steps):
     return engine
 
 
+def prepare(args: PretrainArgs, world_size: int) -> dict:
+    """Read and check every input before any training state exists; raises ValueError or
+    FileNotFoundError naming the file, field or flag at fault."""
+    source = f"--deepspeed_config {args.deepspeed_config}"
+    ds_config = read_ds_config(args.deepspeed_config)
+    batch = resolve_batch(ds_config, world_size, source)
+    ds_config = {"gradient_clipping": 0.0,  # DeepSpeed's default when absent would be 1.0
+                 **ds_config, "train_micro_batch_size_per_gpu": batch.micro,
+                 "gradient_accumulation_steps": batch.accumulation, "train_batch_size": batch.global_}
+    spec = optimizer_spec(ds_config, args, source)
+    zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    if spec.kind == "lamb" and zero_stage == 3:
+        raise ValueError("LAMB under ZeRO stage 3 is refused: per-parameter trust ratios are "
+                         "implemented for ZeRO 0-2; use ZeRO 1 or 2, or --optimizer adamw")
+    config = model_config(args)
+    shards = list_shards(args.input_dir)
+    if shards[0].seq_len > config.max_position_embeddings:
+        raise ValueError(f"shards in {args.input_dir} have sequence length {shards[0].seq_len} > "
+                         f"max_position_embeddings {config.max_position_embeddings}")
+    eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
+    return dict(ds_config=ds_config, batch=batch, spec=spec, zero_stage=zero_stage, config=config,
+                shards=shards, eval_shards=eval_shards, masking=masking_spec(args, config, shards),
+                model=build_model(args, config))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    rank, world_size = init_distributed(args.dist_timeout)
     try:
-        rank, world_size = init_distributed(args.dist_timeout)
-        ds_config = read_ds_config(args.deepspeed_config)
-        batch = resolve_batch(ds_config, world_size, source=f"--deepspeed_config {args.deepspeed_config}")
-        ds_config = {**ds_config, "train_micro_batch_size_per_gpu": batch.micro,
-                     "gradient_accumulation_steps": batch.accumulation, "train_batch_size": batch.global_}
-        ds_config.setdefault("gradient_clipping", 0.0)  # DeepSpeed's default would be 1.0
-        spec = optimizer_spec(ds_config, args, f"--deepspeed_config {args.deepspeed_config}")
-        zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
-        config = model_config(args)
-        shards = list_shards(args.input_dir)
-        if shards[0].seq_len > config.max_position_embeddings:
-            raise ValueError(f"shards in {args.input_dir} have sequence length {shards[0].seq_len} > "
-                             f"max_position_embeddings {config.max_position_embeddings}")
-        eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
-        if spec.kind == "lamb" and zero_stage == 3:
-            raise ValueError("LAMB under ZeRO stage 3 is refused: per-parameter trust ratios are "
-                             "implemented for ZeRO 0-2; use ZeRO 1 or 2, or --optimizer adamw")
-        model = build_model(args, config)
+        setup = prepare(args, world_size)
+        data = PretrainingData(setup["shards"], setup["batch"].micro, rank, world_size, args.seed,
+                               masking=setup["masking"])
     except (ValueError, FileNotFoundError) as e:  # CheckpointError and ShardError are ValueErrors
         print(f"run_pretraining.py: error: {e}", file=sys.stderr)
         return 2
-
+    config, batch, spec = setup["config"], setup["batch"], setup["spec"]
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    engine = build_engine(args, model, ds_config, zero_stage, spec, args.max_steps)
-    data = PretrainingData(shards, batch.micro, rank, world_size, args.seed,
-                           masking=masking_spec(args, config, shards))
+    engine = build_engine(args, setup["model"], setup["ds_config"], setup["zero_stage"], spec, args.max_steps)
     metrics = MetricsWriter(args.output_dir, enabled=rank == 0, tensorboard=args.tensorboard)
-    trainer = Trainer(args, engine, config, batch, data, eval_shards, metrics, rank, world_size)
+    trainer = Trainer(args, engine, config, batch, data, setup["eval_shards"], metrics, rank, world_size)
     resumed = args.resume and trainer.resume()
     if rank == 0:
         write_json(Path(args.output_dir) / "run_config.json", {
-            "args": vars(args), "model_config": config.to_dict(), "deepspeed_config": ds_config,
-            "optimizer": spec.kind, "zero_stage": zero_stage, "world_size": world_size,
+            "args": vars(args), "model_config": config.to_dict(), "deepspeed_config": setup["ds_config"],
+            "optimizer": spec.kind, "zero_stage": setup["zero_stage"], "world_size": world_size,
             "batch": {"micro": batch.micro, "accumulation": batch.accumulation, "global": batch.global_},
             "git_revision": git_revision(), "resumed_from_step": trainer.step if resumed else None})
     summary = trainer.run()

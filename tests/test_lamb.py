@@ -71,7 +71,7 @@ def flat_partitions(weights, num_parts):
     part = -(-total // num_parts)
     flat = torch.zeros(part * num_parts)
     flat[:total] = torch.cat([w.reshape(-1) for w in weights])
-    parts, layouts, offset = [], [], 0
+    parts, layouts = [], []
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     for r in range(num_parts):
         lo, hi = r * part, (r + 1) * part

@@ -1,0 +1,128 @@
+"""The demo's results report: a Markdown table and PNG curves, drawn only from the files
+the stages wrote (manifest/.done markers, metrics.jsonl, eval_results.json, HDF5 shards).
+
+    python -m pretrain.report DEMO_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from data_prep.schema import MANIFEST
+from pretrain.metrics import read_metrics
+from pretrain.plot import plot
+
+REPORT = "report.md"
+
+
+def masked_ids(shard_dir: Path) -> np.ndarray:
+    """Original ids of every masked position in a directory of static-masked shards."""
+    chunks = []
+    for path in sorted(shard_dir.glob("*.hdf5")):
+        with h5py.File(path, "r") as f:
+            positions, ids = f["masked_lm_positions"][:], f["masked_lm_ids"][:]
+        # A 0 position ends the list (position 0 is [CLS]), as NVIDIA's reader does.
+        valid = np.cumprod(positions > 0, axis=1).astype(bool)
+        chunks.append(ids[valid])
+    if not chunks:
+        raise FileNotFoundError(f"no .hdf5 shards in {shard_dir}")
+    return np.concatenate(chunks)
+
+
+def unigram_baseline(train_dir: Path, heldout_dir: Path) -> float:
+    """MLM accuracy of always predicting the token most often masked in training."""
+    most_common = Counter(masked_ids(train_dir).tolist()).most_common(1)[0][0]
+    return float(np.mean(masked_ids(heldout_dir) == most_common))
+
+
+def last(records: list[dict], key: str):
+    values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+    return values[-1] if values else None
+
+
+def median(records: list[dict], key: str):
+    values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+    return float(np.median(values)) if values else None
+
+
+def collect(demo: Path) -> dict:
+    prep = json.loads((demo / "shards" / ".done").read_text())
+    phase1, phase2 = read_metrics(demo / "phase1"), read_metrics(demo / "phase2")
+    p1_dir, p2_dir = prep["phase_dirs"]
+    squad = json.loads((demo / "squad" / "eval_results.json").read_text())
+    instances = json.loads((demo / "shards" / "train" / p1_dir / MANIFEST).read_text())
+    return {
+        "corpus_mb": prep["corpus_mb"], "prep_mb_per_s": prep["mb_per_s"],
+        "phase1_instances": instances.get("num_instances", instances.get("total_instances")),
+        "phase1_steps": last(phase1, "step"), "phase2_steps": last(phase2, "step"),
+        "phase1_seq_per_s": median(phase1, "perf/seq_per_s"), "phase2_seq_per_s": median(phase2, "perf/seq_per_s"),
+        "phase1_mlm_acc": last(phase1, "eval/mlm_acc"), "phase1_nsp_acc": last(phase1, "eval/nsp_acc"),
+        "mlm_acc": last(phase2, "eval/mlm_acc"), "nsp_acc": last(phase2, "eval/nsp_acc"),
+        "unigram_mlm_acc": unigram_baseline(demo / "shards" / "train" / p2_dir, demo / "shards" / "heldout" / p2_dir),
+        "squad_exact_match": squad["exact_match"], "squad_f1": squad["f1"],
+    }
+
+
+def fmt(value, pattern="{:.3f}") -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def render(r: dict, minutes: float | None) -> str:
+    learned = r["mlm_acc"] is not None and r["mlm_acc"] > 2 * r["unigram_mlm_acc"]
+    verdict = (f"The model learned: held-out MLM accuracy {fmt(r['mlm_acc'])} is "
+               f"{r['mlm_acc'] / max(r['unigram_mlm_acc'], 1e-9):.1f}x the unigram baseline "
+               f"{fmt(r['unigram_mlm_acc'])}." if learned else
+               f"The model did NOT clearly learn: held-out MLM accuracy {fmt(r['mlm_acc'])} against a unigram "
+               f"baseline of {fmt(r['unigram_mlm_acc'])}.")
+    rows = [
+        ("data prep throughput (extract + shards, 2 workers)", f"{fmt(r['prep_mb_per_s'], '{:.2f}')} MB/s "
+                                                               f"over {fmt(r['corpus_mb'], '{:.1f}')} MB"),
+        ("phase 1 pretraining (seq 128)", f"{fmt(r['phase1_seq_per_s'], '{:.1f}')} seq/s, "
+                                          f"{r['phase1_steps']} steps"),
+        ("phase 2 pretraining", f"{fmt(r['phase2_seq_per_s'], '{:.1f}')} seq/s, {r['phase2_steps']} steps"),
+        ("held-out MLM accuracy after phase 1", fmt(r["phase1_mlm_acc"])),
+        ("held-out MLM accuracy (final)", fmt(r["mlm_acc"])),
+        ("unigram MLM baseline (most frequent masked token)", fmt(r["unigram_mlm_acc"])),
+        ("held-out NSP accuracy (final; chance 0.5)", fmt(r["nsp_acc"])),
+        ("SQuAD v1.1 dev subset exact match", fmt(r["squad_exact_match"], "{:.2f}")),
+        ("SQuAD v1.1 dev subset F1", fmt(r["squad_f1"], "{:.2f}")),
+    ]
+    lines = ["# bertspeed demo report", "", "| measure | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    lines += ["", verdict, "", "![curves](curves.png)", ""]
+    if minutes is not None:
+        lines.insert(2, f"Whole demo run: {minutes:.1f} minutes.\n")
+    return "\n".join(lines)
+
+
+def write_report(demo: Path, minutes: float | None = None) -> str:
+    demo = Path(demo)
+    results = collect(demo)
+    plot([str(demo / "phase1"), str(demo / "phase2")], str(demo / "curves.png"))
+    (demo / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = render(results, minutes)
+    (demo / REPORT).write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pretrain.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("demo_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        print(write_report(args.demo_dir))
+    except (FileNotFoundError, KeyError) as e:
+        print(f"pretrain.report: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
