@@ -129,3 +129,14 @@ def test_reference_dropout_keeps_expected_fraction():
     scale = reference.dropout_scale((100_000,), 0.1, seed=3)
     assert abs(float((scale == 0).float().mean()) - 0.1) < 0.005
     assert scale.unique().tolist() == pytest.approx([0.0, 1 / 0.9])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a machine without CUDA")
+def test_without_cuda_the_extension_is_unavailable_with_a_clear_warning():
+    ops.extension.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="using the PyTorch reference path: .*CPU build|not found"):
+            assert ops.extension() is None
+        assert ops.extension_available() is False
+    finally:
+        ops.extension.cache_clear()
