@@ -11,10 +11,10 @@ word is run through the reference WordPiece model once and cached.
 """
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import unicodedata
-from itertools import chain
 
 from bert.tokenizer import BertTokenizer
 
@@ -44,9 +44,12 @@ def _char_class(predicate) -> str:
                    for a, b in ranges)
 
 
-_PUNCT = _char_class(_is_bert_punctuation)
-# After the reference normaliser every whitespace character has become a plain space.
-_UNICODE_WORDS = re.compile(f"[^ {_PUNCT}]+|[{_PUNCT}]")
+@functools.cache
+def _unicode_words() -> re.Pattern:
+    """Built on first use (a scan of all code points, ~0.3 s); most text never needs it."""
+    punct = _char_class(_is_bert_punctuation)
+    # After the reference normaliser every whitespace character has become a plain space.
+    return re.compile(f"[^ {punct}]+|[{punct}]")
 
 
 class _WordCache(dict):
@@ -79,16 +82,16 @@ class FastWordPiece:
     def words(self, text: str) -> list[str]:
         """BERT BasicTokenizer output (normalised words and punctuation)."""
         if text.isascii():
-            if _ASCII_CONTROL.search(text):
+            if not text.isprintable():  # only then can it hold control characters
                 text = _ASCII_CONTROL.sub("", text)
             return _ASCII_WORDS.findall(text.lower() if self.lower else text)
         text = self._normalizer.normalize_str(text)
         if text.isascii():
             return _ASCII_WORDS.findall(text)
-        return _UNICODE_WORDS.findall(text)
+        return _unicode_words().findall(text)
 
     def token_ids(self, text: str) -> list[int]:
-        return list(chain.from_iterable(map(self._lookup, self.words(text))))
+        return [i for ids in map(self._lookup, self.words(text)) for i in ids]
 
     def word_token_ids(self, text: str) -> list[list[int]]:
         """WordPiece ids grouped by word (for whole-word masking)."""

@@ -6,27 +6,31 @@ one document and is read whole, which bounds memory by the largest book).
 from __future__ import annotations
 
 import json
+import re
 from typing import Iterator
 
 from data_prep.storage import StorageError, list_files, open_text
 
 FORMATS = ("lines", "text", "jsonl", "books", "wiki")
+_BLANK_LINES = re.compile(r"\n\s*\n")
 
 
-def iter_segmented_documents(uri: str) -> Iterator[list[str]]:
+def iter_segmented_documents(uri: str, read_size: int = 1 << 22) -> Iterator[list[str]]:
     """NVIDIA's create_pretraining_data input: one segment (sentence) per line, blank line
-    between documents, file end ends a document."""
-    doc: list[str] = []
+    between documents, file end ends a document. Reads in large blocks (fast), holding at
+    most one block plus the current document."""
+    pending = ""
     with _reading(uri) as stream:
-        for line in stream:
-            line = line.strip()
-            if line:
-                doc.append(line)
-            elif doc:
-                yield doc
-                doc = []
-        if doc:
-            yield doc
+        while True:
+            chunk = stream.read(read_size)
+            pieces = _BLANK_LINES.split(pending + chunk)
+            pending = pieces.pop() if chunk else ""
+            for piece in pieces:
+                doc = [line for line in map(str.strip, piece.split("\n")) if line]
+                if doc:
+                    yield doc
+            if not chunk:
+                return
 
 
 def iter_documents(uri: str, fmt: str, text_field: str = "text") -> Iterator[str]:

@@ -1,0 +1,121 @@
+"""Benchmark: create_pretraining_data throughput (MB/s per core) and peak RSS at two corpus sizes.
+
+    python bench/data_prep.py [--sizes_mb 10 50] [--work_dir /tmp/bertspeed-bench]
+
+Corpus: the `context` paragraphs of SQuAD v1.1 train (real Wikipedia text, about 14 MB),
+one document per article, sentence-split once with data_prep's Punkt (trained offline on
+the corpus; splitting is not timed, as in NVIDIA's recipe whose create_pretraining_data.py
+also reads pre-split text). A size above 14 MB repeats whole articles in order
+(copies are identical text, so the word cache sees no new words after the first copy).
+Each size runs `python -m data_prep.create_pretraining_data` in a fresh process with
+phase-1 settings (128/20, dupe factor 1, static masking, --workers 1); MB/s is raw
+input bytes over wall time and over the process's CPU time; peak RSS comes from wait4.
+Side by side, in the same run: `tokenizers` encode_batch alone on the first size.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # this file is named like the data_prep package it measures
+SHARED = Path(os.environ.get("BERTSPEED_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SQUAD_TRAIN = SHARED / "squad" / "v1.1" / "train-v1.1.json.gz"
+VOCAB = SHARED / "vocab" / "bert-base-uncased-vocab.txt"
+
+
+def split_articles(work: Path) -> list[str]:
+    """SQuAD train articles as NVIDIA-format documents (one sentence per line), cached."""
+    cache = work / "squad_train_sentences.txt"
+    if not cache.exists():
+        from data_prep import sentences
+        data = json.load(gzip.open(SQUAD_TRAIN, "rt", encoding="utf-8"))["data"]
+        articles = ["\n".join(p["context"] for p in a["paragraphs"]) for a in data]
+        splitter = sentences.sentence_splitter(str(work / "punkt.json"), lambda: iter(articles))
+        docs = ["\n".join(sentences.split_document(splitter, a)) for a in articles]
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+        tmp.rename(cache)
+    return cache.read_text(encoding="utf-8").split("\n\n")
+
+
+def corpus_of(docs: list[str], megabytes: float, path: Path) -> int:
+    """Write whole documents (cycling) until the size is reached; returns bytes."""
+    target, size, i = int(megabytes * 1e6), 0, 0
+    with open(path, "w", encoding="utf-8") as f:
+        while size < target:
+            doc = docs[i % len(docs)].strip() + "\n\n"
+            f.write(doc)
+            size += len(doc.encode())
+            i += 1
+    return size
+
+
+def run_pipeline(corpus: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "data_prep.create_pretraining_data", "--input", str(corpus),
+           "--vocab_file", str(VOCAB), "--output_dir", str(out), "--max_seq_length", "128",
+           "--max_predictions_per_seq", "20", "--dupe_factor", "1", "--num_shards", "8", "--workers", "1"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"pipeline failed:\n{proc.stderr.read().decode()[-2000:]}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "instances": manifest["num_instances"]}
+
+
+def tokenizers_alone(corpus: Path) -> float:
+    """Seconds for `tokenizers` encode_batch over the corpus lines (the reference tokenizer alone)."""
+    from bert.tokenizer import BertTokenizer
+    tok = BertTokenizer.from_vocab_file(VOCAB)
+    lines = [line for line in corpus.read_text(encoding="utf-8").split("\n") if line]
+    start = time.perf_counter()
+    for i in range(0, len(lines), 4096):
+        tok.token_ids(lines[i:i + 4096])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes_mb", type=float, nargs="+", default=[10, 50])
+    p.add_argument("--work_dir", default="/tmp/bertspeed-bench-data-prep")
+    args = p.parse_args()
+    if not SQUAD_TRAIN.exists() or not VOCAB.exists():
+        raise SystemExit(f"needs {SQUAD_TRAIN} and {VOCAB}")
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    docs = split_articles(work)
+    rows = []
+    for mb in args.sizes_mb:
+        corpus = work / f"corpus_{mb:g}MB.txt"
+        size = corpus_of(docs, mb, corpus)
+        r = run_pipeline(corpus, work / f"out_{mb:g}MB")
+        r.update(size_mb=size / 1e6, mb_per_s_wall=size / 1e6 / r["wall_s"], mb_per_cpu_s=size / 1e6 / r["cpu_s"])
+        rows.append(r)
+        print(f"{size / 1e6:6.1f} MB: {r['instances']} instances, wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, "
+              f"{r['mb_per_s_wall']:.2f} MB/s per core (wall), {r['mb_per_cpu_s']:.2f} MB per CPU-second, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    first = work / f"corpus_{args.sizes_mb[0]:g}MB.txt"
+    ref = tokenizers_alone(first)
+    mb = first.stat().st_size / 1e6
+    print(f"side by side on {mb:.1f} MB: tokenizers encode_batch alone {mb / ref:.2f} MB/s; "
+          f"whole pipeline / encode_batch speed = {rows[0]['mb_per_s_wall'] / (mb / ref):.2f}x")
+    if len(rows) > 1:
+        print(f"peak RSS {rows[-1]['size_mb']:.0f} MB vs {rows[0]['size_mb']:.0f} MB: "
+              f"{rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
