@@ -27,6 +27,7 @@ SIGNATURES = {
     "harness_softmax_backward": ([_int] + [_p] * 3 + [_i64, _i64, _f32, _f64, _u64, _u64], _int),
     "harness_philox_words": ([_u64, _u64, _i64, _p], None),
     "harness_shuffle_probe": ([_int, _int, _int, _p], None),
+    "harness_divergent_sync_probe": ([_p], None),
 }
 
 

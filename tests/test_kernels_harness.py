@@ -7,8 +7,10 @@ a wrong index, a missing sync or a broken reduction shows up here.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -208,3 +210,13 @@ def test_guard_zones_catch_out_of_bounds_access(harness):
     harness.lib.harness_softmax_forward(0, _ptr(scores), None, _ptr(scores), None, 2, 8, 2, 1.0, 0.0, 0, 0)
     with pytest.raises(RuntimeError, match="wrote into one of its inputs"):
         g.verify()
+
+
+def test_divergent_syncthreads_is_reported_not_hung(tmp_path):
+    """A thread skipping __syncthreads hangs its block: the emulation aborts with a message instead."""
+    code = ("import torch; from kernels.harness import harness; "
+            "harness().lib.harness_divergent_sync_probe(torch.zeros(64, dtype=torch.int32).data_ptr())")
+    env = {**os.environ, "BERTSPEED_EMULATION_DEADLOCK_SECONDS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "deadlock: threads wait at a __syncthreads" in proc.stderr

@@ -8,7 +8,9 @@
 // warp-wide barriers, with CUDA's out-of-range rules. Only full-warp masks
 // are supported (anything else aborts), as in the kernels that use them.
 #pragma once
+#include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -79,6 +81,13 @@ struct Block {
 
 inline thread_local Block* block = nullptr;
 inline thread_local int thread_rank = 0;
+inline std::atomic<uint64_t> progress{0};  // barrier arrivals, watched for deadlocks
+
+template <typename Barrier>
+void arrive_and_wait(Barrier& barrier) {
+  progress.fetch_add(1, std::memory_order_relaxed);
+  barrier.arrive_and_wait();
+}
 
 inline void fail(const char* what) {
   std::fprintf(stderr, "cuda emulation: %s\n", what);
@@ -92,10 +101,10 @@ T exchange(T v, int src) {
   int warp = thread_rank / kWarp, lane = thread_rank % kWarp;
   uint64_t* slot = &block->slots[warp * kWarp];
   std::memcpy(&slot[lane], &v, sizeof(T));
-  block->warps[warp]->arrive_and_wait();
+  arrive_and_wait(*block->warps[warp]);
   T out;
   std::memcpy(&out, &slot[src], sizeof(T));
-  block->warps[warp]->arrive_and_wait();  // nobody overwrites a slot before all have read
+  arrive_and_wait(*block->warps[warp]);  // nobody overwrites a slot before all have read
   return out;
 }
 
@@ -106,6 +115,7 @@ void launch(dim3 grid, dim3 threads, cudaStream_t /*stream: launches run synchro
   blockDim = threads;
   gridDim = grid;
   Block shared(n);
+  std::atomic<int> finished{0};
   std::vector<std::thread> pool;
   pool.reserve(n);
   for (int rank = 0; rank < n; ++rank) {
@@ -118,9 +128,25 @@ void launch(dim3 grid, dim3 threads, cudaStream_t /*stream: launches run synchro
           for (unsigned x = 0; x < grid.x; ++x) {
             blockIdx = dim3(x, y, z);
             kernel(args...);
-            shared.sync.arrive_and_wait();  // the next block reuses the static shared memory
+            arrive_and_wait(shared.sync);  // the next block reuses the static shared memory
           }
+      finished.fetch_add(1);
     });
+  }
+  // A thread that skips a __syncthreads or shuffle its block-mates reach
+  // (undefined behaviour on a GPU) leaves them waiting forever: report it.
+  const char* limit_env = std::getenv("BERTSPEED_EMULATION_DEADLOCK_SECONDS");
+  const auto limit = std::chrono::seconds(limit_env ? std::atoi(limit_env) : 30);
+  uint64_t last = progress.load();
+  auto stalled_since = std::chrono::steady_clock::now();
+  while (finished.load() < n) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (uint64_t now = progress.load(); now != last) {
+      last = now;
+      stalled_since = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - stalled_since > limit) {
+      fail("deadlock: threads wait at a __syncthreads/shuffle that others of their block never reach");
+    }
   }
   for (auto& t : pool) t.join();
 }
@@ -129,7 +155,7 @@ void launch(dim3 grid, dim3 threads, cudaStream_t /*stream: launches run synchro
 
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 
-inline void __syncthreads() { emu::block->sync.arrive_and_wait(); }
+inline void __syncthreads() { emu::arrive_and_wait(emu::block->sync); }
 
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = emu::kWarp) {

@@ -15,6 +15,13 @@ __global__ void shuffle_probe_kernel(int down, int arg, int width, int* out) {
                    : __shfl_xor_sync(0xffffffffu, lane, arg, width);
 }
 
+// Thread 0 leaves before the block's __syncthreads (a bug the emulation must report).
+__global__ void divergent_sync_kernel(int* out) {
+  if (threadIdx.x == 0) return;
+  __syncthreads();
+  out[threadIdx.x] = 1;
+}
+
 }  // namespace
 
 extern "C" {
@@ -54,6 +61,10 @@ int harness_softmax_backward(int type, const void* grad_out, const void* probs, 
 
 void harness_shuffle_probe(int down, int arg, int width, int* out) {
   BERTSPEED_LAUNCH(shuffle_probe_kernel, dim3(1), dim3(32), nullptr, down, arg, width, out);
+}
+
+void harness_divergent_sync_probe(int* out) {
+  BERTSPEED_LAUNCH(divergent_sync_kernel, dim3(1), dim3(64), nullptr, out);
 }
 
 void harness_philox_words(uint64_t seed, uint64_t first, int64_t n, uint32_t* out) {
