@@ -56,3 +56,16 @@ def test_compile_errors_are_reported(tmp_path):
     source.write_text("__global__ void broken() { undeclared_name = 1; }\n")
     with pytest.raises(KernelBuildError, match="undeclared_name"):
         nvcc_check(source)
+
+
+def test_make_kernels_entry_point_reports_each_build(capsys):
+    """`python -m kernels.build` (make kernels): harness and nvcc builds succeed, the rest says why it skipped."""
+    import torch
+
+    from kernels.build import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "[ok] CPU harness" in out and "[ok] nvcc sm_80/sm_90, no spills" in out
+    if torch.version.cuda is None:
+        assert "[skip] torch extension: torch" in out and "CPU build" in out
