@@ -13,6 +13,7 @@ machine supports and says what it skipped.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -103,11 +104,27 @@ def parse_resource_usage(log: str) -> dict[tuple[str, str], dict]:
 
 
 def nvcc_check(source: Path = CSRC / "launchers.cu", extra_flags: tuple[str, ...] = ()) -> dict:
-    """Compile `source` for every arch in CUDA_ARCHS; raise KernelBuildError on spills or errors."""
+    """Compile `source` for every arch in CUDA_ARCHS; raise KernelBuildError on spills or errors.
+
+    A passing check of our own kernels is cached under the hash of their sources and flags.
+    """
     home = cuda_home()
     if home is None:
         raise ToolchainMissing("nvcc not found (set CUDA_HOME)")
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
+    cached = None
+    if source == CSRC / "launchers.cu":
+        flags = [_run([str(home / "bin" / "nvcc"), "--version"]), *NVCC_FLAGS, *gencode, *extra_flags]
+        cached = cache_dir() / f"nvcc_check_{source_hash(DEVICE_HEADERS + ['launchers.cu'], flags)}.json"
+        if cached.exists():
+            return {(k, a): u for k, a, u in json.loads(cached.read_text())}
+    usage = _nvcc_resource_usage(home, source, gencode, extra_flags)
+    if cached is not None:
+        cached.write_text(json.dumps([[k, a, u] for (k, a), u in usage.items()]))
+    return usage
+
+
+def _nvcc_resource_usage(home: Path, source: Path, gencode: list[str], extra_flags: tuple[str, ...]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         log = _run([str(home / "bin" / "nvcc"), *NVCC_FLAGS, *gencode, *extra_flags, "-I", str(CSRC),
                     "-c", str(source), "-o", str(Path(tmp) / "kernels.o")])
