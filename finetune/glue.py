@@ -124,12 +124,12 @@ def featurize(examples: list[Example], tokenizer, max_seq_length: int) -> list[d
     return features
 
 
-def write_submission(path: Path, task: GlueTask, examples: list[Example], predictions) -> None:
+def write_submission(path: Path, task: GlueTask, examples: list[Example], predictions, decimals: int = 3) -> None:
     """`index<TAB>prediction` lines after a header; label names for NLI tasks, scores for STS-B."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("index\tprediction\n")
         for example, pred in zip(examples, predictions):
-            value = f"{float(pred):.3f}" if task.is_regression else task.labels[int(pred)]
+            value = f"{float(pred):.{decimals}f}" if task.is_regression else task.labels[int(pred)]
             f.write(f"{example.guid}\t{value}\n")
     os.replace(tmp, path)

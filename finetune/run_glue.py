@@ -68,7 +68,8 @@ def main(argv=None):
         preds = predict_labels(trainer, task, features, args.eval_batch_size)
         scores = glue_metrics(task.metric_name, preds, [e.label for e in examples])
         if trainer.rt.is_main:
-            glue.write_submission(Path(args.output_dir) / f"{Path(name).stem}_predictions.tsv", task, examples, preds)
+            glue.write_submission(Path(args.output_dir) / f"{Path(name).stem}_predictions.tsv", task, examples,
+                                  preds, decimals=7)
         suffix = "_mm" if "mismatched" in name else ""
         results.update({f"{k}{suffix}": v for k, v in scores.items()})
         results[f"eval_examples{suffix}"] = len(examples)
