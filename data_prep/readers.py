@@ -33,11 +33,11 @@ def iter_segmented_documents(uri: str, read_size: int = 1 << 22) -> Iterator[lis
                 return
 
 
-def iter_documents(uri: str, fmt: str, text_field: str = "text") -> Iterator[str]:
-    """Documents as raw (not sentence-split) text."""
+def iter_raw_documents(uri: str, fmt: str, text_field: str = "text") -> Iterator[str]:
+    """Documents as found in the input (wiki: raw wikitext; see clean_document)."""
     if fmt == "wiki":
-        from data_prep.wiki import iter_wiki_articles
-        for _, text in iter_wiki_articles(uri):
+        from data_prep.wiki import iter_wiki_pages
+        for _, text in iter_wiki_pages(uri):
             yield text
     elif fmt == "jsonl":
         yield from _iter_jsonl(uri, text_field)
@@ -51,6 +51,22 @@ def iter_documents(uri: str, fmt: str, text_field: str = "text") -> Iterator[str
             yield "\n".join(doc)
     else:
         raise ValueError(f"--input_format must be one of {FORMATS}, got {fmt!r}")
+
+
+def clean_document(fmt: str, raw: str) -> str:
+    """Plain text of a raw document (the costly wikitext cleaning runs here, in workers)."""
+    if fmt == "wiki":
+        from data_prep.wiki import clean_wikitext
+        return clean_wikitext(raw)
+    return raw
+
+
+def iter_documents(uri: str, fmt: str, text_field: str = "text") -> Iterator[str]:
+    """Documents as plain (not sentence-split) text."""
+    for raw in iter_raw_documents(uri, fmt, text_field):
+        text = clean_document(fmt, raw)
+        if text:
+            yield text
 
 
 def _iter_jsonl(uri: str, field: str) -> Iterator[str]:

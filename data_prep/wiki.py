@@ -53,22 +53,30 @@ def _render(code, out=None) -> list[str]:
     return out
 
 
-def iter_wiki_articles(uri: str) -> Iterator[tuple[str, str]]:
-    """(title, clean text) for every article page of a dump."""
+def iter_wiki_pages(uri: str) -> Iterator[tuple[str, str]]:
+    """(title, raw wikitext) for every article page (namespace 0, not a redirect) of a dump."""
     with open_binary(uri) as stream:
         try:
-            context = ET.iterparse(stream, events=("end",))
-            for _, elem in context:
-                if _local(elem.tag) != "page":
+            root = None
+            for event, elem in ET.iterparse(stream, events=("start", "end")):
+                if root is None:
+                    root = elem
+                if event != "end" or _local(elem.tag) != "page":
                     continue
                 title, text = _article(elem)
-                elem.clear()
+                root.clear()  # drop finished pages: memory stays flat over the whole dump
                 if text is not None:
-                    cleaned = clean_wikitext(text)
-                    if cleaned:
-                        yield title, cleaned
+                    yield title, text
         except (ET.ParseError, OSError, EOFError) as err:
             raise StorageError(f"{uri}: not a readable Wikipedia XML dump ({err})") from None
+
+
+def iter_wiki_articles(uri: str) -> Iterator[tuple[str, str]]:
+    """(title, clean text) for every article page of a dump."""
+    for title, text in iter_wiki_pages(uri):
+        cleaned = clean_wikitext(text)
+        if cleaned:
+            yield title, cleaned
 
 
 def _local(tag: str) -> str:

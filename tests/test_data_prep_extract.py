@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import bz2
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from data_prep import sentences
 from data_prep.extract import main as extract_main
 from data_prep.wiki import clean_wikitext, iter_wiki_articles
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +121,35 @@ def test_bad_input_gives_clear_error(tmp_path, capsys, name, content, message):
     err = capsys.readouterr().err
     assert message in err
     assert not list(out.glob("text_*.txt"))
+
+
+def extract_cmd(dump, out, workers=1):
+    return [sys.executable, "-m", "data_prep.extract", "--input", str(dump), "--output_dir", str(out),
+            "--num_shards", "3", "--no_split", "--docs_per_task", "2", "--checkpoint_every", "1",
+            "--workers", str(workers)]
+
+
+def test_extract_resumes_after_kill_and_ignores_worker_count(tmp_path, wiki_dump):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(extract_cmd(wiki_dump, out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    progress = out / ".extract-progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists() and json.loads(progress.read_text())["raw_docs"] >= 20:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list(out.glob("text_*.txt"))  # nothing visible under a final name
+    resumed_from = json.loads(progress.read_text())["raw_docs"]
+    assert 20 <= resumed_from < 106
+    assert subprocess.run(extract_cmd(wiki_dump, out), cwd=ROOT, capture_output=True).returncode == 0
+    fresh = tmp_path / "fresh"
+    assert subprocess.run(extract_cmd(wiki_dump, fresh, workers=2), cwd=ROOT,
+                          capture_output=True).returncode == 0
+    for i in range(3):
+        name = f"text_{i:05d}.txt"
+        assert (out / name).read_bytes() == (fresh / name).read_bytes()
+    assert json.loads((out / "extract.json").read_text())["documents"] == 106
+    assert not progress.exists()
