@@ -163,6 +163,9 @@ def load_extension(verbose: bool = False):
     name = f"bertspeed_kernels_{source_hash(DEVICE_HEADERS + sources, [torch.__version__])}"
     build_dir = cache_dir() / name
     build_dir.mkdir(exist_ok=True)
+    if not (build_dir / f"{name}.so").exists():
+        print(f"bertspeed: building the fused CUDA kernels into {build_dir} (first use only, ~1 min)",
+              file=sys.stderr)
     return cpp_extension.load(
         name=name, sources=[str(CSRC / s) for s in sources], build_directory=str(build_dir),
         extra_include_paths=[str(CSRC)], extra_cflags=["-O3"],
