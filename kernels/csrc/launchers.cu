@@ -24,6 +24,9 @@ int with_types(DType x, DType w, F&& f) {
 
 bool bad_shape(int64_t rows, int64_t cols) { return rows < 0 || cols < 1 || cols > INT32_MAX || rows > INT32_MAX; }
 
+// One block per row: a warp per 32 columns, at most kRowThreads threads.
+dim3 row_threads(int64_t cols) { return dim3(unsigned(cols >= kRowThreads ? kRowThreads : (cols + 31) / 32 * 32)); }
+
 int64_t chunks_for(int64_t rows) {  // row chunks of the two-stage parameter-gradient reduction
   const int64_t chunks = (rows + 31) / 32;
   return chunks < 1 ? 1 : (chunks > 128 ? 128 : chunks);
@@ -50,7 +53,7 @@ int layer_norm_forward(DType x_type, DType w_type, const void* x, const void* re
     using T = typename decltype(tx)::type;
     using W = typename decltype(tw)::type;
     PreNorm<T> pre{static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(bias)};
-    BERTSPEED_LAUNCH((layer_norm_fwd_kernel<T, W>), dim3(unsigned(rows)), dim3(kRowThreads),
+    BERTSPEED_LAUNCH((layer_norm_fwd_kernel<T, W>), dim3(unsigned(rows)), row_threads(cols),
                      static_cast<cudaStream_t>(stream), pre, static_cast<const W*>(gamma),
                      static_cast<const W*>(beta), static_cast<T*>(y), mean, rstd, int(cols), eps);
     return int(cudaGetLastError());
@@ -71,7 +74,7 @@ int layer_norm_backward(DType x_type, DType w_type, const void* dy, const void* 
     auto s = static_cast<cudaStream_t>(stream);
     PreNorm<T> pre{static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(bias)};
     if (rows > 0) {
-      BERTSPEED_LAUNCH((layer_norm_bwd_input_kernel<T, W>), dim3(unsigned(rows)), dim3(kRowThreads), s,
+      BERTSPEED_LAUNCH((layer_norm_bwd_input_kernel<T, W>), dim3(unsigned(rows)), row_threads(cols), s,
                        static_cast<const T*>(dy), pre, static_cast<const W*>(gamma), mean, rstd,
                        static_cast<T*>(dx), int(cols));
     }
@@ -98,10 +101,10 @@ int softmax_forward(DType type, const void* scores, const float* mask, void* pro
     const Dropout dropout = make_dropout(dropout_p, seed, offset);
     auto s = static_cast<cudaStream_t>(stream);
     if (dropout_p > 0) {
-      BERTSPEED_LAUNCH((softmax_fwd_kernel<T, true>), dim3(unsigned(rows)), dim3(kRowThreads), s, logit,
+      BERTSPEED_LAUNCH((softmax_fwd_kernel<T, true>), dim3(unsigned(rows)), row_threads(cols), s, logit,
                        static_cast<T*>(probs), static_cast<T*>(out), dropout);
     } else {
-      BERTSPEED_LAUNCH((softmax_fwd_kernel<T, false>), dim3(unsigned(rows)), dim3(kRowThreads), s, logit,
+      BERTSPEED_LAUNCH((softmax_fwd_kernel<T, false>), dim3(unsigned(rows)), row_threads(cols), s, logit,
                        static_cast<T*>(probs), static_cast<T*>(out), dropout);
     }
     return int(cudaGetLastError());
@@ -119,10 +122,10 @@ int softmax_backward(DType type, const void* grad_out, const void* probs, void* 
     auto g = static_cast<const T*>(grad_out);
     auto p = static_cast<const T*>(probs);
     if (dropout_p > 0) {
-      BERTSPEED_LAUNCH((softmax_bwd_kernel<T, true>), dim3(unsigned(rows)), dim3(kRowThreads), s, g, p,
+      BERTSPEED_LAUNCH((softmax_bwd_kernel<T, true>), dim3(unsigned(rows)), row_threads(cols), s, g, p,
                        static_cast<T*>(grad_in), int(cols), scale, dropout);
     } else {
-      BERTSPEED_LAUNCH((softmax_bwd_kernel<T, false>), dim3(unsigned(rows)), dim3(kRowThreads), s, g, p,
+      BERTSPEED_LAUNCH((softmax_bwd_kernel<T, false>), dim3(unsigned(rows)), row_threads(cols), s, g, p,
                        static_cast<T*>(grad_in), int(cols), scale, dropout);
     }
     return int(cudaGetLastError());
