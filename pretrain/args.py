@@ -44,6 +44,7 @@ class PretrainArgs:
     gradient_checkpointing: bool = False
     peak_tflops: float = 0.0  # per device, for the MFU estimate (0: no MFU)
     tensorboard: bool = False
+    max_bad_steps: int = 20  # stop after this many skipped/non-finite steps in a row (0: never)
     dist_timeout: float = 600.0  # seconds a collective may wait before the run fails
     local_rank: int = -1
     deepspeed: bool = True
@@ -52,6 +53,8 @@ class PretrainArgs:
         for name in ("max_steps", "checkpoint_interval", "keep_checkpoints", "log_interval", "eval_samples"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.max_bad_steps < 0:
+            raise ValueError(f"--max_bad_steps must be >= 0, got {self.max_bad_steps}")
         if self.eval_interval < 0:
             raise ValueError(f"--eval_interval must be >= 0, got {self.eval_interval}")
         if (self.config_file is None) == (self.model_preset is None) and self.init_checkpoint is None:

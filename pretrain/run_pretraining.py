@@ -26,6 +26,7 @@ from pretrain.args import (PretrainArgs, optimizer_spec, parse_args, read_ds_con
                            resolve_batch)
 from pretrain.distributed import init_distributed  # noqa: E402
 from pretrain.data import MaskingSpec, PretrainingData, list_shards  # noqa: E402
+from pretrain.guard import EXIT_DIVERGED, EXIT_SIGNALLED, TrainingDiverged  # noqa: E402
 from pretrain.lamb import Lamb, partition_layout  # noqa: E402
 from pretrain.metrics import MetricsWriter  # noqa: E402
 from pretrain.optim import build_optimizer, build_schedule, param_groups, use_deepspeed_fused_lamb  # noqa: E402
@@ -116,6 +117,10 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
         raise ValueError(f"shards in {args.input_dir} have sequence length {shards[0].seq_len} > "
                          f"max_position_embeddings {config.max_position_embeddings}")
     eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
+    latest = checkpoint.read_latest(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if latest and not args.resume:
+        raise ValueError(f"--output_dir {args.output_dir} already holds checkpoint {latest}: pass --resume "
+                         "to continue it, or choose another --output_dir")
     return dict(ds_config=ds_config, batch=batch, spec=spec, zero_stage=zero_stage, config=config,
                 shards=shards, eval_shards=eval_shards, masking=masking_spec(args, config, shards),
                 model=build_model(args, config))
@@ -137,13 +142,20 @@ def main(argv=None) -> int:
     metrics = MetricsWriter(args.output_dir, enabled=rank == 0, tensorboard=args.tensorboard)
     trainer = Trainer(args, engine, config, batch, data, setup["eval_shards"], metrics, rank, world_size)
     resumed = args.resume and trainer.resume()
+    if not resumed:
+        metrics.truncate_after(0)  # a fresh run: no records of an earlier attempt
     if rank == 0:
         write_json(Path(args.output_dir) / "run_config.json", {
             "args": vars(args), "model_config": config.to_dict(), "deepspeed_config": setup["ds_config"],
             "optimizer": spec.kind, "zero_stage": setup["zero_stage"], "world_size": world_size,
             "batch": {"micro": batch.micro, "accumulation": batch.accumulation, "global": batch.global_},
             "git_revision": git_revision(), "resumed_from_step": trainer.step if resumed else None})
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except TrainingDiverged as e:
+        print(f"run_pretraining.py: error: {e}; last good checkpoint: "
+              f"{checkpoint.read_latest(args.output_dir)}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
     if rank == 0:
         write_json(Path(args.output_dir) / "summary.json", summary)
         print("summary: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -151,7 +163,7 @@ def main(argv=None) -> int:
     data.close()
     metrics.close()
     checkpoint.barrier()
-    return 0
+    return EXIT_SIGNALLED if summary["stopped_by_signal"] else 0
 
 
 if __name__ == "__main__":

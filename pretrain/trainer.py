@@ -14,6 +14,7 @@ from bert.config import BertConfig
 from pretrain import checkpoint
 from pretrain.args import BatchSizes, PretrainArgs
 from pretrain.data import PretrainingData, eval_batches
+from pretrain.guard import BadStepCounter, StopOnSignal
 from pretrain.metrics import MetricsWriter, throughput
 
 
@@ -149,29 +150,39 @@ class Trainer:
         flops = self.model_config.flops_per_token(self.data.seq_len)
         progress = tqdm(total=args.max_steps, initial=self.step, disable=self.rank != 0,
                         desc="pretrain", dynamic_ncols=True)
-        first_step, started, last = self.step, time.perf_counter(), {}
-        while self.step < args.max_steps:
-            t0 = time.perf_counter()
-            values = self.train_step()
-            seconds = time.perf_counter() - t0
-            values.update(throughput(self.batch.global_, self.data.seq_len, seconds, flops,
-                                     args.peak_tflops, self.world_size))
-            if self._want_eval():
-                values.update(self.evaluate())
-            if self.step % args.log_interval == 0 or self.step == args.max_steps or "eval/loss" in values:
-                self.metrics.write(self.step, values)
-            if self.step % args.checkpoint_interval == 0 or self.step == args.max_steps:
-                self.save()
-            progress.update(1)
-            progress.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{values['optim/lr']:.2e}")
-            last = values
-        progress.close()
+        stop, bad_steps = StopOnSignal(), BadStepCounter(args.max_bad_steps)
+        first_step, started, last, stopped = self.step, time.perf_counter(), {}, False
+        try:
+            while self.step < args.max_steps and not stopped:
+                t0 = time.perf_counter()
+                values = self.train_step()
+                seconds = time.perf_counter() - t0
+                values.update(throughput(self.batch.global_, self.data.seq_len, seconds, flops,
+                                         args.peak_tflops, self.world_size))
+                if self._want_eval():
+                    values.update(self.evaluate())
+                if self.step % args.log_interval == 0 or self.step == args.max_steps or "eval/loss" in values:
+                    self.metrics.write(self.step, values)
+                bad_steps.update(self.step, values["train/loss"], values["optim/skipped_steps"])
+                stopped = stop.agreed(self.device)
+                if stopped or self.step % args.checkpoint_interval == 0 or self.step == args.max_steps:
+                    if bad_steps.run == 0:
+                        self.save()
+                    elif self.rank == 0:  # never let `latest` point at a non-finite state
+                        print(f"step {self.step} was bad: no checkpoint written", flush=True)
+                progress.update(1)
+                progress.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{values['optim/lr']:.2e}")
+                last = values
+        finally:
+            stop.restore()
+            progress.close()
         elapsed = time.perf_counter() - started
         steps = self.step - first_step
         checksums = self.parameter_checksums()
-        summary = {"steps": self.step, "rank_param_checksums": checksums, "steps_this_run": steps, "seconds": elapsed,
-                   "seq_per_s": steps * self.batch.global_ / elapsed if steps else None,
-                   **{k: float(v) for k, v in last.items() if v is not None}}
+        summary = {"steps": self.step, "steps_this_run": steps, "stopped_by_signal": stopped,
+                   "seconds": elapsed, "seq_per_s": steps * self.batch.global_ / elapsed if steps else None,
+                   **{k: float(v) for k, v in last.items() if v is not None},
+                   "rank_param_checksums": checksums}
         if checksums is not None:
             summary["ranks_identical"] = len(set(checksums)) == 1
         return summary
