@@ -105,6 +105,39 @@ class Harness:
         return out.tolist()
 
 
+class ExtensionShim:
+    """The torch extension's interface (csrc/binding.cpp), served by the harness on CPU tensors.
+
+    Lets tests run the CUDA-path glue of kernels/ops.py (allocation, argument
+    order, rows_per_batch, mask conversion) end to end through the device code.
+    """
+
+    def __init__(self, harness: Harness):
+        self.lib, self._check = harness.lib, harness._check
+
+    def layer_norm_forward(self, x, residual, bias, gamma, beta, y, mean, rstd, eps):
+        self._check(self.lib.harness_layer_norm_forward(
+            DTYPE_CODES[x.dtype], DTYPE_CODES[gamma.dtype], *map(_ptr, (x, residual, bias, gamma, beta, y, mean, rstd)),
+            x.numel() // x.shape[-1], x.shape[-1], eps))
+
+    def layer_norm_backward(self, dy, x, residual, bias, gamma, mean, rstd, dx, dgamma, dbeta):
+        rows, cols = x.numel() // x.shape[-1], x.shape[-1]
+        workspace = torch.empty(self.lib.harness_layer_norm_backward_workspace(rows, cols))
+        self._check(self.lib.harness_layer_norm_backward(
+            DTYPE_CODES[x.dtype], DTYPE_CODES[gamma.dtype],
+            *map(_ptr, (dy, x, residual, bias, gamma, mean, rstd, dx, dgamma, dbeta, workspace)), rows, cols))
+
+    def softmax_forward(self, scores, mask, probs, out, rows_per_batch, scale, dropout_p, seed):
+        self._check(self.lib.harness_softmax_forward(
+            DTYPE_CODES[scores.dtype], _ptr(scores), _ptr(mask), _ptr(probs), _ptr(out),
+            scores.numel() // scores.shape[-1], scores.shape[-1], rows_per_batch, scale, dropout_p, seed, 0))
+
+    def softmax_backward(self, grad_out, probs, grad_in, scale, dropout_p, seed):
+        self._check(self.lib.harness_softmax_backward(
+            DTYPE_CODES[probs.dtype], _ptr(grad_out), _ptr(probs), _ptr(grad_in), probs.numel() // probs.shape[-1],
+            probs.shape[-1], scale, dropout_p, seed, 0))
+
+
 class Guards:
     """Places each tensor between guard zones, like a memory checker would.
 

@@ -56,7 +56,7 @@ def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], bias: Optional[Tensor]
 
 
 @layer_norm_fwd.register_kernel("cuda")
-def _(x, residual, bias, weight, beta, eps):
+def _layer_norm_fwd_cuda(x, residual, bias, weight, beta, eps):
     if not _use_extension(x, weight):
         return reference.layer_norm_forward(x, residual, bias, weight, beta, eps)
     y = torch.empty_like(x)
@@ -80,7 +80,7 @@ def layer_norm_bwd(dy: Tensor, x: Tensor, residual: Optional[Tensor], bias: Opti
 
 
 @layer_norm_bwd.register_kernel("cuda")
-def _(dy, x, residual, bias, weight, mean, rstd):
+def _layer_norm_bwd_cuda(dy, x, residual, bias, weight, mean, rstd):
     if not _use_extension(x, weight):
         return reference.layer_norm_backward(dy, x, residual, bias, weight, mean, rstd)
     dx, dweight, dbeta = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
@@ -142,7 +142,7 @@ def softmax_fwd(scores: Tensor, mask: Optional[Tensor], scale: float, dropout_p:
 
 
 @softmax_fwd.register_kernel("cuda")
-def _(scores, mask, scale, dropout_p, seed):
+def _softmax_fwd_cuda(scores, mask, scale, dropout_p, seed):
     if not _use_extension(scores):
         return reference.softmax_forward(scores, mask, scale, dropout_p, int(seed.item()))
     probs = torch.empty_like(scores)
@@ -167,7 +167,7 @@ def softmax_bwd(grad_out: Tensor, probs: Tensor, scale: float, dropout_p: float,
 
 
 @softmax_bwd.register_kernel("cuda")
-def _(grad_out, probs, scale, dropout_p, seed):
+def _softmax_bwd_cuda(grad_out, probs, scale, dropout_p, seed):
     if not _use_extension(probs):
         return reference.softmax_backward(grad_out, probs, scale, dropout_p, int(seed.item()))
     grad_in = torch.empty_like(probs)

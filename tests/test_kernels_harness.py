@@ -220,3 +220,36 @@ def test_divergent_syncthreads_is_reported_not_hung(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode != 0
     assert "deadlock: threads wait at a __syncthreads" in proc.stderr
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_path_of_the_ops_through_the_device_code(harness, dtype, monkeypatch):
+    """kernels.ops' CUDA implementations, with the extension served by the harness, equal the CPU ops."""
+    from kernels import ops
+    from kernels.harness import ExtensionShim
+
+    monkeypatch.setattr(ops, "extension", lambda: ExtensionShim(harness))
+    torch.manual_seed(0)
+    x, residual, bias, weight, beta = layer_norm_inputs(6, 100, dtype)
+    x, residual = x.view(2, 3, 100), residual.view(2, 3, 100)
+    got = ops._layer_norm_fwd_cuda(x, residual, bias, weight, beta, 1e-5)
+    want = ops.layer_norm_fwd(x, residual, bias, weight, beta, 1e-5)
+    for g, w, name in zip(got, want, ("y", "mean", "rstd")):
+        assert_matches(g, w, dtype if name == "y" else torch.float32, name)
+    dy = randn(2, 3, 100, dtype=dtype)
+    got = ops._layer_norm_bwd_cuda(dy, x, residual, bias, weight, want[1], want[2])
+    for g, w, name in zip(got, ops.layer_norm_bwd(dy, x, residual, bias, weight, want[1], want[2]),
+                          ("dx", "dweight", "dbeta")):
+        assert_matches(g, w, dtype, name)
+
+    scores, mask = softmax_inputs(31, dtype)
+    seed = torch.tensor([77])
+    for p in (0.0, 0.2):
+        got = ops._softmax_fwd_cuda(scores, mask, 0.3, p, seed)
+        want = ops.softmax_fwd(scores, mask, 0.3, p, seed)
+        assert got[0].shape == want[0].shape
+        for g, w in zip(got, want):
+            assert_matches(g, w, dtype, f"softmax p={p}")
+        grad_out = randn(*scores.shape, dtype=dtype)
+        assert_matches(ops._softmax_bwd_cuda(grad_out, got[1], 0.3, p, seed),
+                       ops.softmax_bwd(grad_out, got[1], 0.3, p, seed), dtype, f"softmax grad p={p}")
