@@ -69,7 +69,7 @@ class _WordCache(dict):
 class FastWordPiece:
     """token_ids(text) == BertTokenizer.token_ids([text])[0], several times faster."""
 
-    def __init__(self, tokenizer: BertTokenizer, max_cache: int = 1_000_000):
+    def __init__(self, tokenizer: BertTokenizer, max_cache: int = 300_000):
         self.tokenizer = tokenizer
         self.lower = tokenizer.do_lower_case
         self._normalizer = tokenizer.backend.normalizer

@@ -15,7 +15,7 @@ FORMATS = ("lines", "text", "jsonl", "books", "wiki")
 _BLANK_LINES = re.compile(r"\n\s*\n")
 
 
-def iter_segmented_documents(uri: str, read_size: int = 1 << 22) -> Iterator[list[str]]:
+def iter_segmented_documents(uri: str, read_size: int = 1 << 20) -> Iterator[list[str]]:
     """NVIDIA's create_pretraining_data input: one segment (sentence) per line, blank line
     between documents, file end ends a document. Reads in large blocks (fast), holding at
     most one block plus the current document."""
