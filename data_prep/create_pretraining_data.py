@@ -94,11 +94,13 @@ def phase_specs(args) -> list[tuple[InstanceSpec, str]]:
 
 
 def result_config(args, files: list[str], vocab_sha: str) -> dict:
-    """Everything that determines the output bytes (not --workers or paths of work)."""
+    """Everything that determines the output bytes (not --workers or paths of work); local inputs
+    also by size and modification time, so edited inputs are never mixed with old parts."""
     keys = ("do_lower_case", "max_seq_length", "max_predictions_per_seq", "phases", "masking",
             "do_whole_word_mask", "masked_lm_prob", "short_seq_prob", "dupe_factor", "random_seed",
             "num_shards", "block_bytes")
-    return {"inputs": files, "vocab_sha256": vocab_sha, **{k: getattr(args, k) for k in keys}}
+    stamps = [None if is_s3(f) else [os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files]
+    return {"inputs": files, "input_stamps": stamps, "vocab_sha256": vocab_sha, **{k: getattr(args, k) for k in keys}}
 
 
 # ---------------------------------------------------------------- pass 1: blocks -> parts
