@@ -63,3 +63,14 @@ def test_real_text_matches_reference_byte_for_byte(vocab_file, squad_dev, lower)
     expected = ref_ids(reference(vocab_file, lower), texts)
     mismatches = [t for t, want in zip(texts, expected) if fast.token_ids(t) != want]
     assert mismatches == []
+
+
+@pytest.mark.parametrize("lower", [True, False])
+def test_raw_wikipedia_dump_matches_reference(vocab_file, wiki_dump, lower):
+    """Raw XML + wikitext: markup, entities, many scripts and symbols."""
+    import bz2
+    raw = bz2.open(wiki_dump, "rt", encoding="utf-8").read(4_000_000)
+    texts = [raw[i:i + 1500] for i in range(0, len(raw), 1500)]
+    fast = FastWordPiece.from_vocab_file(vocab_file, do_lower_case=lower)
+    expected = ref_ids(reference(vocab_file, lower), texts)
+    assert [t for t, want in zip(texts, expected) if fast.token_ids(t) != want] == []
