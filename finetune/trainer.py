@@ -121,10 +121,11 @@ def _param_groups(model, weight_decay: float):
 
 
 def linear_schedule(total_steps: int, warmup_steps: int):
-    """Learning-rate multiplier: linear warm-up, then linear decay to 0 (BERT's schedule)."""
+    """Learning-rate multiplier: linear warm-up from 0, then linear decay to 0 (BERT's schedule, as
+    transformers' get_linear_schedule_with_warmup)."""
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return step / warmup_steps
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
     return factor
 
@@ -283,6 +284,7 @@ class Trainer:
         if self.rt.is_main:
             self.log.log(self.step, {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))})
             write_json(self.output_dir / "eval_results.json", results)
+            self.log.log(self.step, self.train_stats)
             summary = {**results, **self.train_stats}
             print("summary:\n" + "\n".join(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}"
                                            for k, v in summary.items()))
