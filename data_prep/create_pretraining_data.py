@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -179,11 +180,11 @@ def make_all_parts(files, args, part_dirs, pool) -> tuple[list[list[int]], int, 
         else:
             while len(pending) >= 2 * args.workers:
                 b, result = pending.popleft()
-                counts[b] = result.get()
-            pending.append((block, pool.apply_async(_make_parts, (block, first, docs))))
+                counts[b] = result.result()
+            pending.append((block, pool.submit(_make_parts, block, first, docs)))
         bar.update(size)
     for b, result in pending:
-        counts[b] = result.get()
+        counts[b] = result.result()
     bar.close()
     if num_docs == 0:
         raise ValueError(f"no documents in --input {' '.join(args.input)} (all files empty?)")
@@ -229,9 +230,9 @@ def write_phase(spec, out_uri, part_dir: Path, counts, args, pool) -> list[dict]
         if done and done["num_instances"] == hi - lo and out.exists(shard_name(s)):
             continue
         job = (str(part_dir), shard_slices(counts, lo, hi), s, hi - lo, spec, out_uri, str(marker))
-        jobs.append(pool.apply_async(_write_one_shard, job) if pool else job)
+        jobs.append(pool.submit(_write_one_shard, *job) if pool else job)
     for job in tqdm(jobs, desc=f"pass 2: shards seq {spec.max_seq_length}", unit="shard"):
-        job.get() if pool else _write_one_shard(*job)
+        job.result() if pool else _write_one_shard(*job)
     markers = [read_done_marker(part_dir / f"{shard_name(s)}.done.json") for s in range(len(ranges))]
     return [dict(file=shard_name(s), num_instances=hi - lo, sha256=m["sha256"], bytes=m["bytes"])
             for s, ((lo, hi), m) in enumerate(zip(ranges, markers))]
@@ -281,7 +282,7 @@ def run(args) -> list[dict]:
     ctx = get_context("spawn")  # no fork of a process holding tokenizers' threads
     init = (args.vocab_file, args.do_lower_case, [s for s, _ in phases], part_dirs, args.random_seed,
             args.dupe_factor)
-    pool = ctx.Pool(args.workers, _init_worker, init) if args.workers > 1 else None
+    pool = ProcessPoolExecutor(args.workers, ctx, _init_worker, init) if args.workers > 1 else None
     if pool is None:
         _init_worker(*init)
     try:
@@ -293,8 +294,7 @@ def run(args) -> list[dict]:
                                             num_bytes, time.time() - started))
     finally:
         if pool is not None:
-            pool.close()
-            pool.join()
+            pool.shutdown(cancel_futures=True)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return manifests

@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -168,26 +169,26 @@ def run(args) -> dict:
         sentences.sentence_splitter(model_path, lambda: _plain_texts(args))
     config = {k: v for k, v in vars(args).items() if k not in ("workers", "checkpoint_every")}
     writer = ShardWriter(local_dir, names, config)
-    pool = get_context("spawn").Pool(args.workers, _init, (model_path, args.no_split)) if args.workers > 1 else None
+    pool = (ProcessPoolExecutor(args.workers, get_context("spawn"), _init, (model_path, args.no_split))
+            if args.workers > 1 else None)
     if pool is None:
         _init(model_path, args.no_split)
     try:
         pending: deque = deque()
         written = 0
         for batch in tqdm(_tasks(args, writer.raw_docs), desc="extract + split", unit=" tasks"):
-            pending.append(pool.apply_async(_process, (batch,)) if pool else _process(batch))
+            pending.append(pool.submit(_process, batch) if pool else _process(batch))
             while len(pending) > 2 * args.workers or (pending and not pool):
-                writer.write(pending.popleft().get() if pool else pending.popleft())
+                writer.write(pending.popleft().result() if pool else pending.popleft())
                 written += 1
                 if written % args.checkpoint_every == 0:
                     writer.checkpoint()
         while pending:
-            writer.write(pending.popleft().get() if pool else pending.popleft())
+            writer.write(pending.popleft().result() if pool else pending.popleft())
     finally:
         writer.close()
         if pool:
-            pool.close()
-            pool.join()
+            pool.shutdown(cancel_futures=True)
     if writer.documents == 0:
         for p in writer.paths + [writer.progress_path]:
             p.unlink(missing_ok=True)
