@@ -97,6 +97,17 @@ def build_engine(args, model, ds_config, zero_stage, spec, total_steps):
     return engine
 
 
+def describe_optimizer(engine) -> dict:
+    """Which optimizer runs, and for our LAMB how it sees the parameters (for run_config.json)."""
+    basic = engine.basic_optimizer
+    info = {"class": type(basic).__name__, "wrapper": type(engine.optimizer).__name__}
+    if isinstance(basic, Lamb):
+        info["flat_tensors_with_layout"] = len(basic._layout)
+        info["parameter_slices"] = sum(len(s) for s in basic._layout.values())
+        info["partitioned_over_ranks"] = basic._group is not None
+    return info
+
+
 def prepare(args: PretrainArgs, world_size: int) -> dict:
     """Read and check every input before any training state exists; raises ValueError or
     FileNotFoundError naming the file, field or flag at fault."""
@@ -147,7 +158,7 @@ def main(argv=None) -> int:
     if rank == 0:
         write_json(Path(args.output_dir) / "run_config.json", {
             "args": vars(args), "model_config": config.to_dict(), "deepspeed_config": setup["ds_config"],
-            "optimizer": spec.kind, "zero_stage": setup["zero_stage"], "world_size": world_size,
+            "optimizer": spec.kind, "optimizer_runtime": describe_optimizer(engine), "zero_stage": setup["zero_stage"], "world_size": world_size,
             "batch": {"micro": batch.micro, "accumulation": batch.accumulation, "global": batch.global_},
             "git_revision": git_revision(), "resumed_from_step": trainer.step if resumed else None})
     try:

@@ -71,8 +71,11 @@ def test_lamb_under_zero_equals_unpartitioned_lamb(runs):
         got = losses(runs[name])
         assert got.keys() == reference.keys()
         for step in reference:
-            assert got[step] == pytest.approx(reference[step], rel=1e-4), (name, step)
+            # observed: 2e-7; per-partition trust ratios (DeepSpeed's behaviour) differ by ~1e-4
+            assert got[step] == pytest.approx(reference[step], rel=2e-5), (name, step)
         assert_same_weights(runs["lamb_z0"], runs[name])
+        layout = json.loads((runs[name] / "run_config.json").read_text())["optimizer_runtime"]
+        assert layout["partitioned_over_ranks"] and layout["parameter_slices"] > 0
 
 
 def test_zero3_matches_zero0(runs):

@@ -1,0 +1,180 @@
+"""Sequences/s of one BERT pretraining step, our stack under DeepSpeed against transformers'
+BertForPreTraining in a plain PyTorch loop, same shapes, same optimizer (our LAMB), same data,
+measured side by side in one run (configurations interleaved step by step, medians reported).
+
+    python bench/train_throughput.py --models mini base --batch 32 --seq 128 --steps 5
+
+Rows (per model):
+  hf_fp32        transformers, plain loop, fp32, dense MLM head over all positions (the baseline)
+  hf_bf16        the same under torch.autocast(bfloat16)
+  ours_plain     our model, plain loop, fp32, sparse MLM head (no DeepSpeed: the overhead reference)
+  ours_ds_fp32   our model under DeepSpeed (ZeRO 0), fp32, sparse MLM head
+  ours_ds_bf16   under DeepSpeed with its bf16 mode (bf16 weights, fp32 master weights)
+  ours_ds_bf16_compile   the same with torch.compile of the encoder (engine.compile)
+Ratios: each row's seq/s over hf_fp32; DeepSpeed overhead = 1 - t(ours_plain) / t(ours_ds_fp32).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bert.config import BertConfig  # noqa: E402
+from bert.model import IGNORE_INDEX, BertForPreTraining  # noqa: E402
+from pretrain.lamb import Lamb  # noqa: E402
+from pretrain.optim import param_groups  # noqa: E402
+
+
+def make_batch(config: BertConfig, batch: int, seq: int, predictions: int, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, config.vocab_size, (batch, seq), generator=gen)
+    labels = torch.full((batch, seq), IGNORE_INDEX)
+    for row in range(batch):
+        positions = torch.randperm(seq - 2, generator=gen)[:predictions] + 1
+        labels[row, positions] = ids[row, positions]
+        ids[row, positions] = 103  # [MASK]
+    segments = torch.zeros(batch, seq, dtype=torch.long)
+    segments[:, seq // 2:] = 1
+    return {"input_ids": ids, "attention_mask": torch.ones(batch, seq, dtype=torch.long),
+            "token_type_ids": segments, "labels": labels,
+            "next_sentence_label": torch.randint(0, 2, (batch,), generator=gen)}
+
+
+def lamb_for(model):
+    return Lamb(param_groups(model, 0.01), lr=1e-4, weight_decay=0.01)
+
+
+def hf_model(config: BertConfig):
+    import transformers
+    hf_config = transformers.BertConfig(**{k: v for k, v in config.to_dict().items()
+                                           if k not in ("architectures", "model_type")})
+    torch.manual_seed(0)
+    return transformers.BertForPreTraining(hf_config).train()
+
+
+def plain_step(model, optimizer, batch, autocast: bool, hf: bool):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        if hf:
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"], labels=batch["labels"],
+                         next_sentence_label=batch["next_sentence_label"]).loss
+        else:
+            loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def deepspeed_engine(config: BertConfig, precision: str, compile_model: bool):
+    import deepspeed
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(config)
+    ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 0.0,
+          "steps_per_print": 10 ** 9, "zero_optimization": {"stage": 0}}
+    if precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=lamb_for(model), config=ds)
+    if compile_model:
+        engine.compile()
+    return engine
+
+
+def ds_step(engine, batch):
+    loss = engine(**batch).loss
+    engine.backward(loss)
+    engine.step()
+    return loss.item()
+
+
+def runners(config: BertConfig, batch: dict, which: list[str]) -> dict:
+    out = {}
+    if "hf_fp32" in which or "hf_bf16" in which:
+        hf = hf_model(config)
+        hf_opt = lamb_for(hf)
+        if "hf_fp32" in which:
+            out["hf_fp32"] = lambda: plain_step(hf, hf_opt, batch, autocast=False, hf=True)
+        if "hf_bf16" in which:
+            out["hf_bf16"] = lambda: plain_step(hf, hf_opt, batch, autocast=True, hf=True)
+    if "ours_plain" in which:
+        torch.manual_seed(0)
+        ours = BertForPreTraining(config).train()
+        ours_opt = lamb_for(ours)
+        out["ours_plain"] = lambda: plain_step(ours, ours_opt, batch, autocast=False, hf=False)
+    for name, precision, comp in (("ours_ds_fp32", "fp32", False), ("ours_ds_bf16", "bf16", False),
+                                  ("ours_ds_bf16_compile", "bf16", True)):
+        if name in which:
+            engine = deepspeed_engine(config, precision, comp)
+            out[name] = (lambda e: lambda: ds_step(e, batch))(engine)
+    return out
+
+
+def measure(steps_by_name: dict, warmup: int, steps: int) -> dict:
+    """Interleave the configurations step by step so load changes hit all of them alike."""
+    for step in steps_by_name.values():
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in steps_by_name}
+    for _ in range(steps):
+        for name, step in steps_by_name.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+ALL = ["hf_fp32", "hf_bf16", "ours_plain", "ours_ds_fp32", "ours_ds_bf16", "ours_ds_bf16_compile"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Pretraining-step throughput: ours under DeepSpeed vs "
+                                                 "transformers in a plain loop, side by side.")
+    parser.add_argument("--models", nargs="+", default=["mini", "base"], help="BertConfig presets")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--predictions", type=int, default=20, help="masked positions per sequence")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--configs", nargs="+", default=ALL, choices=ALL)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--output", default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from pretrain.distributed import init_distributed
+    init_distributed(600)
+    results = []
+    for name in args.models:
+        config = BertConfig.preset(name, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        batch = make_batch(config, args.batch, args.seq, args.predictions)
+        seconds = measure(runners(config, batch, args.configs), args.warmup, args.steps)
+        base = seconds.get("hf_fp32")
+        for cfg, t in seconds.items():
+            row = {"model": name, "config": cfg, "step_s": t, "seq_per_s": args.batch / t,
+                   "vs_hf_fp32": base / t if base else None}
+            results.append(row)
+        if "ours_plain" in seconds and "ours_ds_fp32" in seconds:
+            results.append({"model": name, "config": "deepspeed_overhead",
+                            "fraction_of_step": 1 - seconds["ours_plain"] / seconds["ours_ds_fp32"]})
+    print(f"batch {args.batch} x {args.seq}, {args.steps} timed steps (median), torch threads {torch.get_num_threads()}")
+    for r in results:
+        if r["config"] == "deepspeed_overhead":
+            print(f"{r['model']:>6}  DeepSpeed overhead: {100 * r['fraction_of_step']:.1f} % of the step")
+        else:
+            ratio = f"{r['vs_hf_fp32']:.2f}x" if r["vs_hf_fp32"] else "-"
+            print(f"{r['model']:>6}  {r['config']:<22} {r['step_s']:8.3f} s/step  {r['seq_per_s']:8.2f} seq/s  {ratio}")
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
