@@ -124,8 +124,8 @@ def iter_blocks(files: list[str], block_bytes: int):
 _worker: dict = {}
 
 
-def _init_worker(vocab_file, lower, specs, part_dirs, seed, dupe_factor):
-    tok = BertTokenizer.from_vocab_file(vocab_file, lower)
+def _init_worker(vocab_file, lower, specs, part_dirs, seed, dupe_factor, tok=None):
+    tok = tok or BertTokenizer.from_vocab_file(vocab_file, lower)
     id_to_token = [tok.backend.id_to_token(i) or "" for i in range(tok.vocab_size)]
     specials = Specials(tok.cls_id, tok.sep_id, tok.mask_id, tok.vocab_size, continuation_table(id_to_token))
     _worker.update(fast=FastWordPiece(tok), specs=specs, part_dirs=part_dirs, seed=seed, dupe=dupe_factor,
@@ -284,7 +284,7 @@ def run(args) -> list[dict]:
             args.dupe_factor)
     pool = ProcessPoolExecutor(args.workers, ctx, _init_worker, init) if args.workers > 1 else None
     if pool is None:
-        _init_worker(*init)
+        _init_worker(*init, tok=tokenizer)
     try:
         counts, num_docs, num_bytes = make_all_parts(files, args, part_dirs, pool)
         manifests = []

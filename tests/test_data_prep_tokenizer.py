@@ -74,3 +74,10 @@ def test_raw_wikipedia_dump_matches_reference(vocab_file, wiki_dump, lower):
     fast = FastWordPiece.from_vocab_file(vocab_file, do_lower_case=lower)
     expected = ref_ids(reference(vocab_file, lower), texts)
     assert [t for t, want in zip(texts, expected) if fast.token_ids(t) != want] == []
+
+
+def test_punctuation_scan_covers_all_of_unicode():
+    import sys
+
+    from data_prep import fast_tokenizer as ft
+    assert ft._char_class(ft._is_bert_punctuation) == ft._char_class(ft._is_bert_punctuation, sys.maxunicode + 1)
