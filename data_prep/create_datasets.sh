@@ -28,6 +28,7 @@ Options:
   --workers N             processes (default: number of CPUs)
   --retries N             download retries (default 5)
   -h, --help              this help
+Environment: PYTHON (default: the project's .venv/bin/python, else python3); AWS_* for s3:// URIs.
 EOF
 }
 
@@ -36,7 +37,11 @@ die() { echo "create_datasets.sh: error: $*" >&2; exit 2; }
 OUTPUT="" ; INPUTS=() ; FORMAT="auto" ; VOCAB_FILE="" ; VOCAB_SIZE=30522 ; LOWER="--do_lower_case"
 PHASES="128:20 512:80" ; MASKING="static" ; DUPE=1 ; SEED=12345 ; TEXT_SHARDS=16 ; SHARDS=16
 WORKERS="$(nproc 2>/dev/null || echo 1)" ; RETRIES=5
-PYTHON="${PYTHON:-python}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -z "${PYTHON:-}" ]]; then  # the project's venv when present, else the python on PATH
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
