@@ -73,7 +73,8 @@ def gather_fp32_state_dict(engine) -> dict[str, torch.Tensor] | None:
     for p in {id(p): p for p in module.parameters()}.values():
         value = _fp32_copy_of(engine, p)
         if rank0:
-            state[names[id(p)]] = value.detach().to("cpu", torch.float32).clone().view(p.ds_shape if hasattr(p, "ds_shape") else p.shape)
+            shape = getattr(p, "ds_shape", p.shape)  # ZeRO 3 keeps the full shape in ds_shape
+            state[names[id(p)]] = value.detach().to("cpu", torch.float32).reshape(shape).clone()
     if not rank0:
         return None
     for name, buffer in module.named_buffers():

@@ -3,6 +3,7 @@ evaluation and checkpoints. Setup (arguments, model, engine) lives in run_pretra
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -189,7 +190,6 @@ class Trainer:
 
 
 def write_json(path, payload: dict) -> None:
-    import os
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, default=str)
