@@ -191,7 +191,7 @@ class Trainer:
         optimizer, scheduler = self._setup_optimizer(max(1, total_steps), micro)
         module = self.engine or self.model
         module.train()
-        start, seen, running = time.perf_counter(), 0, []
+        start, seen, tokens, running = time.perf_counter(), 0, 0, []
         bar = tqdm(total=micro_steps, desc="train", disable=not rt.is_main, dynamic_ncols=True)
         for epoch in range(math.ceil(cfg.num_train_epochs)):
             batches = shard_batches(length_grouped_batches(lengths, micro, cfg.seed + epoch, cfg.group_by_length),
@@ -202,14 +202,15 @@ class Trainer:
                     loss = module(**batch).loss
                 running.append(loss.item())
                 seen += len(batch_ids) * rt.world_size
+                tokens += int(batch["attention_mask"].sum()) * rt.world_size
                 self._backward_step(loss, optimizer, scheduler, bar.n + 1)
                 bar.update(1)
                 if running and self.step % cfg.logging_steps == 0 and self._at_boundary(bar.n):
-                    self._log_train(running, scheduler, seen, start, epoch, bar)
+                    self._log_train(running, scheduler, seen, tokens, start, epoch, bar)
                     running = []
         bar.close()
         if running:
-            self._log_train(running, scheduler, seen, start, epoch, None)
+            self._log_train(running, scheduler, seen, tokens, start, epoch, None)
         elapsed = time.perf_counter() - start
         self.train_stats = {"train/steps": self.step, "train/examples": seen, "perf/train_seconds": elapsed,
                             "perf/train_seq_per_s": seen / elapsed if elapsed else 0.0}
@@ -234,10 +235,11 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
 
-    def _log_train(self, losses, scheduler, seen, start, epoch, bar):
+    def _log_train(self, losses, scheduler, seen, tokens, start, epoch, bar):
         lr = scheduler.get_last_lr()[0] if scheduler is not None else self.cfg.learning_rate
+        elapsed = time.perf_counter() - start
         values = {"train/loss": float(np.mean(losses)), "optim/lr": lr, "train/epoch": epoch,
-                  "perf/seq_per_s": seen / (time.perf_counter() - start)}
+                  "perf/seq_per_s": seen / elapsed, "perf/tokens_per_s": tokens / elapsed}
         self.log.log(self.step, values)
         if bar is not None:
             bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{lr:.2e}")
