@@ -10,7 +10,8 @@ also reads pre-split text). A size above 14 MB repeats whole articles in order
 Each size runs `python -m data_prep.create_pretraining_data` in a fresh process with
 phase-1 settings (128/20, dupe factor 1, static masking, --workers 1); MB/s is raw
 input bytes over wall time and over the process's CPU time; peak RSS comes from wait4.
-Side by side, in the same run: `tokenizers` encode_batch alone on the first size.
+Side by side, in the same run: `tokenizers` encode_batch alone on the first size, so the
+ratio stays meaningful on a busy machine.
 """
 from __future__ import annotations
 
@@ -97,6 +98,8 @@ def main() -> None:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     docs = split_articles(work)
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall figures assume an idle machine; "
+          "MB per CPU-second is less sensitive to other load)")
     rows = []
     for mb in args.sizes_mb:
         corpus = work / f"corpus_{mb:g}MB.txt"
