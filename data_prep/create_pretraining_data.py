@@ -144,9 +144,18 @@ def _make_parts(block: int, first_doc: int, docs: list[list[str]]) -> list[int]:
     for spec, part_dir in zip(w["specs"], w["part_dirs"]):
         arrays = create_block_instances(tokenized, first_doc, spec, w["specials"], w["seed"], w["dupe"])
         order = np.random.default_rng([w["seed"], block, spec.max_seq_length]).permutation(len(arrays["input_ids"]))
-        _save_part(part_path(part_dir, block), {k: v[order] for k, v in arrays.items()})
+        _save_part(part_path(part_dir, block), {k: _compact(k, v[order], w["specials"].vocab_size)
+                                                for k, v in arrays.items()})
         counts.append(len(order))
     return counts
+
+
+def _compact(name: str, values: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Parts are scratch space: ids and positions fit 16 bits for vocabularies up to 65,536
+    (the HDF5 writer converts back to the schema's int32)."""
+    if name == "masked_lm_positions" or (name in ("input_ids", "masked_lm_ids") and vocab_size <= 1 << 16):
+        return values.astype(np.uint16)
+    return values
 
 
 def _save_part(path: Path, arrays: dict) -> None:
