@@ -17,7 +17,7 @@ Builds pretraining shards from raw corpora, every step resumable (a rerun skips 
 Options:
   --output DIR            output directory (required; spaces allowed)
   --input SRC             a URL, local file/folder or s3:// URI (repeatable, required)
-  --input_format FMT      auto|wiki|jsonl|books|text|lines (default auto)
+  --input_format FMT      auto|wiki|jsonl|books|text (default auto)
   --vocab_file FILE       use this vocab.txt instead of training one
   --vocab_size N          size of a trained vocab (default 30522)
   --cased                 keep case (default: lower-case)

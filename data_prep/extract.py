@@ -36,8 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="auto: wiki for *.xml[.bz2], jsonl for *.jsonl[.gz], books for folders, text otherwise")
     p.add_argument("--text_field", default="text", help="JSONL field holding the document text")
     p.add_argument("--output_dir", required=True, help="local directory or s3://bucket/prefix")
-    p.add_argument("--num_shards", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--num_shards", type=int, default=1, help="text files to write (documents round-robin)")
+    p.add_argument("--workers", type=int, default=1, help="processes (results do not depend on it)")
     p.add_argument("--punkt_model", help="Punkt parameters JSON: used if present, else trained on the "
                                          "corpus and written here (default OUTPUT_DIR/punkt_english.json)")
     p.add_argument("--no_split", action="store_true", help="keep paragraphs, do not split sentences")

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from data_prep.storage import StorageError, list_files, open_text
 
-FORMATS = ("lines", "text", "jsonl", "books", "wiki")
+FORMATS = ("text", "jsonl", "books", "wiki")
 _BLANK_LINES = re.compile(r"\n\s*\n")
 
 
@@ -46,7 +46,7 @@ def iter_raw_documents(uri: str, fmt: str, text_field: str = "text") -> Iterator
             text = stream.read().strip()
         if text:
             yield text
-    elif fmt in ("text", "lines"):
+    elif fmt == "text":
         for doc in iter_segmented_documents(uri):
             yield "\n".join(doc)
     else:
