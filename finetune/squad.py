@@ -120,9 +120,10 @@ def featurize(examples, contexts, tokenizer, max_seq_length: int, doc_stride: in
                               tokenizer.sep_id],
                 "token_type_ids": [0] * prefix + [1] * (length + 1),
                 "_example": n, "_prefix": prefix, "_doc_start": start,
-                "_max_context": max_context_flags(windows, w),
             }
-            if training:
+            if not training:  # only decoding needs it
+                feature["_max_context"] = max_context_flags(windows, w)
+            else:
                 inside = span is not None and start <= span[0] and span[1] < start + length
                 s, e = (span[0] - start + prefix, span[1] - start + prefix) if inside else (0, 0)
                 feature["start_positions"], feature["end_positions"] = s, e
