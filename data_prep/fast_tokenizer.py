@@ -55,47 +55,57 @@ def _unicode_words() -> re.Pattern:
     return re.compile(f"[^ {punct}]+|[{punct}]")
 
 
-class _WordCache(dict):
-    """word -> WordPiece ids; a miss runs the reference WordPiece model once."""
+class _Cache(dict):
+    """key -> WordPiece ids, computed on a miss by `compute`; cleared when full (bounded memory)."""
 
-    def __init__(self, model, max_size: int):
+    def __init__(self, compute, max_size: int):
         super().__init__()
-        self.model, self.max_size = model, max_size
+        self.compute, self.max_size = compute, max_size
 
-    def __missing__(self, word: str) -> list[int]:
-        if len(self) >= self.max_size:  # bounds memory on corpora with endless distinct words
+    def __missing__(self, key: str) -> list[int]:
+        if len(self) >= self.max_size:
             self.clear()
-        ids = self[word] = [t.id for t in self.model.tokenize(word)]
+        ids = self[key] = self.compute(key)
         return ids
 
 
+def _split_punctuation(chunk: str) -> list[str]:
+    """BERT's punctuation split of one whitespace-free, normalised chunk ("(u.s.)" -> "(", "u", ".", ...)."""
+    return _ASCII_WORDS.findall(chunk) if chunk.isascii() else _unicode_words().findall(chunk)
+
+
 class FastWordPiece:
-    """token_ids(text) == BertTokenizer.token_ids([text])[0], several times faster."""
+    """token_ids(text) == BertTokenizer.token_ids([text])[0], several times faster.
+
+    Text is normalised (ASCII: drop controls + lowercase; else the reference normaliser), split on
+    whitespace, and each whitespace-delimited chunk is looked up in a cache; a miss splits the chunk
+    at punctuation and runs each word through a second cache over the reference WordPiece model.
+    Both splits are context-free, so caching by chunk is exact."""
 
     def __init__(self, tokenizer: BertTokenizer, max_cache: int = 300_000):
         self.tokenizer = tokenizer
         self.lower = tokenizer.do_lower_case
         self._normalizer = tokenizer.backend.normalizer
-        self._lookup = _WordCache(tokenizer.backend.model, max_cache).__getitem__
+        model = tokenizer.backend.model
+        word_ids = _Cache(lambda word: [t.id for t in model.tokenize(word)], max_cache).__getitem__
+        self._chunk_ids = _Cache(lambda chunk: [i for w in _split_punctuation(chunk) for i in word_ids(w)],
+                                 max_cache).__getitem__
 
     @classmethod
     def from_vocab_file(cls, vocab_file, do_lower_case: bool = True) -> "FastWordPiece":
         return cls(BertTokenizer.from_vocab_file(vocab_file, do_lower_case))
 
-    def words(self, text: str) -> list[str]:
-        """BERT BasicTokenizer output (normalised words and punctuation)."""
+    def normalize(self, text: str) -> str:
+        """BERT's normalisation; afterwards the only whitespace left is ASCII whitespace."""
         if text.isascii():
             if not text.isprintable():  # only then can it hold control characters
                 text = _ASCII_CONTROL.sub("", text)
-            return _ASCII_WORDS.findall(text.lower() if self.lower else text)
-        text = self._normalizer.normalize_str(text)
-        if text.isascii():
-            return _ASCII_WORDS.findall(text)
-        return _unicode_words().findall(text)
+            return text.lower() if self.lower else text
+        return self._normalizer.normalize_str(text)
+
+    def words(self, text: str) -> list[str]:
+        """BERT BasicTokenizer output (normalised words and punctuation)."""
+        return [w for chunk in self.normalize(text).split() for w in _split_punctuation(chunk)]
 
     def token_ids(self, text: str) -> list[int]:
-        return [i for ids in map(self._lookup, self.words(text)) for i in ids]
-
-    def word_token_ids(self, text: str) -> list[list[int]]:
-        """WordPiece ids grouped by word (for whole-word masking)."""
-        return list(map(self._lookup, self.words(text)))
+        return [i for ids in map(self._chunk_ids, self.normalize(text).split()) for i in ids]

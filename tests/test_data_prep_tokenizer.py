@@ -23,6 +23,8 @@ ADVERSARIAL = [
     "",
     "   ",
     "\x00\x01",
+    "file\x1cgroup\x1drecord\x1eunit\x1fsep a\u0085b é\x1cè",
+    "«word»,(paren)\"quote\"--dash...dots U.S.A.-based e-mail 3.5% $1,000.00 naïve-café",
     "'quoted' \"double\" (paren) don't won't it's U.S.A. e.g. i.e.",
 ]
 
