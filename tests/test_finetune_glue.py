@@ -2,7 +2,6 @@
 rows in the official column layout otherwise) and the submission format."""
 from __future__ import annotations
 
-
 import pytest
 
 from finetune import glue
