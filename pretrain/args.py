@@ -42,6 +42,7 @@ class PretrainArgs:
     use_nvlamb: bool = False  # trust ratio also on parameters without weight decay
     seed: int = 42
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile each encoder layer (state-dict names unchanged; dropout draws differ)
     peak_tflops: float = 0.0  # per device, for the MFU estimate (0: no MFU)
     tensorboard: bool = False
     max_bad_steps: int = 20  # stop after this many skipped/non-finite steps in a row (0: never)

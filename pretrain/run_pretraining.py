@@ -51,6 +51,9 @@ def build_model(args: PretrainArgs, config: BertConfig) -> BertForPreTraining:
         model.tie_weights()
         print(report.summary(), flush=True)
     model.set_gradient_checkpointing(args.gradient_checkpointing)
+    if args.compile:  # per layer: static shapes, no graph breaks, state-dict names unchanged
+        for layer in model.bert.encoder.layer:
+            layer.compile()
     return model
 
 
