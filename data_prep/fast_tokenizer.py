@@ -56,13 +56,14 @@ def _unicode_words() -> re.Pattern:
 
 
 class _Cache(dict):
-    """key -> WordPiece ids, computed on a miss by `compute`; cleared when full (bounded memory)."""
+    """key -> WordPiece ids, computed on a miss by `compute`; emptied when it reaches max_size, so
+    memory is bounded whatever the corpus (refilling costs one miss per key in use)."""
 
     def __init__(self, compute, max_size: int):
         super().__init__()
         self.compute, self.max_size = compute, max_size
 
-    def __missing__(self, key: str) -> list[int]:
+    def __missing__(self, key: str) -> tuple[int, ...]:
         if len(self) >= self.max_size:
             self.clear()
         ids = self[key] = self.compute(key)
@@ -87,8 +88,9 @@ class FastWordPiece:
         self.lower = tokenizer.do_lower_case
         self._normalizer = tokenizer.backend.normalizer
         model = tokenizer.backend.model
-        word_ids = _Cache(lambda word: [t.id for t in model.tokenize(word)], max_cache).__getitem__
-        self._chunk_ids = _Cache(lambda chunk: [i for w in _split_punctuation(chunk) for i in word_ids(w)],
+        ints = list(range(tokenizer.vocab_size))  # one int object per id, shared by all cache entries
+        word_ids = _Cache(lambda word: tuple(ints[t.id] for t in model.tokenize(word)), max_cache).__getitem__
+        self._chunk_ids = _Cache(lambda chunk: tuple(i for w in _split_punctuation(chunk) for i in word_ids(w)),
                                  max_cache).__getitem__
 
     @classmethod
