@@ -90,8 +90,13 @@ class FastWordPiece:
         model = tokenizer.backend.model
         ints = list(range(tokenizer.vocab_size))  # one int object per id, shared by all cache entries
         word_ids = _Cache(lambda word: tuple(ints[t.id] for t in model.tokenize(word)), max_cache).__getitem__
-        self._chunk_ids = _Cache(lambda chunk: tuple(i for w in _split_punctuation(chunk) for i in word_ids(w)),
-                                 max_cache).__getitem__
+
+        def chunk_ids(chunk: str) -> tuple[int, ...]:
+            if chunk.isalnum():  # letters/digits only: no BERT punctuation inside, one word
+                return word_ids(chunk)
+            return tuple(i for w in _split_punctuation(chunk) for i in word_ids(w))
+
+        self._chunk_ids = _Cache(chunk_ids, max_cache).__getitem__
 
     @classmethod
     def from_vocab_file(cls, vocab_file, do_lower_case: bool = True) -> "FastWordPiece":

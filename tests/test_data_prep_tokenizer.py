@@ -83,3 +83,5 @@ def test_punctuation_scan_covers_all_of_unicode():
 
     from data_prep import fast_tokenizer as ft
     assert ft._char_class(ft._is_bert_punctuation) == ft._char_class(ft._is_bert_punctuation, sys.maxunicode + 1)
+    # the chunk fast path relies on this: a letter/digit is never BERT punctuation
+    assert not [cp for cp in range(sys.maxunicode + 1) if chr(cp).isalnum() and ft._is_bert_punctuation(cp)]
