@@ -55,6 +55,28 @@ def _unicode_words() -> re.Pattern:
     return re.compile(f"[^ {punct}]+|[{punct}]")
 
 
+@functools.cache
+def _reordering_marks() -> re.Pattern:
+    """Marks that survive accent stripping yet take part in canonical reordering (ccc > 0, not Mn):
+    only with these does BERT's normalisation depend on neighbouring characters."""
+    marks = _char_class(lambda cp: unicodedata.combining(chr(cp)) > 0 and unicodedata.category(chr(cp)) != "Mn")
+    return re.compile(f"[{marks}]")
+
+
+class _CharMap(dict):
+    """code point -> the reference normaliser's output for that character alone (for str.translate).
+    BERT's normalisation is per character (clean, CJK padding, NFD + drop Mn, per-character
+    lowercase) except for canonical reordering, which FastWordPiece.normalize routes around."""
+
+    def __init__(self, normalizer):
+        super().__init__()
+        self.normalizer = normalizer
+
+    def __missing__(self, code_point: int) -> str:
+        out = self[code_point] = self.normalizer.normalize_str(chr(code_point))
+        return out
+
+
 class _Cache(dict):
     """key -> WordPiece ids, computed on a miss by `compute`; emptied when it reaches max_size, so
     memory is bounded whatever the corpus (refilling costs one miss per key in use)."""
@@ -87,6 +109,7 @@ class FastWordPiece:
         self.tokenizer = tokenizer
         self.lower = tokenizer.do_lower_case
         self._normalizer = tokenizer.backend.normalizer
+        self._char_map = _CharMap(self._normalizer)
         model = tokenizer.backend.model
         ints = list(range(tokenizer.vocab_size))  # one int object per id, shared by all cache entries
         word_ids = _Cache(lambda word: tuple(ints[t.id] for t in model.tokenize(word)), max_cache).__getitem__
@@ -108,7 +131,9 @@ class FastWordPiece:
             if not text.isprintable():  # only then can it hold control characters
                 text = _ASCII_CONTROL.sub("", text)
             return text.lower() if self.lower else text
-        return self._normalizer.normalize_str(text)
+        if self.lower and _reordering_marks().search(text):
+            return self._normalizer.normalize_str(text)
+        return text.translate(self._char_map)
 
     def words(self, text: str) -> list[str]:
         """BERT BasicTokenizer output (normalised words and punctuation)."""

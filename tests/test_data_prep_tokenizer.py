@@ -23,6 +23,7 @@ ADVERSARIAL = [
     "",
     "   ",
     "\x00\x01",
+    "reorder \U0001D16D\U0001D165 \u1B44\u0301\u1B44 a\u0323\u0301 \u1715\u302E",
     "file\x1cgroup\x1drecord\x1eunit\x1fsep a\u0085b é\x1cè",
     "«word»,(paren)\"quote\"--dash...dots U.S.A.-based e-mail 3.5% $1,000.00 naïve-café",
     "'quoted' \"double\" (paren) don't won't it's U.S.A. e.g. i.e.",
