@@ -112,7 +112,15 @@ class FastWordPiece:
         self._char_map = _CharMap(self._normalizer)
         model = tokenizer.backend.model
         ints = list(range(tokenizer.vocab_size))  # one int object per id, shared by all cache entries
-        word_ids = _Cache(lambda word: tuple(ints[t.id] for t in model.tokenize(word)), max_cache).__getitem__
+        vocab = tokenizer.vocab
+
+        def wordpiece(word: str) -> tuple[int, ...]:
+            whole = vocab.get(word)  # greedy longest match takes a whole in-vocab word at once
+            if whole is not None:
+                return (ints[whole],)
+            return tuple(ints[t.id] for t in model.tokenize(word))
+
+        word_ids = _Cache(wordpiece, max_cache).__getitem__
 
         def chunk_ids(chunk: str) -> tuple[int, ...]:
             if chunk.isalnum():  # letters/digits only: no BERT punctuation inside, one word
