@@ -124,7 +124,7 @@ class FastWordPiece:
 
         def chunk_ids(chunk: str) -> tuple[int, ...]:
             if chunk.isalnum():  # letters/digits only: no BERT punctuation inside, one word
-                return word_ids(chunk)
+                return wordpiece(chunk)
             return tuple(i for w in _split_punctuation(chunk) for i in word_ids(w))
 
         self._chunk_ids = _Cache(chunk_ids, max_cache).__getitem__
