@@ -1,13 +1,15 @@
-"""Fast BERT WordPiece ids: BasicTokenizer splitting in Python regex + a word -> ids cache.
+"""Fast BERT WordPiece ids with BasicTokenizer semantics, identical to the reference tokenizer.
 
-Ids are identical to bert.tokenizer.BertTokenizer (and so to Hugging Face's
-BertTokenizerFast); tests/test_data_prep_tokenizer.py checks this on real text and
-adversarial strings. Why it is faster: most text is ASCII, where BERT's normalisation
-reduces to "drop control characters, lowercase" and its pre-tokenisation to
-"runs of letters/digits, or one punctuation character"; both are single C-level
-string/regex calls. Other text is normalised by the reference normaliser itself
-(Rust), then split by a regex built from BERT's punctuation definition. Each distinct
-word is run through the reference WordPiece model once and cached.
+Ids equal bert.tokenizer.BertTokenizer's (and so Hugging Face BertTokenizerFast's);
+tests/test_data_prep_tokenizer.py checks this on real text (SQuAD, a raw Wikipedia dump)
+and adversarial strings, cased and uncased. Why it is fast:
+- normalisation: ASCII text needs only "drop control characters, lowercase" (C string
+  methods); other text goes through str.translate with a per-character table filled from
+  the reference normaliser itself (Rust), except the rare text where canonical reordering
+  of combining marks makes BERT's normalisation depend on neighbours (the Rust normaliser
+  then does the whole string);
+- each whitespace-delimited chunk ("(u.s.)," or "the") is looked up in a dict; only a miss
+  splits it at BERT punctuation and runs its words through the reference WordPiece model.
 """
 from __future__ import annotations
 
