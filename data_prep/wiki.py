@@ -18,7 +18,7 @@ from data_prep.storage import StorageError, open_binary
 
 _DROP_LINK = re.compile(r"^\s*:?\s*(file|image|category|media|[a-z]{2,3}(-[a-z]+)?)\s*:", re.I)
 _DROP_TAGS = {"ref", "table", "tr", "td", "th", "gallery", "math", "timeline", "imagemap", "score", "syntaxhighlight",
-              "source", "pre", "references", "nowiki", "sup", "sub", "div", "noinclude", "includeonly"}
+              "source", "pre", "references", "nowiki", "div", "noinclude", "includeonly"}
 _LEFTOVER = re.compile(r"\{\{|\}\}|\[\[|\]\]|<ref|</?[a-z]+[^>]*>|^[|!{].*$", re.I | re.M)
 _BLANKS = re.compile(r"\n\s*\n+")
 
@@ -38,7 +38,7 @@ def _render(code, out=None) -> list[str]:
             out.append(node.value)
         elif isinstance(node, Wikilink):
             if not _DROP_LINK.match(str(node.title)):
-                _render(node.text, out) if node.text is not None else _render(node.title, out)
+                _render(node.title if node.text is None else node.text, out)
         elif isinstance(node, ExternalLink):
             if node.title is not None:
                 _render(node.title, out)
