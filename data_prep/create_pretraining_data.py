@@ -51,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="text files, directories or s3:// prefixes (.gz/.bz2 ok); one sentence per line, "
                         "blank line between documents")
     p.add_argument("--vocab_file", required=True, help="WordPiece vocab.txt")
-    p.add_argument("--output_dir", required=True, help="local directory or s3://bucket/prefix")
+    p.add_argument("--output_dir", help="local directory or s3://bucket/prefix")
+    p.add_argument("--output_file", help="NVIDIA drop-in: one shard at this .hdf5 path (manifest: PATH.manifest.json)")
     p.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True,
                    help="lower-case and strip accents (uncased vocab)")
     p.add_argument("--max_seq_length", type=int, default=128, help="tokens per instance incl. [CLS]/[SEP]")
@@ -71,7 +72,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--block_bytes", type=int, default=1 << 20, help="text per work unit")
     p.add_argument("--work_dir", help="intermediate parts (default OUTPUT_DIR/.work, or a temp dir for s3)")
     p.add_argument("--keep_work", action="store_true", help="keep intermediate parts after success")
+    p.add_argument("--bert_model", help="ignored (NVIDIA compatibility): the vocab comes from --vocab_file")
     args = p.parse_args(argv)
+    if (args.output_dir is None) == (args.output_file is None):
+        p.error("give exactly one of --output_dir or --output_file")
+    if args.output_file:
+        if args.phases or args.num_shards != 1:
+            p.error("--output_file writes a single shard: no --phases, --num_shards 1")
+        args.output_dir = args.output_file.rsplit("/", 1)[0] if "/" in args.output_file else "."
     for name in ("dupe_factor", "num_shards", "workers", "block_bytes"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -93,6 +101,14 @@ def phase_specs(args) -> list[tuple[InstanceSpec, str]]:
         out = args.output_dir.rstrip("/")
         pairs.append((spec, f"{out}/seq_len_{length}_max_pred_{pred}" if args.phases else out))
     return pairs
+
+
+def output_names(args) -> tuple[list[str], str]:
+    """Shard file names and the manifest name of each phase directory."""
+    if args.output_file:
+        name = args.output_file.rsplit("/", 1)[-1]
+        return [name], f"{name}.manifest.json"
+    return [shard_name(s) for s in range(args.num_shards)], schema.MANIFEST
 
 
 def result_config(args, files: list[str], vocab_sha: str) -> dict:
@@ -203,15 +219,15 @@ def make_all_parts(files, args, part_dirs, pool) -> tuple[list[list[int]], int, 
 
 # ---------------------------------------------------------------- pass 2: parts -> shards
 
-def _write_one_shard(part_dir, slices, shard, num_rows, spec: InstanceSpec, out_uri, marker):
-    names = list(fields_for(spec.static_masking))
-    tmp = Path(part_dir) / f".tmp-{shard_name(shard)}"
-    pieces = (read_piece(part_path(part_dir, b), lo, hi, names) for b, lo, hi in slices)
+def _write_one_shard(part_dir, slices, name, num_rows, spec: InstanceSpec, out_uri, marker):
+    fields = list(fields_for(spec.static_masking))
+    tmp = Path(part_dir) / f".tmp-{name}"
+    pieces = (read_piece(part_path(part_dir, b), lo, hi, fields) for b, lo, hi in slices)
     write_shard(tmp, pieces, num_rows, spec.max_seq_length, spec.max_predictions, spec.static_masking)
     sha, size = sha256_file(tmp), os.path.getsize(tmp)
-    OutputDir(out_uri).publish(tmp, shard_name(shard))
+    OutputDir(out_uri).publish(tmp, name)
     write_json_atomic(Path(marker), {"num_instances": num_rows, "sha256": sha, "bytes": size})
-    return shard
+    return name
 
 
 def shard_slices(counts: list[int], lo: int, hi: int) -> list[tuple[int, int, int]]:
@@ -225,7 +241,7 @@ def shard_slices(counts: list[int], lo: int, hi: int) -> list[tuple[int, int, in
     return out
 
 
-def write_phase(spec, out_uri, part_dir: Path, counts, args, pool) -> list[dict]:
+def write_phase(spec, out_uri, part_dir: Path, counts, args, pool, names: list[str]) -> list[dict]:
     total = sum(counts)
     if total < args.num_shards:
         raise ValueError(f"only {total} instances at seq length {spec.max_seq_length}: fewer than "
@@ -233,25 +249,25 @@ def write_phase(spec, out_uri, part_dir: Path, counts, args, pool) -> list[dict]
     out = OutputDir(out_uri)
     ranges = shard_ranges(total, args.num_shards)
     jobs = []
-    for s, (lo, hi) in enumerate(ranges):
-        marker = part_dir / f"{shard_name(s)}.done.json"
+    for (lo, hi), name in zip(ranges, names):
+        marker = part_dir / f"{name}.done.json"
         done = read_done_marker(marker)
-        if done and done["num_instances"] == hi - lo and out.exists(shard_name(s)):
+        if done and done["num_instances"] == hi - lo and out.exists(name):
             continue
-        job = (str(part_dir), shard_slices(counts, lo, hi), s, hi - lo, spec, out_uri, str(marker))
+        job = (str(part_dir), shard_slices(counts, lo, hi), name, hi - lo, spec, out_uri, str(marker))
         jobs.append(pool.submit(_write_one_shard, *job) if pool else job)
     for job in tqdm(jobs, desc=f"pass 2: shards seq {spec.max_seq_length}", unit="shard"):
         job.result() if pool else _write_one_shard(*job)
-    markers = [read_done_marker(part_dir / f"{shard_name(s)}.done.json") for s in range(len(ranges))]
-    return [dict(file=shard_name(s), num_instances=hi - lo, sha256=m["sha256"], bytes=m["bytes"])
-            for s, ((lo, hi), m) in enumerate(zip(ranges, markers))]
+    markers = [read_done_marker(part_dir / f"{name}.done.json") for name in names]
+    return [dict(file=name, num_instances=hi - lo, sha256=m["sha256"], bytes=m["bytes"])
+            for name, (lo, hi), m in zip(names, ranges, markers)]
 
 
 # ---------------------------------------------------------------- driver
 
 def default_work_dir(args, config) -> Path:
     if not is_s3(args.output_dir):
-        return Path(args.output_dir) / ".work"
+        return Path(args.output_dir) / (f".{output_names(args)[1]}.work" if args.output_file else ".work")
     key = hashlib.sha256(json.dumps([args.output_dir, config], sort_keys=True).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"bertspeed-data-prep-{key}"
 
@@ -277,7 +293,8 @@ def run(args) -> list[dict]:
     if is_s3(args.output_dir):
         check_bucket(args.output_dir)
     config = result_config(args, files, vocab_sha)
-    finished = [finished_manifest(out_uri, config) for _, out_uri in phases]
+    names, manifest_name = output_names(args)
+    finished = [finished_manifest(out_uri, config, manifest_name) for _, out_uri in phases]
     if all(finished):
         print("all phases already complete (manifest.json with the same arguments); nothing to do",
               file=sys.stderr)
@@ -298,9 +315,9 @@ def run(args) -> list[dict]:
         counts, num_docs, num_bytes = make_all_parts(files, args, part_dirs, pool)
         manifests = []
         for (spec, out_uri), part_dir, phase_counts in zip(phases, part_dirs, counts):
-            shards = write_phase(spec, out_uri, part_dir, phase_counts, args, pool)
-            manifests.append(write_manifest(out_uri, spec, shards, tokenizer, config, args, num_docs,
-                                            num_bytes, time.time() - started))
+            shards = write_phase(spec, out_uri, part_dir, phase_counts, args, pool, names)
+            manifests.append(write_manifest(out_uri, manifest_name, spec, shards, tokenizer, config, args,
+                                            num_docs, num_bytes, time.time() - started))
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -309,12 +326,12 @@ def run(args) -> list[dict]:
     return manifests
 
 
-def finished_manifest(out_uri: str, config: dict) -> dict | None:
+def finished_manifest(out_uri: str, config: dict, manifest_name: str) -> dict | None:
     """The manifest of a completed run with the same result-determining arguments, if any."""
-    target = OutputDir(out_uri).target(schema.MANIFEST)
+    target = OutputDir(out_uri).target(manifest_name)
     try:
         if is_s3(out_uri):
-            if not OutputDir(out_uri).exists(schema.MANIFEST):
+            if not OutputDir(out_uri).exists(manifest_name):
                 return None
             with open_binary(target) as f:
                 manifest = json.load(f)
@@ -333,7 +350,7 @@ def finished_manifest(out_uri: str, config: dict) -> dict | None:
     return manifest
 
 
-def write_manifest(out_uri, spec, shards, tokenizer, config, args, num_docs, num_bytes, seconds) -> dict:
+def write_manifest(out_uri, manifest_name, spec, shards, tokenizer, config, args, num_docs, num_bytes, seconds) -> dict:
     manifest = {
         "schema_version": schema.SCHEMA_VERSION,
         "masking": "static" if spec.static_masking else "dynamic",
@@ -358,11 +375,11 @@ def write_manifest(out_uri, spec, shards, tokenizer, config, args, num_docs, num
     out = OutputDir(out_uri)
     if is_s3(out_uri):
         with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / schema.MANIFEST
+            local = Path(tmp) / manifest_name
             write_json_atomic(local, manifest)
-            out.publish(local, schema.MANIFEST)
+            out.publish(local, manifest_name)
     else:
-        write_json_atomic(Path(out.target(schema.MANIFEST)), manifest)
+        write_json_atomic(Path(out.target(manifest_name)), manifest)
     return manifest
 
 

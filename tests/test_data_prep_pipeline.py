@@ -237,3 +237,23 @@ def test_bad_arguments(tmp_path, corpus, vocab_file, capsys):
         run(corpus, vocab_file, tmp_path / "o", "--num_shards", "0")
     assert run(corpus, vocab_file, tmp_path / "o", "--phases", "128-20") == 2
     assert "--phases" in capsys.readouterr().err
+
+
+def test_nvidia_drop_in_flags(tmp_path, corpus, vocab_file, capsys):
+    """NVIDIA's command line: --input_file=DIR/FILE --output_file=X.hdf5 --bert_model ... --do_lower_case."""
+    out = tmp_path / "nv out" / "wikicorpus_en_training_0.hdf5"
+    out.parent.mkdir()
+    argv = [f"--input_file={corpus}", f"--output_file={out}", f"--vocab_file={vocab_file}", "--do_lower_case",
+            "--bert_model", "bert-large-uncased", "--max_seq_length", "128", "--max_predictions_per_seq", "20",
+            "--masked_lm_prob", "0.15", "--random_seed", "12345", "--dupe_factor", "2"]
+    assert main(argv) == 0
+    manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
+    assert manifest["shards"][0]["file"] == out.name and manifest["shards"][0]["sha256"] == sha256_file(out)
+    with h5py.File(out) as f:
+        assert set(f) == set(schema.MASKED_FIELDS) and len(f["input_ids"]) == manifest["num_instances"] > 1000
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name, out.name + ".manifest.json"]
+    with pytest.raises(SystemExit):
+        main(argv + ["--num_shards", "2"])
+    with pytest.raises(SystemExit):
+        main(argv + ["--output_dir", str(tmp_path)])
+    assert "exactly one of --output_dir or --output_file" in capsys.readouterr().err
