@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -91,11 +92,17 @@ def sentence_splitter(model_path: str | None, training_texts=None) -> PunktSente
     return PunktSentenceTokenizer(params)
 
 
+# Punkt only ends sentences at "." "?" "!" followed by a space; CJK text ends them at full-width
+# marks with no space after (unless a closing quote or bracket follows).
+_CJK_SENTENCE_END = re.compile(r"(?<=[。！？])(?=[^”’」』）》\s])")
+
+
 def split_document(splitter: PunktSentenceTokenizer, text: str) -> list[str]:
     """Sentences of a document, paragraph by paragraph, one line each."""
     out = []
     for paragraph in text.split("\n"):
         paragraph = " ".join(paragraph.split())
         if paragraph:
-            out += [s for s in splitter.tokenize(paragraph) if s.strip()]
+            for sentence in splitter.tokenize(paragraph):
+                out += [s.strip() for s in _CJK_SENTENCE_END.split(sentence) if s.strip()]
     return out

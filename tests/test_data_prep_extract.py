@@ -69,6 +69,8 @@ def test_punkt_trains_offline_and_round_trips_as_json(punkt_model):
                                              "e.g. about trains. It rained!\nA new paragraph starts here.")
     assert got == ["Dr. Smith met Mr. Jones at 5 p.m. on Monday.", "They talked, e.g. about trains.",
                    "It rained!", "A new paragraph starts here."]
+    chinese = sentences.split_document(splitter, "北京是首都。上海很大！你去过吗？“好的。”他说。")
+    assert chinese == ["北京是首都。", "上海很大！", "你去过吗？", "“好的。”他说。"]
 
 
 def test_bad_punkt_file(tmp_path):
