@@ -326,21 +326,30 @@ def run(args) -> list[dict]:
     return manifests
 
 
-def finished_manifest(out_uri: str, config: dict, manifest_name: str) -> dict | None:
-    """The manifest of a completed run with the same result-determining arguments, if any."""
+def read_manifest(out_uri: str, manifest_name: str) -> dict | None:
     target = OutputDir(out_uri).target(manifest_name)
     try:
         if is_s3(out_uri):
             if not OutputDir(out_uri).exists(manifest_name):
                 return None
             with open_binary(target) as f:
-                manifest = json.load(f)
-        else:
-            manifest = json.loads(Path(target).read_text())
+                return json.load(f)
+        return json.loads(Path(target).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if manifest.get("config") != config:
+
+
+def finished_manifest(out_uri: str, config: dict, manifest_name: str) -> dict | None:
+    """The manifest of a completed run with the same arguments, if all its shards are present.
+    Refuses an output directory holding shards of a run with other arguments or inputs."""
+    manifest = read_manifest(out_uri, manifest_name)
+    if manifest is None:
         return None
+    old = manifest.get("config", {})
+    if old != config:
+        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise ValueError(f"{OutputDir(out_uri).target(manifest_name)} is from a run with different "
+                         f"{', '.join(changed)}; use another --output_dir or delete that run's files")
     out = OutputDir(out_uri)
     for shard in manifest["shards"]:
         if not out.exists(shard["file"]):

@@ -257,3 +257,12 @@ def test_nvidia_drop_in_flags(tmp_path, corpus, vocab_file, capsys):
     with pytest.raises(SystemExit):
         main(argv + ["--output_dir", str(tmp_path)])
     assert "exactly one of --output_dir or --output_file" in capsys.readouterr().err
+
+
+def test_output_dir_of_another_run_is_refused(tmp_path, corpus, vocab_file, capsys):
+    out = tmp_path / "o"
+    assert run(corpus, vocab_file, out) == 0
+    before = sorted(p.name for p in out.iterdir())
+    assert run(corpus, vocab_file, out, "--dupe_factor", "2") == 2
+    assert "is from a run with different dupe_factor" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
