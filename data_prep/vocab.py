@@ -36,6 +36,15 @@ def train_vocab(lines, vocab_size: int, lowercase: bool = True, min_frequency: i
     return sorted(vocab, key=vocab.__getitem__)
 
 
+def _first_bytes(lines, limit: int):
+    seen = 0
+    for line in lines:
+        if seen >= limit:
+            return
+        seen += len(line.encode("utf-8")) + 1
+        yield line
+
+
 def write_vocab(tokens: list[str], path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,6 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--min_frequency", type=int, default=2)
     p.add_argument("--limit_alphabet", type=int, default=1000)
+    p.add_argument("--max_bytes", type=int, default=0,
+                   help="train on the first N bytes of text only (0: all); a few GB give a stable vocab")
     args = p.parse_args(argv)
     if args.vocab_size <= len(SPECIAL_TOKENS):
         p.error(f"--vocab_size must exceed {len(SPECIAL_TOKENS)}")
@@ -60,6 +71,8 @@ def main(argv=None) -> int:
         files = list_files(args.input, TEXT_SUFFIXES)
         lines = (line for uri in tqdm(files, desc="vocab", unit="file")
                  for doc in iter_segmented_documents(uri) for line in doc)
+        if args.max_bytes:
+            lines = _first_bytes(lines, args.max_bytes)
         tokens = train_vocab(lines, args.vocab_size, args.do_lower_case, args.min_frequency, args.limit_alphabet)
     except (StorageError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

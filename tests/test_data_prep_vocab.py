@@ -58,6 +58,14 @@ def test_chinese_corpus_end_to_end(tmp_path, corpus):
     assert np.isin(ids[:, 0], [2]).all()
 
 
+def test_max_bytes_limits_training_text(tmp_path, corpus):
+    small, full = tmp_path / "small.txt", tmp_path / "full.txt"
+    assert vocab_main(["--input", str(corpus), "--output", str(small), "--vocab_size", "3000",
+                       "--max_bytes", "20000"]) == 0
+    assert vocab_main(["--input", str(corpus), "--output", str(full), "--vocab_size", "3000"]) == 0
+    assert len(small.read_text().split()) < len(full.read_text().split())
+
+
 def test_empty_input(tmp_path, capsys):
     (tmp_path / "e.txt").write_text("\n\n")
     assert vocab_main(["--input", str(tmp_path / "e.txt"), "--output", str(tmp_path / "v.txt")]) == 2
