@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,15 @@ from bert.config import BertConfig
 LATEST = "latest"
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 HF_FILES = ("config.json", "model.safetensors", "vocab.txt")
+# Test-only fault injection (tests/test_faults*.py): "POINT@STEP" SIGKILLs the process at POINT of
+# the save of step STEP. Inert unless set. POINT is one of SAVE_POINTS.
+FAULT_KILL_IN_SAVE = "BERTSPEED_FAULT_KILL_IN_SAVE"
+SAVE_POINTS = ("start", "after_deepspeed_save", "after_weights", "before_latest", "after_latest")
+
+
+def _fault_point(point: str, step: int) -> None:
+    if os.environ.get(FAULT_KILL_IN_SAVE) == f"{point}@{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def tag_for(step: int) -> str:
@@ -124,13 +134,18 @@ def save(engine, output_dir, step: int, client_state: dict, config: BertConfig, 
          keep: int = 3) -> str:
     """Collective: every rank calls it. Returns the tag written."""
     tag = tag_for(step)
+    _fault_point("start", step)
     engine.save_checkpoint(str(output_dir), tag=tag, client_state=client_state, save_latest=False)
+    _fault_point("after_deepspeed_save", step)
     state = gather_fp32_state_dict(engine)
     if state is not None:
         write_weights(Path(output_dir) / tag, config, state, vocab_file)
+    _fault_point("after_weights", step)
     barrier()  # every rank has written its part
+    _fault_point("before_latest", step)
     if state is not None:
         write_latest(output_dir, tag)
+        _fault_point("after_latest", step)
         prune(output_dir, keep)
     barrier()
     return tag
