@@ -24,7 +24,16 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
     import deepspeed.ops
     import torch.distributed as dist
 
+    from torch.distributed import distributed_c10d
+
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # inference-only op, 60 s JIT build
     single_process_env()
-    deepspeed.init_distributed(timeout=datetime.timedelta(seconds=timeout_s), verbose=False)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # DeepSpeed creates its ZeRO groups with torch's new_group(ranks) and no timeout, which torch
+    # fills from these module defaults (30 min), not from the world group: without this a hung rank
+    # stalls the others for 30 min whatever --dist_timeout says (tests/test_faults_ranks.py).
+    distributed_c10d.default_pg_timeout = timeout
+    if hasattr(distributed_c10d, "default_pg_nccl_timeout"):
+        distributed_c10d.default_pg_nccl_timeout = timeout
+    deepspeed.init_distributed(timeout=timeout, verbose=False)
     return dist.get_rank(), dist.get_world_size()
