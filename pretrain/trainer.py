@@ -15,8 +15,16 @@ from bert.config import BertConfig
 from pretrain import checkpoint
 from pretrain.args import BatchSizes, PretrainArgs
 from pretrain.data import PretrainingData, eval_batches
-from pretrain.guard import BadStepCounter, StopOnSignal
+from pretrain.guard import BadStepCounter, StopOnSignal, TrainingDiverged
 from pretrain.metrics import MetricsWriter, throughput
+
+# Test-only fault injection (tests/test_faults_fp16.py): comma-separated step numbers whose loss is
+# multiplied by NaN before backward. Inert unless set.
+FAULT_NAN_STEPS = "BERTSPEED_FAULT_NAN_STEPS"
+
+
+def injected_nan_steps() -> frozenset[int]:
+    return frozenset(int(x) for x in os.environ.get(FAULT_NAN_STEPS, "").split(",") if x.strip())
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
@@ -47,6 +55,9 @@ class Trainer:
     world_size: int
     step: int = 0  # optimizer steps done
 
+    def __post_init__(self):
+        self._nan_steps = injected_nan_steps()
+
     @property
     def device(self):
         return self.engine.device
@@ -60,11 +71,13 @@ class Trainer:
         self.engine.train()
         lr = self.engine.get_lr()[0]  # the rate this step uses
         totals = torch.zeros(3)  # loss, mlm, nsp summed over micro-batches
+        poisoned = self.step + 1 in self._nan_steps
         for _ in range(self.batch.accumulation):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self.data).items()}
             out = self.engine(**batch)
-            self.engine.backward(out.loss)
-            totals += torch.stack([out.loss.detach(), out.mlm_loss.detach(), out.nsp_loss.detach()]).float().cpu()
+            loss = out.loss * float("nan") if poisoned else out.loss
+            self.engine.backward(loss)
+            totals += torch.stack([loss.detach(), out.mlm_loss.detach(), out.nsp_loss.detach()]).float().cpu()
             grad_norm = self._grad_norm_if_boundary()
             self.engine.step()
         self.step += 1
@@ -140,6 +153,11 @@ class Trainer:
             gathered = [local]
         return [float(x) for x in gathered]
 
+    def _loss_scale_floor(self) -> float | None:
+        if not (self.engine.fp16_enabled() and self.engine.dynamic_loss_scale()):
+            return None
+        return float(self.engine.dynamic_loss_scale_args()["min_scale"])
+
     def _want_eval(self) -> bool:
         if not self.eval_shards:
             return False
@@ -151,7 +169,7 @@ class Trainer:
         flops = self.model_config.flops_per_token(self.data.seq_len)
         progress = tqdm(total=args.max_steps, initial=self.step, disable=self.rank != 0,
                         desc="pretrain", dynamic_ncols=True)
-        stop, bad_steps = StopOnSignal(), BadStepCounter(args.max_bad_steps)
+        stop, bad_steps = StopOnSignal(), BadStepCounter(args.max_bad_steps, self.engine.skipped_steps)
         first_step, started, last, stopped = self.step, time.perf_counter(), {}, False
         try:
             while self.step < args.max_steps and not stopped:
@@ -164,7 +182,13 @@ class Trainer:
                     values.update(self.evaluate())
                 if self.step % args.log_interval == 0 or self.step == args.max_steps or "eval/loss" in values:
                     self.metrics.write(self.step, values)
-                bad_steps.update(self.step, values["train/loss"], values["optim/skipped_steps"])
+                try:
+                    bad_steps.update(self.step, values["train/loss"], values["optim/skipped_steps"],
+                                     values.get("optim/loss_scale"), self._loss_scale_floor())
+                except TrainingDiverged:
+                    if bad_steps.all_skipped:  # skipped updates left the last good step's weights and optimizer
+                        self.save()
+                    raise
                 stopped = stop.agreed(self.device)
                 if stopped or self.step % args.checkpoint_interval == 0 or self.step == args.max_steps:
                     if bad_steps.run == 0:
