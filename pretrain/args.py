@@ -15,38 +15,39 @@ DS_OPTIMIZER_NAMES = {"lamb": "lamb", "adamw": "adamw", "adam": "adamw"}
 
 @dataclass
 class PretrainArgs:
-    """Everything that defines a pretraining run (besides the DeepSpeed JSON and the model config)."""
-    input_dir: str  # folder of training HDF5 shards
-    output_dir: str  # checkpoints, metrics.jsonl, run_config.json
-    max_steps: int  # optimizer steps of this phase
-    deepspeed_config: str  # DeepSpeed JSON (batch sizes, precision, ZeRO, clipping, optimizer)
-    config_file: str | None = None  # model config.json (defaults to the init checkpoint's)
-    model_preset: str | None = None  # or a BertConfig preset name: tiny, mini, ..., base, large
-    vocab_file: str | None = None  # copied into checkpoints; needed for dynamic masking
-    max_predictions_per_seq: int | None = None  # dynamic masking (default: 20 at 128, 80 at 512)
-    whole_word_mask: bool = False  # dynamic masking of whole words (shards' word_starts)
-    init_checkpoint: str | None = None  # phase 2: start from these weights, fresh optimizer
-    resume: bool = False  # continue from OUTPUT_DIR/latest if it exists
+    """Everything that defines a pretraining run (besides the DeepSpeed JSON and the model
+    config). Each field is a command-line flag; HELP below documents them."""
+    input_dir: str
+    output_dir: str
+    max_steps: int
+    deepspeed_config: str
+    config_file: str | None = None
+    model_preset: str | None = None
+    vocab_file: str | None = None
+    max_predictions_per_seq: int | None = None
+    whole_word_mask: bool = False
+    init_checkpoint: str | None = None
+    resume: bool = False
     eval_dir: str | None = None
-    eval_interval: int = 0  # steps between evaluations (0: only at the end if --eval_dir)
+    eval_interval: int = 0
     eval_samples: int = 2048
     checkpoint_interval: int = 1000
     keep_checkpoints: int = 3
     log_interval: int = 1
-    optimizer: str | None = None  # lamb | adamw (default: the DeepSpeed config's, else lamb)
-    learning_rate: float | None = None  # peak lr (default: the DeepSpeed config's)
+    optimizer: str | None = None
+    learning_rate: float | None = None
     weight_decay: float | None = None
-    warmup_proportion: float = 0.01  # of max_steps; or --warmup_steps
+    warmup_proportion: float = 0.01
     warmup_steps: int | None = None
-    schedule_power: float = 0.5  # polynomial decay degree (NVIDIA: 0.5)
-    use_nvlamb: bool = False  # trust ratio also on parameters without weight decay
+    schedule_power: float = 0.5
+    use_nvlamb: bool = False
     seed: int = 42
     gradient_checkpointing: bool = False
-    compile: bool = False  # torch.compile each encoder layer (state-dict names unchanged; dropout draws differ)
-    peak_tflops: float = 0.0  # per device, for the MFU estimate (0: no MFU)
+    compile: bool = False
+    peak_tflops: float = 0.0
     tensorboard: bool = False
-    max_bad_steps: int = 20  # stop after this many skipped/non-finite steps in a row (0: never)
-    dist_timeout: float = 600.0  # seconds a collective may wait before the run fails
+    max_bad_steps: int = 20
+    dist_timeout: float = 600.0
     local_rank: int = -1
     deepspeed: bool = True
 
@@ -81,6 +82,40 @@ class PretrainArgs:
         return int(self.warmup_proportion * self.max_steps)
 
 
+HELP = {
+    "input_dir": "folder of training HDF5 shards (ours or NVIDIA's schema)",
+    "output_dir": "run folder: global_stepN/ checkpoints, latest, metrics.jsonl, run_config.json, summary.json",
+    "max_steps": "optimizer steps of this phase (also the length of the lr schedule)",
+    "config_file": "model config.json (default: the --init_checkpoint's)",
+    "model_preset": "or a BertConfig preset: tiny, mini, small, medium, base, large (vocab size from --vocab_file)",
+    "vocab_file": "vocab.txt, copied into checkpoints; required for unmasked (dynamic-masking) shards",
+    "max_predictions_per_seq": "dynamic masking: masked positions per sequence (default 20 at 128, 80 at 512)",
+    "whole_word_mask": "dynamic masking of whole words (uses the shards' word_starts)",
+    "init_checkpoint": "phase 2: start from these weights (a run folder or HF folder) with a fresh optimizer and schedule",
+    "resume": "continue from OUTPUT_DIR/latest (same world size); start fresh if there is none",
+    "eval_dir": "held-out HDF5 shards for MLM/NSP accuracy",
+    "eval_interval": "steps between evaluations (0: only at the end)",
+    "eval_samples": "sequences per evaluation (over all ranks)",
+    "checkpoint_interval": "steps between checkpoints (one is also written at the end and on SIGTERM)",
+    "keep_checkpoints": "keep the newest K checkpoint folders",
+    "log_interval": "steps between metrics.jsonl records",
+    "optimizer": "lamb or adamw (default: optimizer.type of the DeepSpeed config, else lamb)",
+    "learning_rate": "peak learning rate (default: optimizer.params.lr of the DeepSpeed config)",
+    "weight_decay": "weight decay, not applied to biases and LayerNorm (default: the DeepSpeed config's, else 0.01)",
+    "warmup_proportion": "linear warmup over this fraction of --max_steps",
+    "warmup_steps": "linear warmup steps (overrides --warmup_proportion)",
+    "schedule_power": "degree of the polynomial decay after warmup (NVIDIA: 0.5)",
+    "use_nvlamb": "LAMB trust ratio also on parameters without weight decay (apex FusedLAMB use_nvlamb)",
+    "seed": "seed of initialisation, data order, masking and dropout",
+    "gradient_checkpointing": "recompute encoder layers in backward (activation checkpointing)",
+    "compile": "torch.compile each encoder layer (state-dict names unchanged; dropout draws differ from eager)",
+    "peak_tflops": "peak TFLOP/s of one device, for the perf/mfu metric (0: no MFU)",
+    "tensorboard": "also write TensorBoard events to OUTPUT_DIR/tensorboard (needs the tensorboard package)",
+    "max_bad_steps": "stop (exit 3) after this many skipped or non-finite steps in a row (0: never)",
+    "dist_timeout": "seconds a collective may wait before the run fails instead of hanging",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     import deepspeed  # the launcher's flags (--deepspeed, --deepspeed_config)
 
@@ -93,10 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         flag = f"--{f.name}"
         required = f.default is dataclasses.MISSING
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true")
+            parser.add_argument(flag, action="store_true", help=HELP.get(f.name))
             continue
         kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-        parser.add_argument(flag, type=kind, required=required, default=None if required else f.default)
+        default = None if required else f.default
+        text = HELP.get(f.name, "") + ("" if required or default is None else f" (default: {default})")
+        parser.add_argument(flag, type=kind, required=required, default=default, help=text or None)
     parser.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     parser = deepspeed.add_config_arguments(parser)
     return parser

@@ -131,6 +131,11 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
         raise ValueError(f"shards in {args.input_dir} have sequence length {shards[0].seq_len} > "
                          f"max_position_embeddings {config.max_position_embeddings}")
     eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
+    if args.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
     latest = checkpoint.read_latest(args.output_dir) if Path(args.output_dir).is_dir() else None
     if latest and not args.resume:
         raise ValueError(f"--output_dir {args.output_dir} already holds checkpoint {latest}: pass --resume "
@@ -155,7 +160,11 @@ def main(argv=None) -> int:
     engine = build_engine(args, setup["model"], setup["ds_config"], setup["zero_stage"], spec, args.max_steps)
     metrics = MetricsWriter(args.output_dir, enabled=rank == 0, tensorboard=args.tensorboard)
     trainer = Trainer(args, engine, config, batch, data, setup["eval_shards"], metrics, rank, world_size)
-    resumed = args.resume and trainer.resume()
+    try:
+        resumed = args.resume and trainer.resume()
+    except ValueError as e:  # e.g. the world size or the shards changed since the checkpoint
+        print(f"run_pretraining.py: error: cannot resume from {args.output_dir}: {e}", file=sys.stderr, flush=True)
+        return 2
     if not resumed:
         metrics.truncate_after(0)  # a fresh run: no records of an earlier attempt
     if rank == 0:

@@ -114,3 +114,14 @@ def test_kill_and_resume_reproduces_losses(setup, runs):
     for step in reference:
         assert got[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
     assert_same_weights(runs["lamb_z2"], out, rtol=1e-6, atol=1e-7)
+
+
+def test_resume_on_another_world_size_is_refused_clearly(setup, runs):
+    """A 2-rank checkpoint resumed by 1 process: the data position (and, for ZeRO 2/3, DeepSpeed's
+    partitions) belong to 2 ranks; the run stops with a clear error instead of silently shifting."""
+    args = args_for(setup, "lamb_z0", 0)
+    one_rank = ds_config(setup[0] / "one_rank.json", micro=4, accumulation=2, world=1, stage=0, lr=0.02)
+    args[args.index("--deepspeed_config") + 1] = str(one_rank)
+    proc = run_pretraining([*args, "--resume"], ranks=0, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "cannot resume" in proc.stderr and "world size 2" in proc.stderr
