@@ -223,7 +223,11 @@ def _write_one_shard(part_dir, slices, name, num_rows, spec: InstanceSpec, out_u
     fields = list(fields_for(spec.static_masking))
     tmp = Path(part_dir) / f".tmp-{name}"
     pieces = (read_piece(part_path(part_dir, b), lo, hi, fields) for b, lo, hi in slices)
-    write_shard(tmp, pieces, num_rows, spec.max_seq_length, spec.max_predictions, spec.static_masking)
+    try:
+        write_shard(tmp, pieces, num_rows, spec.max_seq_length, spec.max_predictions, spec.static_masking)
+    except OSError as e:  # e.g. the disk is full: no partial shard stays behind
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"cannot write shard {name} ({tmp}): {e}") from None
     sha, size = sha256_file(tmp), os.path.getsize(tmp)
     OutputDir(out_uri).publish(tmp, name)
     write_json_atomic(Path(marker), {"num_instances": num_rows, "sha256": sha, "bytes": size})

@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bert.checkpoint import TIED_KEYS, save_hf_folder
+from bert.checkpoint import TIED_KEYS, CheckpointError, save_hf_folder
 from bert.config import BertConfig
 
 LATEST = "latest"
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 HF_FILES = ("config.json", "model.safetensors", "vocab.txt")
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                       "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps")
 # Test-only fault injection (tests/test_faults*.py): "POINT@STEP" SIGKILLs the process at POINT of
 # the save of step STEP. Inert unless set. POINT is one of SAVE_POINTS.
 FAULT_KILL_IN_SAVE = "BERTSPEED_FAULT_KILL_IN_SAVE"
@@ -151,11 +153,26 @@ def save(engine, output_dir, step: int, client_state: dict, config: BertConfig, 
     return tag
 
 
-def load(engine, output_dir) -> dict | None:
-    """Restore engine, optimizer, schedule from OUT/latest; returns the client state (or None)."""
+def check_config(folder: Path, config: BertConfig) -> None:
+    """The checkpoint's config.json must describe the model being resumed (dropout may change)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {folder} is not a complete checkpoint")
+    saved, current = BertConfig.from_json_file(path).to_dict(), config.to_dict()
+    differ = [k for k in ARCHITECTURE_FIELDS if saved.get(k) != current.get(k)]
+    if differ:
+        raise CheckpointError(f"{path} does not match the model config: " + ", ".join(
+            f"{k} {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differ))
+
+
+def load(engine, output_dir, config: BertConfig | None = None) -> dict | None:
+    """Restore engine, optimizer, schedule from OUT/latest; returns the client state (or None).
+    With `config`, a checkpoint of a different model is refused (CheckpointError) before loading."""
     tag = read_latest(output_dir)
     if tag is None:
         return None
+    if config is not None:
+        check_config(Path(output_dir) / tag, config)
     path, client_state = engine.load_checkpoint(str(output_dir), tag=tag)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(output_dir) / tag}")

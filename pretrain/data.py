@@ -85,11 +85,23 @@ def read_slice(shard: Shard, rank: int, world_size: int) -> dict[str, np.ndarray
     per_rank = shard.num_rows // world_size
     lo, hi = rank * per_rank, (rank + 1) * per_rank
     fields = MASKED_FIELDS if shard.masked else UNMASKED_FIELDS
-    with h5py.File(shard.path, "r") as f:
-        out = {name: f[name][lo:hi] for name in fields}
-        if not shard.masked and WORD_START_FIELD[0] in f:
-            out[WORD_START_FIELD[0]] = f[WORD_START_FIELD[0]][lo:hi]
+    try:
+        with h5py.File(shard.path, "r") as f:
+            out = {name: f[name][lo:hi] for name in fields}
+            if not shard.masked and WORD_START_FIELD[0] in f:
+                out[WORD_START_FIELD[0]] = f[WORD_START_FIELD[0]][lo:hi]
+    except OSError as e:  # truncated or corrupt after the header
+        raise ShardError(f"{shard.path}: cannot read rows {lo}-{hi} ({e})") from None
     return out
+
+
+def check_token_ids(shard: Shard, arrays: dict, vocab_size: int) -> None:
+    for name in ("input_ids", "masked_lm_ids"):
+        if name in arrays and arrays[name].size:
+            low, high = int(arrays[name].min()), int(arrays[name].max())
+            if low < 0 or high >= vocab_size:
+                raise ShardError(f"{shard.path}: dataset {name!r} holds token id {high if high >= vocab_size else low}, "
+                                 f"outside the model's vocab_size {vocab_size}")
 
 
 def labels_from_positions(positions: np.ndarray, ids: np.ndarray, seq_len: int) -> np.ndarray:
@@ -138,14 +150,14 @@ class PretrainingData:
     """Infinite iterator of micro-batches for one rank; `state()` / `load_state()` for resume."""
 
     def __init__(self, shards: list[Shard], batch_size: int, rank: int, world_size: int, seed: int,
-                 shuffle: bool = True, masking: MaskingSpec | None = None):
+                 shuffle: bool = True, masking: MaskingSpec | None = None, vocab_size: int | None = None):
         self.shards = [s for s in shards if s.num_rows // world_size > 0]
         if not self.shards:
             raise ShardError(f"every shard has fewer rows than the {world_size} ranks")
         if any(not s.masked for s in self.shards) and masking is None:
             raise ShardError("unmasked shards found but no dynamic masking configured (pass --vocab_file)")
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
-        self.seed, self.shuffle, self.masking = seed, shuffle, masking
+        self.seed, self.shuffle, self.masking, self.vocab_size = seed, shuffle, masking, vocab_size
         self.rows_per_epoch = sum(s.num_rows // world_size for s in self.shards)
         self.epoch, self.consumed = 0, 0  # position: samples of this epoch already returned
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch")
@@ -178,6 +190,8 @@ class PretrainingData:
         shard_index = self._order(epoch)[k]
         shard = self.shards[shard_index]
         arrays = read_slice(shard, self.rank, self.world_size)
+        if self.vocab_size is not None:  # an id past the embedding table would fail deep in the model
+            check_token_ids(shard, arrays, self.vocab_size)
         rng = np.random.default_rng([self.seed, epoch, shard_index, self.rank])
         if shard.masked:
             input_ids = arrays["input_ids"]

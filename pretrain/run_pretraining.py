@@ -25,7 +25,7 @@ from pretrain import checkpoint  # noqa: E402
 from pretrain.args import (PretrainArgs, optimizer_spec, parse_args, read_ds_config,  # noqa: E402
                            resolve_batch)
 from pretrain.distributed import init_distributed  # noqa: E402
-from pretrain.data import MaskingSpec, PretrainingData, list_shards  # noqa: E402
+from pretrain.data import MaskingSpec, PretrainingData, ShardError, list_shards  # noqa: E402
 from pretrain.guard import EXIT_DIVERGED, EXIT_SIGNALLED, TrainingDiverged  # noqa: E402
 from pretrain.lamb import Lamb, partition_layout  # noqa: E402
 from pretrain.metrics import MetricsWriter  # noqa: E402
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     try:
         setup = prepare(args, world_size)
         data = PretrainingData(setup["shards"], setup["batch"].micro, rank, world_size, args.seed,
-                               masking=setup["masking"])
+                               masking=setup["masking"], vocab_size=setup["config"].vocab_size)
     except (ValueError, FileNotFoundError) as e:  # CheckpointError and ShardError are ValueErrors
         print(f"run_pretraining.py: error: {e}", file=sys.stderr)
         return 2
@@ -179,6 +179,10 @@ def main(argv=None) -> int:
         print(f"run_pretraining.py: error: {e}; last good checkpoint: "
               f"{checkpoint.read_latest(args.output_dir)}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
+    except ShardError as e:  # a shard found unreadable or out of vocab when its turn came
+        print(f"run_pretraining.py: error: {e}; last checkpoint: {checkpoint.read_latest(args.output_dir)}",
+              file=sys.stderr, flush=True)
+        return 2
     if rank == 0:
         write_json(Path(args.output_dir) / "summary.json", summary)
         print("summary: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

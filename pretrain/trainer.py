@@ -130,7 +130,7 @@ class Trainer:
                                self.args.vocab_file, self.args.keep_checkpoints)
 
     def resume(self) -> bool:
-        client_state = checkpoint.load(self.engine, self.args.output_dir)
+        client_state = checkpoint.load(self.engine, self.args.output_dir, self.model_config)
         if client_state is None:
             return False
         self.step = client_state["step"]
