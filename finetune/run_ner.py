@@ -28,7 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--eval_file", required=True, help="labelled sentences to score")
     parser.add_argument("--test_file", help="sentences to label (labels, if any, are ignored)")
     parser.add_argument("--format", choices=("conll", "cluener"), help="default: from the file extension")
-    parser.add_argument("--use_crf", action="store_true", help="a CRF layer over the word-level tags")
+    parser.add_argument("--use_crf", action="store_true",
+                        help="a CRF layer over the word-level tags (kept by default for a model saved with one)")
     add_common_args(parser, learning_rate=5e-5, epochs=3, batch_size=32, max_seq_length=128)
     return parser.parse_args(argv)
 
@@ -41,6 +42,12 @@ def model_labels(args, sentence_sets) -> list[str]:
     if not config.id2label:
         raise ValueError(f"{args.model_dir}: config.json has no id2label; train first (--train_file)")
     return [config.id2label[i] for i in range(len(config.id2label))]
+
+
+def saved_with_crf(model_dir) -> bool:
+    """A model finetuned with --use_crf keeps its CRF when loaded again."""
+    config = BertConfig.from_json_file(resolve_model_dir(model_dir) / "config.json")
+    return "BertCRFForTokenClassification" in (config.extra.get("architectures") or [])
 
 
 def predict_tags(trainer, features, labels, batch_size, use_crf: bool) -> list[list[str]]:
@@ -72,6 +79,7 @@ def main(argv=None):
     eval_sentences = eval_sentences[: args.max_eval_samples] if args.max_eval_samples else eval_sentences
     labels = model_labels(args, [train_sentences, eval_sentences])
     label2id = {label: i for i, label in enumerate(labels)}
+    args.use_crf = args.use_crf or saved_with_crf(args.model_dir)
     model_class = BertCRFForTokenClassification if args.use_crf else BertForTokenClassification
     trainer, tokenizer, vocab = start(args, model_class, num_labels=len(labels), id2label=dict(enumerate(labels)))
 

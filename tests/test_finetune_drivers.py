@@ -255,12 +255,14 @@ def test_run_ner_learns_the_fixture(tmp_path, tiny_model, fmt, crf):
     seqeval = pytest.importorskip("seqeval.metrics")
     dev = FIXTURES / ("conll_dev.txt" if fmt == "conll" else "cluener_dev.json")
     run_ner.main(["--eval_file", str(dev), "--model_dir", str(out / "model"), "--output_dir", str(tmp_path / "eval"),
-                  "--num_train_epochs", "0", *(["--use_crf"] if crf else [])])
+                  "--num_train_epochs", "0"])  # the CRF comes back from config.json
     from finetune import ner
     gold = [s.labels for s in ner.read_sentences(dev)]
     predicted = [s.labels for s in ner.read_sentences(tmp_path / "eval" / f"eval_predictions{suffix}")]
     scores = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert scores["f1"] == pytest.approx(seqeval.f1_score(gold, predicted))
+    assert scores["precision"] == pytest.approx(seqeval.precision_score(gold, predicted))
+    assert scores["recall"] == pytest.approx(seqeval.recall_score(gold, predicted))
 
 
 # ---------------------------------------------------------------- DeepSpeed
