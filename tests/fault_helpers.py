@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,18 +27,24 @@ def command(args: list[str], ranks: int = 0, port: int = 29700) -> list[str]:
 
 def start(cmd: list[str], extra_env: dict | None = None) -> subprocess.Popen:
     """In its own session, so the whole process group (launcher and ranks) can be signalled."""
-    return subprocess.Popen(cmd, cwd=ROOT, env={**env(), **(extra_env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stderr = tempfile.TemporaryFile("w+")  # not a pipe: nobody reads it while the run goes on
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**env(), **(extra_env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=stderr, text=True, start_new_session=True)
+    proc.stderr_file = stderr
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
-    """Wait for the process; on timeout SIGKILL its group and fail."""
+    """Wait for the process; on timeout SIGKILL its group and fail. Returns (exit code, stderr)."""
     try:
-        _, stderr = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        proc.wait()
         raise AssertionError(f"{proc.args} did not exit within {timeout} s")
+    proc.stderr_file.seek(0)
+    stderr = proc.stderr_file.read()
+    proc.stderr_file.close()
     return proc.returncode, stderr
 
 
