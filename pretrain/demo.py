@@ -44,7 +44,7 @@ class DemoSize:
 SIZES = {
     "default": DemoSize(corpus_articles=400, heldout_articles=20, hidden_size=256, num_hidden_layers=4,
                         phase1_steps=600, phase1_micro_batch=16, phase2_steps=30, phase2_micro_batch=4,
-                        phase2_seq_len=512, squad_train_questions=4000, squad_eval_questions=1000,
+                        phase2_seq_len=512, squad_train_questions=2500, squad_eval_questions=1000,
                         squad_epochs=1.0),
     "ci": DemoSize(corpus_articles=40, heldout_articles=4, hidden_size=64, num_hidden_layers=2,
                    phase1_steps=60, phase1_micro_batch=16, phase2_steps=6, phase2_micro_batch=4,
@@ -134,7 +134,8 @@ def pretrain_stage(out: Path, name: str, shards: Path, eval_shards: Path, config
     cmd = [shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or "deepspeed",
            "--num_gpus", WORLD_SIZE, "--master_port", 29700 if name == "phase1" else 29701,
            ROOT / "pretrain" / "run_pretraining.py", "--deepspeed_config", ds, "--input_dir", shards,
-           "--eval_dir", eval_shards, "--eval_interval", max(steps // 6, 1), "--config_file", config,
+           "--eval_dir", eval_shards, "--eval_interval", max(steps // 6, 1) if init is None else steps,
+           "--config_file", config,
            "--vocab_file", vocab, "--output_dir", run_dir, "--max_steps", steps,
            "--checkpoint_interval", max(steps // 3, 1), "--log_interval", max(steps // 40, 1),
            "--warmup_proportion", 0.1]
