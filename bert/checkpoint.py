@@ -139,6 +139,10 @@ def load_state_dict_into(model: torch.nn.Module, state: dict[str, torch.Tensor],
                 report.initialized.append(key)
             continue
         if tuple(state[key].shape) != tuple(param.shape):
+            if not is_encoder_key(key) and key not in TIED_KEYS:  # e.g. an MNLI head (3 labels) into RTE (2)
+                report.initialized.append(f"{key} (shape {tuple(state[key].shape)} in the checkpoint)")
+                del state[key]
+                continue
             raise CheckpointError(f"{source}: key {key!r} has shape {tuple(state[key].shape)} in the "
                                   f"checkpoint but {tuple(param.shape)} in the model")
     report.unused = sorted(k for k in state if k not in target)
@@ -184,6 +188,7 @@ def save_hf_folder(output_dir, config: BertConfig, state: dict[str, torch.Tensor
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
     try:
         fields = config.to_dict()
         fields["architectures"] = [architecture]

@@ -162,3 +162,13 @@ def test_minilm_hidden_states_match_transformers(minilm_dir):
     for mine, theirs in zip(out.hidden_states, ref.hidden_states):
         torch.testing.assert_close(mine[real], theirs[real], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.pooler_output, ref.pooler_output, atol=1e-5, rtol=1e-5)
+
+
+def test_head_of_another_shape_is_recreated_and_reported(hf_folder, tmp_path):
+    three, _ = from_pretrained(BertForSequenceClassification, hf_folder, num_labels=3)
+    save_pretrained(three, tmp_path / "mnli_like")
+    two, report = from_pretrained(BertForSequenceClassification, tmp_path / "mnli_like", num_labels=2)
+    assert report.initialized == ["classifier.weight (shape (3, 32) in the checkpoint)",
+                                  "classifier.bias (shape (3,) in the checkpoint)"]
+    torch.testing.assert_close(two.bert.pooler.dense.weight, three.bert.pooler.dense.weight)
+    assert oct((tmp_path / "mnli_like").stat().st_mode & 0o777) == "0o755"
