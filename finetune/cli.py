@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bert.checkpoint import from_pretrained, resolve_model_dir
 from bert.tokenizer import BertTokenizer
-from finetune.runtime import Runtime, setup_runtime
+from finetune.runtime import Runtime, setup_runtime, shutdown_distributed
 from finetune.trainer import TrainConfig, Trainer, set_seed
 
 
@@ -97,6 +97,7 @@ def main_guard(main) -> None:
     """Run `main`; bad input (missing file, bad value) ends with a one-line error and exit code 2."""
     try:
         main()
+        shutdown_distributed()
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -37,6 +37,14 @@ class Runtime:
             dist.barrier()
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group before exit: tearing gloo down at interpreter exit can abort
+    ("terminate called without an active exception") and fail a finished run."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

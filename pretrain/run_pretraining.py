@@ -190,6 +190,8 @@ def main(argv=None) -> int:
     data.close()
     metrics.close()
     checkpoint.barrier()
+    if torch.distributed.is_initialized():  # tearing gloo down at interpreter exit can abort a finished run
+        torch.distributed.destroy_process_group()
     return EXIT_SIGNALLED if summary["stopped_by_signal"] else 0
 
 
