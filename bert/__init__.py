@@ -6,7 +6,6 @@ _EXPORTS = {
     "BertForQuestionAnswering": "bert.heads", "BertForSequenceClassification": "bert.heads",
     "BertForTokenClassification": "bert.heads",
     "IGNORE_INDEX": "bert.model", "BertForPreTraining": "bert.model", "BertModel": "bert.model",
-    "positions_to_labels": "bert.model",
 }
 __all__ = list(_EXPORTS)
 

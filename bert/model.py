@@ -278,14 +278,3 @@ class BertForPreTraining(BertPreTrainedModel):
         loss = sum(losses) if losses else None
         return PreTrainingOutput(loss, mlm_loss, nsp_loss, logits, seq_logits, mlm_labels, out.hidden_states)
 
-
-def positions_to_labels(input_shape, masked_lm_positions, masked_lm_ids):
-    """NVIDIA-schema masked positions/ids (0-padded) -> a (B, T) label tensor with -100 elsewhere."""
-    labels = torch.full(input_shape, IGNORE_INDEX, dtype=torch.long, device=masked_lm_ids.device)
-    valid = masked_lm_positions > 0  # position 0 is [CLS]: a 0 ends the list
-    # NVIDIA's reader stops at the first 0; positions are ascending, so later zeros are padding.
-    valid &= torch.cumprod(valid.long(), dim=1).bool()
-    rows = torch.arange(input_shape[0], device=labels.device).unsqueeze(1).expand_as(masked_lm_positions)
-    labels[rows[valid], masked_lm_positions[valid].long()] = masked_lm_ids[valid].long()
-    return labels
-

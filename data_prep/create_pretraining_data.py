@@ -99,7 +99,7 @@ def phase_specs(args) -> list[tuple[InstanceSpec, str]]:
         spec = InstanceSpec(length, pred, args.short_seq_prob, args.masked_lm_prob, args.do_whole_word_mask,
                             args.masking == "static")
         out = args.output_dir.rstrip("/")
-        pairs.append((spec, f"{out}/seq_len_{length}_max_pred_{pred}" if args.phases else out))
+        pairs.append((spec, f"{out}/{schema.phase_dir_name(length, pred)}" if args.phases else out))
     return pairs
 
 
@@ -305,7 +305,7 @@ def run(args) -> list[dict]:
         return finished
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args, config)
     prepare_work_dir(work, config)
-    part_dirs = [work / f"seq_len_{s.max_seq_length}_max_pred_{s.max_predictions}" for s, _ in phases]
+    part_dirs = [work / schema.phase_dir_name(s.max_seq_length, s.max_predictions) for s, _ in phases]
     for d in part_dirs:
         d.mkdir(exist_ok=True)
     started = time.time()

@@ -32,6 +32,17 @@ MASKED_LM_PROB = 0.15
 MAX_PREDICTIONS = {128: 20, 512: 80}
 
 
+def phase_dir_name(seq_len: int, max_predictions: int) -> str:
+    """Folder of one phase's shards under an output directory written with --phases."""
+    return f"seq_len_{seq_len}_max_pred_{max_predictions}"
+
+
+def valid_predictions(masked_lm_positions: np.ndarray) -> np.ndarray:
+    """Which masked_lm_* entries are real: NVIDIA's reader stops at the first 0 position
+    (position 0 is [CLS]), so every entry from there on is padding."""
+    return np.cumprod(masked_lm_positions > 0, axis=-1).astype(bool)
+
+
 def num_predictions(num_tokens: int, max_predictions: int, prob: float = MASKED_LM_PROB) -> int:
     """How many positions to mask among `num_tokens` maskable tokens."""
     return min(max_predictions, max(1, int(round(num_tokens * prob))))

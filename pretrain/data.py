@@ -20,7 +20,7 @@ import torch
 
 from bert.model import IGNORE_INDEX
 from data_prep import masking as mlm_masking
-from data_prep.schema import MASKED_FIELDS, UNMASKED_FIELDS, WORD_START_FIELD
+from data_prep.schema import MASKED_FIELDS, UNMASKED_FIELDS, WORD_START_FIELD, valid_predictions
 
 SHARD_SUFFIXES = (".hdf5", ".h5")
 
@@ -107,7 +107,7 @@ def check_token_ids(shard: Shard, arrays: dict, vocab_size: int) -> None:
 def labels_from_positions(positions: np.ndarray, ids: np.ndarray, seq_len: int) -> np.ndarray:
     """NVIDIA's masked_lm_positions/ids -> (N, L) labels, -100 elsewhere. A 0 ends the list."""
     labels = np.full((positions.shape[0], seq_len), IGNORE_INDEX, dtype=np.int64)
-    valid = np.cumprod(positions > 0, axis=1).astype(bool)
+    valid = valid_predictions(positions)
     rows = np.broadcast_to(np.arange(positions.shape[0])[:, None], positions.shape)
     labels[rows[valid], positions[valid]] = ids[valid]
     return labels

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data_prep.schema import phase_dir_name
 from pretrain import report
 from pretrain.sample_data import prepare_sample_data
 
@@ -87,19 +88,19 @@ def data_prep_stage(out: Path, data: dict, size: DemoSize) -> None:
     stage.mkdir(parents=True)
     log, py = stage / "log.txt", sys.executable
     seconds = 0.0
-    phases = ["128:20", f"{size.phase2_seq_len}:{size.phase2_seq_len * 20 // 128}"]
+    phases = [(128, 20), (size.phase2_seq_len, size.phase2_seq_len * 20 // 128)]
     for split in ("train", "heldout"):
         sentences = stage / f"{split}_sentences"
         seconds += run([py, "-m", "data_prep.extract", "--input", data[f"{split}_corpus"], "--input_format", "text",
                         "--output_dir", sentences, "--workers", WORLD_SIZE, "--num_shards", 2], log)
         seconds += run([py, "-m", "data_prep.create_pretraining_data", "--input", sentences,
-                        "--vocab_file", data["vocab"], "--output_dir", stage / split, "--phases", *phases,
+                        "--vocab_file", data["vocab"], "--output_dir", stage / split, "--phases", *(f"{n}:{p}" for n, p in phases),
                         "--do_lower_case", "--dupe_factor", 1 if split == "heldout" else 3,
                         "--num_shards", 2 * WORLD_SIZE if split == "train" else WORLD_SIZE,
                         "--workers", WORLD_SIZE, "--random_seed", 12345], log)
     corpus_mb = data["train_corpus"].stat().st_size / 1e6 + data["heldout_corpus"].stat().st_size / 1e6
     mark_done(stage, {"corpus_mb": corpus_mb, "seconds": seconds, "mb_per_s": corpus_mb / seconds,
-                      "phase_dirs": [f"seq_len_{p.split(':')[0]}_max_pred_{p.split(':')[1]}" for p in phases]})
+                      "phase_dirs": [phase_dir_name(n, p) for n, p in phases]})
 
 
 def model_config(out: Path, size: DemoSize, vocab_size: int) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data_prep.schema import MANIFEST
+from data_prep.schema import MANIFEST, valid_predictions
 from pretrain.metrics import read_metrics
 from pretrain.plot import plot
 
@@ -27,9 +27,7 @@ def masked_ids(shard_dir: Path) -> np.ndarray:
     for path in sorted(shard_dir.glob("*.hdf5")):
         with h5py.File(path, "r") as f:
             positions, ids = f["masked_lm_positions"][:], f["masked_lm_ids"][:]
-        # A 0 position ends the list (position 0 is [CLS]), as NVIDIA's reader does.
-        valid = np.cumprod(positions > 0, axis=1).astype(bool)
-        chunks.append(ids[valid])
+        chunks.append(ids[valid_predictions(positions)])
     if not chunks:
         raise FileNotFoundError(f"no .hdf5 shards in {shard_dir}")
     return np.concatenate(chunks)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bert import (BertConfig, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
-                  BertForTokenClassification, BertModel, positions_to_labels)
+                  BertForTokenClassification, BertModel)
 from bert.checkpoint import load_state_dict_into
 
 transformers = pytest.importorskip("transformers")
@@ -144,15 +144,6 @@ def test_sparse_mlm_loss_equals_dense():
     nsp = torch.tensor([0, 1, 1])
     ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels, next_sentence_label=nsp)
     torch.testing.assert_close(ours(ids, mask, types, labels=labels, next_sentence_label=nsp).loss, ref.loss)
-
-
-def test_positions_to_labels_stops_at_first_zero():
-    positions = torch.tensor([[1, 3, 0, 0], [2, 0, 5, 0]])  # row 1: NVIDIA's reader stops at the first 0
-    ids = torch.tensor([[11, 13, 0, 0], [12, 0, 15, 0]])
-    labels = positions_to_labels((2, 6), positions, ids)
-    expected = torch.full((2, 6), -100)
-    expected[0, 1], expected[0, 3], expected[1, 2] = 11, 13, 12
-    assert torch.equal(labels, expected)
 
 
 def test_config_round_trips_hf_config_json(tmp_path):
