@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bert.atomic import write_json_atomic
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
 
 
@@ -104,10 +106,7 @@ class BertConfig:
         return dict(sorted(out.items()))
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, self.to_dict())
 
     def num_parameters(self, with_heads: bool = True) -> int:
         """Parameter count of BertForPreTraining (decoder weight tied, so counted once)."""

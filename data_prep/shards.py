@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from bert import atomic
 from data_prep import schema
 from data_prep.storage import is_s3, s3_exists, upload_file
 
@@ -93,9 +94,8 @@ class OutputDir:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """data_prep's JSON files (manifests, markers): one-space indent, sorted keys."""
+    atomic.write_json_atomic(path, data, indent=1, sort_keys=True)
 
 
 def read_done_marker(path: Path) -> dict | None:

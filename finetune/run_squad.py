@@ -19,7 +19,8 @@ from bert.heads import BertForQuestionAnswering
 from finetune import squad
 from finetune.cli import add_common_args, main_guard, start
 from finetune.metrics import squad_v1_evaluate, squad_v2_evaluate
-from finetune.trainer import collate_padded, write_json
+from bert.atomic import write_json_atomic
+from finetune.trainer import collate_padded
 
 
 def parse_args(argv=None):
@@ -78,10 +79,10 @@ def main(argv=None):
     results = score(dataset, predictions, null_odds, best_non_null, args.version_2_with_negative)
     if trainer.rt.is_main:
         out = Path(args.output_dir)
-        write_json(out / "predictions.json", predictions)
-        write_json(out / "nbest_predictions.json", nbest)
+        write_json_atomic(out / "predictions.json", predictions, ensure_ascii=False)
+        write_json_atomic(out / "nbest_predictions.json", nbest, ensure_ascii=False)
         if args.version_2_with_negative:
-            write_json(out / "null_odds.json", null_odds)
+            write_json_atomic(out / "null_odds.json", null_odds, ensure_ascii=False)
     if train and not args.no_save_model:
         trainer.save_model(Path(args.output_dir) / "model", vocab)
     trainer.finish(results)

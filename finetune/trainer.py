@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bert.atomic import write_json_atomic
 from finetune.runtime import Runtime
 
 NO_DECAY = ("bias", "LayerNorm.weight")
@@ -62,13 +62,6 @@ def set_seed(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-
-def write_json(path, obj) -> None:
-    """Write JSON atomically (temp file + rename): the file is whole or absent."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class MetricsLog:
@@ -292,7 +285,7 @@ class Trainer:
         """Log the final metrics, write eval_results.json and print the summary."""
         if self.rt.is_main:
             self.log.log(self.step, {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))})
-            write_json(self.output_dir / "eval_results.json", results)
+            write_json_atomic(self.output_dir / "eval_results.json", results, ensure_ascii=False)
             self.log.log(self.step, self.train_stats)
             summary = {**results, **self.train_stats}
             print("summary:\n" + "\n".join(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}"

@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bert.atomic import write_json_atomic
+from bert.tokenizer import read_vocab
 from data_prep.schema import phase_dir_name
 from pretrain import report
 from pretrain.sample_data import prepare_sample_data
@@ -60,9 +62,7 @@ def stage_done(path: Path) -> bool:
 
 
 def mark_done(path: Path, info: dict) -> None:
-    tmp = path / ".done.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, path / ".done")
+    write_json_atomic(path / ".done", info)
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -174,14 +174,14 @@ def main(argv=None) -> int:
     out = (args.output_dir or ROOT / "demo_out" / args.size).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
-    (out / "demo_size.json").write_text(json.dumps({"size": args.size, **asdict(size)}, indent=2) + "\n")
+    write_json_atomic(out / "demo_size.json", {"size": args.size, **asdict(size)})
     started = time.perf_counter()
 
     data = prepare_sample_data(out / "data", size.corpus_articles, size.heldout_articles,
                                size.squad_train_questions)
     data_prep_stage(out, data, size)
     phase_dirs = json.loads((out / "shards" / ".done").read_text())["phase_dirs"]
-    config = model_config(out, size, vocab_size=sum(1 for _ in open(data["vocab"], encoding="utf-8")))
+    config = model_config(out, size, vocab_size=len(read_vocab(data["vocab"])))
     pretrain_stage(out, "phase1", out / "shards" / "train" / phase_dirs[0],
                    out / "shards" / "heldout" / phase_dirs[0], config,
                    ds_config(out, "phase1", size.phase1_micro_batch, 2e-3), size.phase1_steps, data["vocab"])

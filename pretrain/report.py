@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from bert.atomic import write_json_atomic
 from data_prep.schema import MANIFEST, valid_predictions
 from pretrain.metrics import read_metrics
 from pretrain.plot import plot
@@ -103,7 +104,7 @@ def write_report(demo: Path, minutes: float | None = None) -> str:
     demo = Path(demo)
     results = collect(demo)
     plot([str(demo / "phase1"), str(demo / "phase2")], str(demo / "curves.png"))
-    (demo / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(demo / "results.json", results)
     text = render(results, minutes)
     (demo / REPORT).write_text(text)
     return text

@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher
 
 import torch  # noqa: E402
 
+from bert.atomic import write_json_atomic  # noqa: E402
 from bert.checkpoint import load_state_dict_into, read_state_dict, resolve_model_dir  # noqa: E402
 from bert.config import BertConfig  # noqa: E402
 from bert.model import BertForPreTraining  # noqa: E402
@@ -30,7 +31,7 @@ from pretrain.guard import EXIT_DIVERGED, EXIT_SIGNALLED, TrainingDiverged  # no
 from pretrain.lamb import Lamb, partition_layout  # noqa: E402
 from pretrain.metrics import MetricsWriter  # noqa: E402
 from pretrain.optim import build_optimizer, build_schedule, param_groups, use_deepspeed_fused_lamb  # noqa: E402
-from pretrain.trainer import Trainer, write_json  # noqa: E402
+from pretrain.trainer import Trainer  # noqa: E402
 
 
 def model_config(args: PretrainArgs) -> BertConfig:
@@ -168,11 +169,11 @@ def main(argv=None) -> int:
     if not resumed:
         metrics.truncate_after(0)  # a fresh run: no records of an earlier attempt
     if rank == 0:
-        write_json(Path(args.output_dir) / "run_config.json", {
+        write_json_atomic(Path(args.output_dir) / "run_config.json", {
             "args": vars(args), "model_config": config.to_dict(), "deepspeed_config": setup["ds_config"],
             "optimizer": spec.kind, "optimizer_runtime": describe_optimizer(engine), "zero_stage": setup["zero_stage"], "world_size": world_size,
             "batch": {"micro": batch.micro, "accumulation": batch.accumulation, "global": batch.global_},
-            "git_revision": git_revision(), "resumed_from_step": trainer.step if resumed else None})
+            "git_revision": git_revision(), "resumed_from_step": trainer.step if resumed else None}, default=str)
     try:
         summary = trainer.run()
     except TrainingDiverged as e:
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
         return 2
     if rank == 0:
-        write_json(Path(args.output_dir) / "summary.json", summary)
+        write_json_atomic(Path(args.output_dir) / "summary.json", summary, default=str)
         print("summary: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in summary.items() if k != "rank_param_checksums"), flush=True)
     data.close()

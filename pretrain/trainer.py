@@ -2,7 +2,6 @@
 evaluation and checkpoints. Setup (arguments, model, engine) lives in run_pretraining.py."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -212,10 +211,3 @@ class Trainer:
             summary["ranks_identical"] = len(set(checksums)) == 1
         return summary
 
-
-def write_json(path, payload: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
