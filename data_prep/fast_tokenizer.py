@@ -35,24 +35,28 @@ def _is_bert_punctuation(cp: int) -> bool:
 PUNCTUATION_SCAN_END = 0x30000
 
 
-def _char_class(predicate, end: int = PUNCTUATION_SCAN_END) -> str:
-    """A regex character class body for all code points below `end` satisfying predicate."""
-    ranges, start = [], None
-    for cp in range(end + 1):
-        inside = cp < end and predicate(cp)
-        if inside and start is None:
-            start = cp
-        elif not inside and start is not None:
-            ranges.append((start, cp - 1))
-            start = None
+def _bert_punctuation(end: int = PUNCTUATION_SCAN_END) -> list[int]:
+    """Sorted code points below `end` that BERT treats as punctuation (one pass, ~0.04 s)."""
+    category = unicodedata.category
+    return [cp for cp in range(end) if (cp < 128 and _is_bert_punctuation(cp)) or category(chr(cp))[0] == "P"]
+
+
+def _char_class(code_points: list[int]) -> str:
+    """A regex character class body matching exactly the given sorted code points."""
+    ranges: list[list[int]] = []
+    for cp in code_points:
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
     return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
                    for a, b in ranges)
 
 
 @functools.cache
 def _unicode_words() -> re.Pattern:
-    """Built on first use (~0.05 s); ASCII-only text never needs it."""
-    punct = _char_class(_is_bert_punctuation)
+    """Built on first use; ASCII-only text never needs it."""
+    punct = _char_class(_bert_punctuation())
     # After the reference normaliser every whitespace character has become a plain space.
     return re.compile(f"[^ {punct}]+|[{punct}]")
 
@@ -61,8 +65,9 @@ def _unicode_words() -> re.Pattern:
 def _reordering_marks() -> re.Pattern:
     """Marks that survive accent stripping yet take part in canonical reordering (ccc > 0, not Mn):
     only with these does BERT's normalisation depend on neighbouring characters."""
-    marks = _char_class(lambda cp: unicodedata.combining(chr(cp)) > 0 and unicodedata.category(chr(cp)) != "Mn")
-    return re.compile(f"[{marks}]")
+    combining, category = unicodedata.combining, unicodedata.category
+    marks = [cp for cp in range(PUNCTUATION_SCAN_END) if combining(chr(cp)) and category(chr(cp)) != "Mn"]
+    return re.compile(f"[{_char_class(marks)}]")
 
 
 class _CharMap(dict):

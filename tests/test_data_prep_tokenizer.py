@@ -81,8 +81,14 @@ def test_raw_wikipedia_dump_matches_reference(vocab_file, wiki_dump, lower):
 
 def test_punctuation_scan_covers_all_of_unicode():
     import sys
+    import unicodedata
 
     from data_prep import fast_tokenizer as ft
-    assert ft._char_class(ft._is_bert_punctuation) == ft._char_class(ft._is_bert_punctuation, sys.maxunicode + 1)
+    everything = [cp for cp in range(sys.maxunicode + 1) if ft._is_bert_punctuation(cp)]
+    assert ft._bert_punctuation() == everything
+    assert ft._bert_punctuation(sys.maxunicode + 1) == everything
+    marks = [cp for cp in range(ft.PUNCTUATION_SCAN_END, sys.maxunicode + 1)
+             if unicodedata.combining(chr(cp)) and unicodedata.category(chr(cp)) != "Mn"]
+    assert marks == []  # _reordering_marks scans no further either
     # the chunk fast path relies on this: a letter/digit is never BERT punctuation
     assert not [cp for cp in range(sys.maxunicode + 1) if chr(cp).isalnum() and ft._is_bert_punctuation(cp)]
