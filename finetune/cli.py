@@ -37,6 +37,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, learning_rate: float, ep
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (or DeepSpeed bf16)")
     g.add_argument("--no_group_by_length", action="store_true", help="plain shuffled batches")
     g.add_argument("--logging_steps", type=int, default=50, help="optimizer steps between metrics lines")
+    g.add_argument("--eval_steps", type=int, default=0,
+                   help="optimizer steps between evaluations during training, logged as eval/ metrics lines "
+                        "(0: evaluate only at the end)")
     g.add_argument("--max_train_samples", type=int, help="use only the first N training examples")
     g.add_argument("--max_eval_samples", type=int, help="use only the first N evaluation (and test) examples")
     g = parser.add_argument_group("distributed")
@@ -62,7 +65,7 @@ def train_config(args) -> TrainConfig:
         warmup_proportion=args.warmup_proportion, weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm, seed=args.seed, bf16=args.bf16,
         group_by_length=not args.no_group_by_length, logging_steps=args.logging_steps,
-        deepspeed_config=args.deepspeed_config)
+        eval_steps=args.eval_steps, deepspeed_config=args.deepspeed_config)
 
 
 def load_tokenizer(folder: Path, vocab_file=None, do_lower_case=None) -> tuple[BertTokenizer, Path]:

@@ -58,27 +58,35 @@ def main(argv=None):
     trainer, tokenizer, vocab = start(args, BertForSequenceClassification, num_labels=num_labels,
                                       problem_type=problem_type, id2label=id2label)
 
+    dev = [(name, examples, glue.featurize(examples, tokenizer, args.max_seq_length))
+           for name, examples in zip(task.dev_files, dev_sets)]
     if train_examples:
         features = glue.featurize(train_examples, tokenizer, args.max_seq_length)
-        trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features])
+        trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features],
+                      evaluate=lambda: evaluate(args, task, trainer, dev))
 
-    results = {}
-    for name, examples in zip(task.dev_files, dev_sets):
-        features = glue.featurize(examples, tokenizer, args.max_seq_length)
-        preds = predict_labels(trainer, task, features, args.eval_batch_size)
-        scores = glue_metrics(task.metric_name, preds, [e.label for e in examples])
-        if trainer.rt.is_main:
-            glue.write_submission(Path(args.output_dir) / f"{Path(name).stem}_predictions.tsv", task, examples,
-                                  preds, decimals=7)
-        suffix = "_mm" if "mismatched" in name else ""
-        results.update({f"{k}{suffix}": v for k, v in scores.items()})
-        results[f"eval_examples{suffix}"] = len(examples)
-
+    results = evaluate(args, task, trainer, dev, write_predictions=True)
     if not args.no_test_predictions:
         write_test_predictions(args, task, trainer, tokenizer)
     if not args.no_save_model and train_examples:
         trainer.save_model(Path(args.output_dir) / "model", vocab)
     trainer.finish(results)
+
+
+def evaluate(args, task, trainer, dev, write_predictions=False) -> dict:
+    """Scores on the dev set(s) `dev` ([(file name, examples, features)]; MNLI's mismatched scores
+    end in _mm), and with `write_predictions` OUT/<dev file>_predictions.tsv."""
+    results = {}
+    for name, examples, features in dev:
+        preds = predict_labels(trainer, task, features, args.eval_batch_size)
+        scores = glue_metrics(task.metric_name, preds, [e.label for e in examples])
+        if write_predictions and trainer.rt.is_main:
+            glue.write_submission(Path(args.output_dir) / f"{Path(name).stem}_predictions.tsv", task, examples,
+                                  preds, decimals=7)
+        suffix = "_mm" if "mismatched" in name else ""
+        results.update({f"{k}{suffix}": v for k, v in scores.items()})
+        results[f"eval_examples{suffix}"] = len(examples)
+    return results
 
 
 def write_test_predictions(args, task, trainer, tokenizer):

@@ -67,6 +67,18 @@ def predict_tags(trainer, features, labels, batch_size, use_crf: bool) -> list[l
     return tags
 
 
+def evaluate(args, trainer, sentences, features, labels, write_to=None) -> dict:
+    """Entity-level scores of the model's tags for the labelled `sentences`; `write_to` = (path,
+    format) also writes the predictions there."""
+    predictions = predict_tags(trainer, features, labels, args.eval_batch_size, args.use_crf)
+    results = entity_scores([s.labels for s in sentences], predictions)
+    cut = sum(p is None for f in features for p in f["_word_starts"])
+    results.update(eval_sentences=len(sentences), eval_words_not_encoded=cut)
+    if write_to and trainer.rt.is_main:
+        ner.write_predictions(write_to[0], sentences, predictions, write_to[1])
+    return results
+
+
 def main(argv=None):
     args = parse_args(argv)
     train = bool(args.train_file) and args.num_train_epochs > 0
@@ -87,18 +99,16 @@ def main(argv=None):
         return ner.featurize(sentences, tokenizer, args.max_seq_length, label2id if labelled else None,
                              word_mask=args.use_crf)
 
-    if train:
-        features = features_of(train_sentences)
-        trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features])
     eval_features = features_of(eval_sentences)
-    predictions = predict_tags(trainer, eval_features, labels, args.eval_batch_size, args.use_crf)
-    results = entity_scores([s.labels for s in eval_sentences], predictions)
-    cut = sum(p is None for f in eval_features for p in f["_word_starts"])
-    results.update(eval_sentences=len(eval_sentences), eval_words_not_encoded=cut)
     out = Path(args.output_dir)
     suffix = ".json" if fmt == "cluener" else ".txt"
-    if trainer.rt.is_main:
-        ner.write_predictions(out / f"eval_predictions{suffix}", eval_sentences, predictions, fmt)
+    if train:
+        features = features_of(train_sentences)
+        trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features],
+                      evaluate=lambda: evaluate(args, trainer, eval_sentences, eval_features, labels),
+                      main_metric="f1")
+    results = evaluate(args, trainer, eval_sentences, eval_features, labels,
+                       write_to=(out / f"eval_predictions{suffix}", fmt))
     if args.test_file:
         test_sentences = ner.read_sentences(args.test_file, fmt)
         test_sentences = test_sentences[: args.max_eval_samples] if args.max_eval_samples else test_sentences

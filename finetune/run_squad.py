@@ -48,6 +48,7 @@ def main(argv=None):
     trainer, tokenizer, vocab = start(args, BertForQuestionAnswering)
     windows = dict(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
                    max_query_length=args.max_query_length)
+    dev = load_dev(args, tokenizer, windows)
     if train:
         _, contexts, examples = squad.read_squad(args.train_file)
         examples = examples[: args.max_train_samples] if args.max_train_samples else examples
@@ -58,34 +59,48 @@ def main(argv=None):
         if trainer.rt.is_main:
             print(f"train: {len(examples)} questions -> {len(features)} features "
                   f"({skipped} questions skipped: answer_start does not point at the answer text)")
-        trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features])
+        trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features],
+                      evaluate=lambda: evaluate(args, trainer, dev), main_metric="f1")
 
+    results = evaluate(args, trainer, dev, write_predictions=True)
+    if train and not args.no_save_model:
+        trainer.save_model(Path(args.output_dir) / "model", vocab)
+    trainer.finish(results)
+
+
+def load_dev(args, tokenizer, windows) -> dict:
+    """The --predict_file questions (first --max_eval_samples) and their features."""
     dataset, contexts, examples = squad.read_squad(args.predict_file)
     if args.max_eval_samples:
         examples = examples[: args.max_eval_samples]
         dataset = _restrict(dataset, {e.qid for e in examples})
     features, ctx_offsets = squad.featurize(examples, contexts, tokenizer, training=False, **windows)
+    return dict(dataset=dataset, contexts=contexts, examples=examples, features=features, ctx_offsets=ctx_offsets)
 
-    def extract(output, batch):
-        lengths = batch["attention_mask"].sum(1).tolist()
-        start, end = output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy()
-        return [(start[i, :n], end[i, :n]) for i, n in enumerate(lengths)]
 
-    logits = trainer.predict(features, collate_padded, extract, args.eval_batch_size,
+def _extract(output, batch):
+    lengths = batch["attention_mask"].sum(1).tolist()
+    start, end = output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy()
+    return [(start[i, :n], end[i, :n]) for i, n in enumerate(lengths)]
+
+
+def evaluate(args, trainer, dev: dict, write_predictions=False) -> dict:
+    """Predict and score `dev` (from load_dev); with `write_predictions` also OUT/predictions.json,
+    OUT/nbest_predictions.json and, for v2.0, OUT/null_odds.json."""
+    features = dev["features"]
+    logits = trainer.predict(features, collate_padded, _extract, args.eval_batch_size,
                              [len(f["input_ids"]) for f in features])
     predictions, nbest, null_odds, best_non_null = squad.decode(
-        examples, contexts, features, ctx_offsets, logits, args.n_best_size, args.max_answer_length,
-        args.version_2_with_negative, args.null_score_diff_threshold)
-    results = score(dataset, predictions, null_odds, best_non_null, args.version_2_with_negative)
-    if trainer.rt.is_main:
+        dev["examples"], dev["contexts"], features, dev["ctx_offsets"], logits, args.n_best_size,
+        args.max_answer_length, args.version_2_with_negative, args.null_score_diff_threshold)
+    results = score(dev["dataset"], predictions, null_odds, best_non_null, args.version_2_with_negative)
+    if write_predictions and trainer.rt.is_main:
         out = Path(args.output_dir)
         write_json_atomic(out / "predictions.json", predictions, ensure_ascii=False)
         write_json_atomic(out / "nbest_predictions.json", nbest, ensure_ascii=False)
         if args.version_2_with_negative:
             write_json_atomic(out / "null_odds.json", null_odds, ensure_ascii=False)
-    if train and not args.no_save_model:
-        trainer.save_model(Path(args.output_dir) / "model", vocab)
-    trainer.finish(results)
+    return results
 
 
 def score(dataset, predictions, null_odds, best_non_null, version_2: bool) -> dict:

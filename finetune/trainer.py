@@ -3,7 +3,8 @@
 A driver turns its data into a list of feature dicts (unpadded token ids plus labels), gives a
 `collate` that pads a list of them into tensors (dynamic padding), and calls `train` then
 `predict`. Batches are grouped by length; ranks get equal numbers of batches so none waits at an
-epoch end. Metrics go to OUT/metrics.jsonl (keys `train/loss`, `optim/lr`, `perf/seq_per_s`, ...).
+epoch end. Metrics go to OUT/metrics.jsonl (keys `train/loss`, `optim/lr`, `optim/grad_norm`,
+`perf/seq_per_s`, ..., and `eval/<metric>` from evaluations during and after training).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class TrainConfig:
     bf16: bool = False
     group_by_length: bool = True
     logging_steps: int = 50
+    eval_steps: int = 0  # optimizer steps between evaluations during training; 0: only at the end
     deepspeed_config: str | None = None
 
     def __post_init__(self):
@@ -48,6 +50,8 @@ class TrainConfig:
             raise ValueError("--gradient_accumulation_steps must be > 0")
         if not 0 <= self.warmup_proportion < 1:
             raise ValueError("--warmup_proportion must be in [0, 1)")
+        if self.eval_steps < 0:
+            raise ValueError("--eval_steps must be >= 0")
 
     def micro_batch_size(self, world_size: int) -> int:
         per_step = self.gradient_accumulation_steps * world_size
@@ -63,16 +67,25 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _finite_or_none(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _numbers(results: dict) -> dict:
+    return {k: v for k, v in results.items() if isinstance(v, (int, float))}
+
 
 class MetricsLog:
-    """One JSON object per line in OUT/metrics.jsonl, main rank only."""
+    """One JSON object per line in OUT/metrics.jsonl, main rank only. Non-finite floats are
+    written as null (json.dumps would write NaN / Infinity, which is not JSON)."""
 
     def __init__(self, output_dir, enabled: bool):
         self.file = open(Path(output_dir) / "metrics.jsonl", "w") if enabled else None
 
     def log(self, step: int, values: dict) -> None:
         if self.file:
-            self.file.write(json.dumps({"step": step, **values}) + "\n")
+            values = {k: _finite_or_none(v) for k, v in values.items()}
+            self.file.write(json.dumps({"step": step, **values}, allow_nan=False) + "\n")
             self.file.flush()
 
     def close(self):
@@ -103,6 +116,11 @@ def shard_batches(batches: list, rank: int, world_size: int) -> list:
 
 def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def _total_norm(parameters) -> torch.Tensor:
+    """Global L2 norm of the gradients (as clip_grad_norm_ computes it, without clipping)."""
+    return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
 
 
 def _param_groups(model, weight_decay: float):
@@ -155,6 +173,9 @@ class Trainer:
         self.log = MetricsLog(output_dir, rt.is_main)
         self.step = 0
         self.train_stats: dict = {}
+        self.grad_norms: list[float] = []  # of the optimizer steps since the last metrics line
+        self.eval_seconds = 0.0
+        self.postfix: dict = {}
         model.to(rt.device)
 
     def _autocast(self):
@@ -180,14 +201,21 @@ class Trainer:
             model_parameters=None if optimizer else _param_groups(self.model, self.cfg.weight_decay))
         return optimizer, scheduler
 
-    def train(self, features: list[dict], collate, lengths: list[int]) -> dict:
-        """Train for cfg.num_train_epochs over `features`; returns a summary of the run."""
+    def train(self, features: list[dict], collate, lengths: list[int], evaluate=None,
+              main_metric: str | None = None) -> dict:
+        """Train for cfg.num_train_epochs over `features`; returns a summary of the run.
+
+        `evaluate()` (every rank calls it; returns metric name -> number) runs every cfg.eval_steps
+        optimizer steps, except at the last step, which the caller's final evaluation covers. Each
+        call logs a metrics line of `eval/<name>` keys; `main_metric` (default: the first) goes to
+        the progress bar. Time spent evaluating is left out of the perf/ throughputs."""
         cfg, rt = self.cfg, self.rt
         micro = cfg.micro_batch_size(rt.world_size)
         full_epochs, fraction = int(cfg.num_train_epochs), cfg.num_train_epochs % 1
         per_epoch = math.ceil(math.ceil(len(features) / micro) / rt.world_size)
         micro_steps = full_epochs * per_epoch + int(fraction * per_epoch)
         total_steps = math.ceil(micro_steps / cfg.gradient_accumulation_steps)
+        last_step = micro_steps // cfg.gradient_accumulation_steps
         optimizer, scheduler = self._setup_optimizer(max(1, total_steps), micro)
         module = self.engine or self.model
         module.train()
@@ -205,44 +233,84 @@ class Trainer:
                 tokens += int(batch["attention_mask"].sum()) * rt.world_size
                 self._backward_step(loss, optimizer, scheduler, bar.n + 1)
                 bar.update(1)
-                if running and self.step % cfg.logging_steps == 0 and self._at_boundary(bar.n):
+                if not self._at_boundary(bar.n):
+                    continue
+                if running and self.step % cfg.logging_steps == 0:
                     self._log_train(running, scheduler, seen, tokens, start, epoch, bar)
                     running = []
+                if evaluate and cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < last_step:
+                    self._evaluate(evaluate, main_metric, bar)
         bar.close()
         if running:
             self._log_train(running, scheduler, seen, tokens, start, epoch, None)
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start - self.eval_seconds
         self.train_stats = {"train/steps": self.step, "train/examples": seen, "perf/train_seconds": elapsed,
                             "perf/train_seq_per_s": seen / elapsed if elapsed else 0.0}
+        if self.eval_seconds:
+            self.train_stats["perf/eval_seconds"] = self.eval_seconds
         return self.train_stats
 
     def _at_boundary(self, micro_step: int) -> bool:
         return micro_step % self.cfg.gradient_accumulation_steps == 0
 
     def _backward_step(self, loss, optimizer, scheduler, micro_step: int):
+        """Backward, and at an accumulation boundary the optimizer step; records the global L2 norm
+        of the gradients before clipping (DeepSpeed's, or our own where its optimizer keeps none)."""
+        boundary = self._at_boundary(micro_step)
         if self.engine is not None:
             self.engine.backward(loss)
+            # Plain fp32 without ZeRO: the client optimizer keeps no norm and clipping discards it;
+            # the gradients are already all-reduced here and are cleared by step().
+            own = boundary and not hasattr(self.engine.optimizer, "_global_grad_norm")
+            norm = _total_norm(self.model.parameters()) if own else None
             self.engine.step()
-            if self._at_boundary(micro_step):
+            if boundary:
                 self.step += 1
+                self._record_grad_norm(norm if own else self.engine.get_global_grad_norm())
             return
         (loss / self.cfg.gradient_accumulation_steps).backward()
-        if self._at_boundary(micro_step):
+        if boundary:
             if self.cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            else:
+                norm = _total_norm(self.model.parameters())
+            self._record_grad_norm(norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
 
+    def _record_grad_norm(self, norm) -> None:
+        """`norm`: a float, a 0-d tensor, or None (DeepSpeed with the norm computation turned off)."""
+        if norm is not None:
+            self.grad_norms.append(float(norm))
+
     def _log_train(self, losses, scheduler, seen, tokens, start, epoch, bar):
+        """A metrics line. optim/grad_norm is the mean over the optimizer steps since the previous
+        line, of the finite norms only (null when every one overflowed, absent when none is known)."""
         lr = scheduler.get_last_lr()[0] if scheduler is not None else self.cfg.learning_rate
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start - self.eval_seconds
         values = {"train/loss": float(np.mean(losses)), "optim/lr": lr, "train/epoch": epoch,
                   "perf/seq_per_s": seen / elapsed, "perf/tokens_per_s": tokens / elapsed}
+        if self.grad_norms:
+            finite = [n for n in self.grad_norms if math.isfinite(n)]
+            values["optim/grad_norm"] = float(np.mean(finite)) if finite else None
+            self.grad_norms = []
         self.log.log(self.step, values)
         if bar is not None:
-            bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{lr:.2e}")
+            self.postfix.update(loss=f"{values['train/loss']:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(self.postfix)
+
+    def _evaluate(self, evaluate, main_metric, bar):
+        started = time.perf_counter()
+        results = _numbers(evaluate())
+        (self.engine or self.model).train()
+        self.eval_seconds += time.perf_counter() - started
+        self.log.log(self.step, {f"eval/{k}": v for k, v in results.items()})
+        key = main_metric if main_metric in results else next(iter(results), None)
+        if key is not None:
+            self.postfix[key] = f"{results[key]:.4f}"
+            bar.set_postfix(self.postfix)
 
     @torch.no_grad()
     def predict(self, features: list[dict], collate, extract, batch_size: int, lengths: list[int]) -> list:
@@ -284,7 +352,7 @@ class Trainer:
     def finish(self, results: dict) -> None:
         """Log the final metrics, write eval_results.json and print the summary."""
         if self.rt.is_main:
-            self.log.log(self.step, {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))})
+            self.log.log(self.step, {f"eval/{k}": v for k, v in _numbers(results).items()})
             write_json_atomic(self.output_dir / "eval_results.json", results, ensure_ascii=False)
             self.log.log(self.step, self.train_stats)
             summary = {**results, **self.train_stats}
