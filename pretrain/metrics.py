@@ -31,12 +31,23 @@ class MetricsWriter:
         if not self.enabled or not self.path.exists():
             return
         self._file.close()
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in self._complete_lines() if json.loads(line).get("step", 0) <= step]
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
         self._file = open(self.path, "a", encoding="utf-8")
+
+    def _complete_lines(self) -> list[str]:
+        """The file's records; a torn last line (the process was killed mid-write) is dropped."""
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        for number, line in enumerate(lines, 1):
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    return lines[:-1]
+                raise ValueError(f"{self.path}:{number}: not a JSON record") from None
+        return lines
 
     def write(self, step: int, values: dict) -> None:
         if not self.enabled:
