@@ -47,13 +47,13 @@ class DemoSize:
 
 SIZES = {
     "default": DemoSize(corpus_articles=400, heldout_articles=20, hidden_size=256, num_hidden_layers=4,
-                        phase1_steps=600, phase1_micro_batch=32, phase1_learning_rate=5e-3, phase2_steps=30, phase2_micro_batch=4,
-                        phase2_seq_len=512, squad_train_questions=2500, squad_eval_questions=1000,
-                        squad_epochs=1.0),
+                        phase1_steps=600, phase1_micro_batch=32, phase1_learning_rate=5e-3,
+                        phase2_steps=30, phase2_micro_batch=4, phase2_seq_len=512,
+                        squad_train_questions=2500, squad_eval_questions=1000, squad_epochs=1.0),
     "ci": DemoSize(corpus_articles=40, heldout_articles=4, hidden_size=64, num_hidden_layers=2,
-                   phase1_steps=60, phase1_micro_batch=16, phase1_learning_rate=5e-3, phase2_steps=6, phase2_micro_batch=4,
-                   phase2_seq_len=256, squad_train_questions=300, squad_eval_questions=100,
-                   squad_epochs=1.0),
+                   phase1_steps=60, phase1_micro_batch=16, phase1_learning_rate=5e-3,
+                   phase2_steps=6, phase2_micro_batch=4, phase2_seq_len=256,
+                   squad_train_questions=300, squad_eval_questions=100, squad_epochs=1.0),
 }
 WORLD_SIZE = 2
 
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, help="default: demo_out/SIZE")
     parser.add_argument("--size", choices=sorted(SIZES), default="default",
-                        help="default: about 15 minutes on 2 cores; ci: a few minutes")
+                        help="default: about 15 minutes on 2 cores; ci: about 2 minutes")
     args = parser.parse_args(argv)
     size = SIZES[args.size]
     out = (args.output_dir or ROOT / "demo_out" / args.size).resolve()
@@ -187,7 +187,8 @@ def main(argv=None) -> int:
     config = model_config(out, size, vocab_size=len(read_vocab(data["vocab"])))
     pretrain_stage(out, "phase1", out / "shards" / "train" / phase_dirs[0],
                    out / "shards" / "heldout" / phase_dirs[0], config,
-                   ds_config(out, "phase1", size.phase1_micro_batch, size.phase1_learning_rate), size.phase1_steps, data["vocab"])
+                   ds_config(out, "phase1", size.phase1_micro_batch, size.phase1_learning_rate),
+                   size.phase1_steps, data["vocab"])
     pretrain_stage(out, "phase2", out / "shards" / "train" / phase_dirs[1],
                    out / "shards" / "heldout" / phase_dirs[1], config,
                    ds_config(out, "phase2", size.phase2_micro_batch, 1e-3), size.phase2_steps, data["vocab"],
