@@ -63,6 +63,7 @@ def collect(demo: Path) -> dict:
         "phase1_seq_per_s": median(phase1, "perf/seq_per_s"), "phase2_seq_per_s": median(phase2, "perf/seq_per_s"),
         "phase1_mlm_acc": last(phase1, "eval/mlm_acc"), "phase1_nsp_acc": last(phase1, "eval/nsp_acc"),
         "mlm_acc": last(phase2, "eval/mlm_acc"), "nsp_acc": last(phase2, "eval/nsp_acc"),
+        "mlm_acc_at_mask": last(phase2, "eval/mlm_acc_at_mask"),
         "unigram_mlm_acc": unigram_baseline(demo / "shards" / "train" / p2_dir, demo / "shards" / "heldout" / p2_dir),
         "squad_exact_match": squad["exact_match"], "squad_f1": squad["f1"],
     }
@@ -79,6 +80,9 @@ def render(r: dict, minutes: float | None) -> str:
                f"{fmt(r['unigram_mlm_acc'])}." if learned else
                f"The model did NOT clearly learn: held-out MLM accuracy {fmt(r['mlm_acc'])} against a unigram "
                f"baseline of {fmt(r['unigram_mlm_acc'])}.")
+    if r.get("mlm_acc_at_mask") is not None:
+        verdict += (f" At [MASK] positions alone, where the token can only come from context (elsewhere the model "
+                    f"can copy the visible one), accuracy is {fmt(r['mlm_acc_at_mask'])}.")
     rows = [
         ("data prep throughput (extract + shards, 2 workers)", f"{fmt(r['prep_mb_per_s'], '{:.2f}')} MB/s "
                                                                f"over {fmt(r['corpus_mb'], '{:.1f}')} MB"),
@@ -87,6 +91,7 @@ def render(r: dict, minutes: float | None) -> str:
         ("phase 2 pretraining", f"{fmt(r['phase2_seq_per_s'], '{:.1f}')} seq/s, {r['phase2_steps']} steps"),
         ("held-out MLM accuracy after phase 1", fmt(r["phase1_mlm_acc"])),
         ("held-out MLM accuracy (final)", fmt(r["mlm_acc"])),
+        ("held-out MLM accuracy at [MASK] positions (final)", fmt(r.get("mlm_acc_at_mask"))),
         ("unigram MLM baseline (most frequent masked token)", fmt(r["unigram_mlm_acc"])),
         ("held-out NSP accuracy (final; chance 0.5)", fmt(r["nsp_acc"])),
         ("SQuAD v1.1 dev subset exact match", fmt(r["squad_exact_match"], "{:.2f}")),

@@ -160,7 +160,9 @@ def main(argv=None) -> int:
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     engine = build_engine(args, setup["model"], setup["ds_config"], setup["zero_stage"], spec, args.max_steps)
     metrics = MetricsWriter(args.output_dir, enabled=rank == 0, tensorboard=args.tensorboard)
-    trainer = Trainer(args, engine, config, batch, data, setup["eval_shards"], metrics, rank, world_size)
+    mask_id = read_vocab(args.vocab_file).get("[MASK]") if args.vocab_file else None
+    trainer = Trainer(args, engine, config, batch, data, setup["eval_shards"], metrics, rank, world_size,
+                      mask_id=mask_id)
     try:
         resumed = args.resume and trainer.resume()
     except ValueError as e:  # e.g. the world size or the shards changed since the checkpoint

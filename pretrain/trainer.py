@@ -11,6 +11,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from bert.config import BertConfig
+from bert.model import IGNORE_INDEX
 from pretrain import checkpoint
 from pretrain.args import BatchSizes, PretrainArgs
 from pretrain.data import PretrainingData, eval_batches
@@ -53,6 +54,7 @@ class Trainer:
     rank: int
     world_size: int
     step: int = 0  # optimizer steps done
+    mask_id: int | None = None  # the vocab's [MASK] id: adds eval/mlm_acc_at_mask (accuracy where the input is [MASK])
 
     def __post_init__(self):
         self._nan_steps = injected_nan_steps()
@@ -105,23 +107,29 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.engine.eval()
-        sums = torch.zeros(6, dtype=torch.float64)  # mlm loss*n, mlm correct, mlm n, nsp loss*n, nsp correct, nsp n
+        # mlm loss*n, mlm correct, mlm n, nsp loss*n, nsp correct, nsp n, correct at [MASK], n at [MASK]
+        sums = torch.zeros(8, dtype=torch.float64)
         for batch in eval_batches(self.eval_shards, self.batch.micro, self.rank, self.world_size,
                                   self.args.eval_samples, self.data.masking):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             out = self.engine(**batch)
             n_mlm, n_nsp = out.mlm_labels.numel(), batch["next_sentence_label"].numel()
-            mlm_correct = (out.prediction_logits.argmax(-1) == out.mlm_labels).sum()
+            hits = out.prediction_logits.argmax(-1) == out.mlm_labels
+            at_mask = batch["input_ids"][batch["labels"] != IGNORE_INDEX] == self.mask_id  # rows of mlm_labels
             nsp_correct = (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
-            sums += torch.tensor([out.mlm_loss.item() * n_mlm, mlm_correct.item(), n_mlm,
-                                  out.nsp_loss.item() * n_nsp, nsp_correct.item(), n_nsp], dtype=torch.float64)
+            sums += torch.tensor([out.mlm_loss.item() * n_mlm, hits.sum().item(), n_mlm,
+                                  out.nsp_loss.item() * n_nsp, nsp_correct.item(), n_nsp,
+                                  (hits & at_mask).sum().item(), at_mask.sum().item()], dtype=torch.float64)
         sums = all_reduce_sum(sums.to(self.device)).cpu()
         self.engine.train()
         if sums[2] == 0:
             return {}
-        return {"eval/mlm_loss": sums[0] / sums[2], "eval/mlm_acc": sums[1] / sums[2],
-                "eval/nsp_loss": sums[3] / sums[5], "eval/nsp_acc": sums[4] / sums[5],
-                "eval/loss": sums[0] / sums[2] + sums[3] / sums[5]}
+        results = {"eval/mlm_loss": sums[0] / sums[2], "eval/mlm_acc": sums[1] / sums[2],
+                   "eval/nsp_loss": sums[3] / sums[5], "eval/nsp_acc": sums[4] / sums[5],
+                   "eval/loss": sums[0] / sums[2] + sums[3] / sums[5]}
+        if self.mask_id is not None and sums[7] > 0:
+            results["eval/mlm_acc_at_mask"] = sums[6] / sums[7]
+        return results
 
     def save(self) -> str:
         client_state = {"data": self.data.state(), "step": self.step, "seed": self.args.seed}

@@ -31,6 +31,9 @@ def test_report_matches_metrics_files(demo):
     final_eval = [r for r in phase2 if "eval/mlm_acc" in r][-1]
     assert results["mlm_acc"] == final_eval["eval/mlm_acc"]
     assert f"| held-out MLM accuracy (final) | {final_eval['eval/mlm_acc']:.3f} |" in report
+    at_mask = final_eval["eval/mlm_acc_at_mask"]
+    assert results["mlm_acc_at_mask"] == at_mask and 0 <= at_mask <= 1
+    assert f"| held-out MLM accuracy at [MASK] positions (final) | {at_mask:.3f} |" in report
     squad = json.loads((out / "squad" / "eval_results.json").read_text())
     assert f"| SQuAD v1.1 dev subset F1 | {squad['f1']:.2f} |" in report
     shards = out / "shards"

@@ -155,3 +155,24 @@ def test_compile_gives_the_same_losses(phase_runs, tmp_path):
     eager = read_state_dict(resolve_model_dir(tmp_path / "eager"))
     compiled = read_state_dict(resolve_model_dir(tmp_path / "compiled"))
     assert eager.keys() == compiled.keys()
+
+
+def test_eval_accuracy_at_mask_positions_matches_a_plain_loop(phase_runs, vocab_file):
+    from bert.tokenizer import read_vocab
+    from pretrain.data import eval_batches
+    logged = {r["step"]: r for r in map(json.loads, (phase_runs / "p1" / "metrics.jsonl").read_text().splitlines())}
+    mask_id = read_vocab(vocab_file)["[MASK]"]
+    model = BertForPreTraining(BertConfig.from_json_file(resolve_model_dir(phase_runs / "p1") / "config.json"))
+    model.load_state_dict(read_state_dict(resolve_model_dir(phase_runs / "p1")), strict=False)
+    model.eval()
+    hits = total = 0
+    shards = list_shards(phase_runs / "p2_shards")
+    with torch.no_grad():
+        for batch in eval_batches(shards, 8, 0, 1, 64):
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).prediction_logits
+            for row, position in (batch["labels"] != -100).nonzero().tolist():
+                if batch["input_ids"][row, position] == mask_id:
+                    total += 1
+                    hits += int(logits[row, position].argmax() == batch["labels"][row, position])
+    assert total > 0
+    assert logged[60]["eval/mlm_acc_at_mask"] == pytest.approx(hits / total, abs=1.5 / total)
