@@ -115,7 +115,8 @@ class Trainer:
             out = self.engine(**batch)
             n_mlm, n_nsp = out.mlm_labels.numel(), batch["next_sentence_label"].numel()
             hits = out.prediction_logits.argmax(-1) == out.mlm_labels
-            at_mask = batch["input_ids"][batch["labels"] != IGNORE_INDEX] == self.mask_id  # rows of mlm_labels
+            inputs = batch["input_ids"][batch["labels"] != IGNORE_INDEX]  # aligned with out.mlm_labels
+            at_mask = inputs == (-1 if self.mask_id is None else self.mask_id)  # no [MASK] id: all False
             nsp_correct = (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
             sums += torch.tensor([out.mlm_loss.item() * n_mlm, hits.sum().item(), n_mlm,
                                   out.nsp_loss.item() * n_nsp, nsp_correct.item(), n_nsp,
