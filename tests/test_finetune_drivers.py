@@ -284,10 +284,8 @@ def test_deepspeed_zero2_single_process(tmp_path, glue_dir, tiny_model):
     assert json.loads((tmp_path / "again" / "eval_results.json").read_text()) == pytest.approx(scores)
 
 
-@pytest.mark.slow
-def test_deepspeed_launcher_two_ranks_zero3(tmp_path, glue_dir, tiny_model):
-    """`deepspeed --num_gpus 2` (two CPU ranks), ZeRO-3: partitioned weights are gathered for saving
-    and predictions from both ranks are merged in order."""
+def run_glue_two_ranks_zero3(tmp_path, glue_dir, tiny_model, *extra_args) -> Path:
+    """run_glue.py on 32 STS-B rows through `deepspeed --num_gpus 2` with ZeRO-3; returns its output dir."""
     config = tmp_path / "ds.json"
     config.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     out = tmp_path / "out"
@@ -296,9 +294,18 @@ def test_deepspeed_launcher_two_ranks_zero3(tmp_path, glue_dir, tiny_model):
                              "finetune/run_glue.py", "--task_name", "STS-B", "--data_dir", str(glue_dir / "STS-B"),
                              "--model_dir", str(tiny_model / "hf"), "--output_dir", str(out), "--deepspeed_config",
                              str(config), "--max_train_samples", "32", "--max_eval_samples", "50",
-                             "--train_batch_size", "8", "--num_train_epochs", "1", "--no_test_predictions"],
+                             "--train_batch_size", "8", "--num_train_epochs", "1", "--no_test_predictions",
+                             *extra_args],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_deepspeed_launcher_two_ranks_zero3(tmp_path, glue_dir, tiny_model):
+    """`deepspeed --num_gpus 2` (two CPU ranks), ZeRO-3: partitioned weights are gathered for saving
+    and predictions from both ranks are merged in order."""
+    out = run_glue_two_ranks_zero3(tmp_path, glue_dir, tiny_model)
     scores = json.loads((out / "eval_results.json").read_text())
     run_glue.main(["--task_name", "STS-B", "--data_dir", str(glue_dir / "STS-B"), "--model_dir", str(out / "model"),
                    "--output_dir", str(tmp_path / "again"), "--num_train_epochs", "0", "--max_eval_samples", "50",

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from bert.heads import BertForSequenceClassification
 from finetune import run_glue, run_ner, run_squad
 from finetune.runtime import Runtime
 from finetune.trainer import MetricsLog, TrainConfig, Trainer, collate_padded
-from test_finetune_drivers import FIXTURES, ROOT, run_script, tiny_model  # noqa: F401 (tiny_model is a fixture)
+from test_finetune_drivers import FIXTURES, run_glue_two_ranks_zero3, run_script, tiny_model  # noqa: F401
 
 
 def _reject(token):
@@ -194,18 +191,8 @@ def test_deepspeed_grad_norm_and_eval_steps(tmp_path, glue_dir, tiny_model, stag
 def test_deepspeed_two_ranks_zero3_eval_steps(tmp_path, glue_dir, tiny_model):  # noqa: F811
     """`deepspeed --num_gpus 2` (two CPU ranks), ZeRO-3: both ranks take part in every evaluation
     during training (predictions are gathered across ranks), and DeepSpeed's norm is logged."""
-    config = tmp_path / "ds.json"
-    config.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
-    out = tmp_path / "out"
-    launcher = Path(sys.executable).parent / "deepspeed"
-    result = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(29500 + os.getpid() % 1000),
-                             "finetune/run_glue.py", "--task_name", "STS-B", "--data_dir", str(glue_dir / "STS-B"),
-                             "--model_dir", str(tiny_model / "hf"), "--output_dir", str(out), "--deepspeed_config",
-                             str(config), "--max_train_samples", "32", "--max_eval_samples", "50",
-                             "--train_batch_size", "8", "--num_train_epochs", "1", "--logging_steps", "1",
-                             "--eval_steps", "1", "--no_test_predictions", "--no_save_model"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = run_glue_two_ranks_zero3(tmp_path, glue_dir, tiny_model, "--logging_steps", "1", "--eval_steps", "1",
+                                   "--no_save_model")
     lines = metrics_lines(out)
     assert eval_steps_of(lines, "eval/pearson") == [1, 2, 3, 4] and eval_steps_of(lines, "train/loss") == [1, 2, 3, 4]
     assert all(x["eval/eval_examples"] == 50 for x in lines if "eval/pearson" in x)
