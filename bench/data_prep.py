@@ -9,7 +9,12 @@ also reads pre-split text). A size above 14 MB repeats whole articles in order
 (copies are identical text, so the word cache sees no new words after the first copy).
 Each size runs `python -m data_prep.create_pretraining_data` in a fresh process with
 phase-1 settings (128/20, dupe factor 1, static masking, --workers 1); MB/s is raw
-input bytes over wall time and over the process's CPU time; peak RSS comes from wait4.
+input bytes over wall time and over the process's CPU time. Peak RSS is the child's own
+VmHWM, written at exit: wait4's ru_maxrss would report at least the forking parent's
+high-water mark (Linux records the old address space's peak at exec), i.e. this script's.
+--corpus FILE [FILE ...] replaces the SQuAD text with your own (NVIDIA format: one
+sentence per line, blank line between documents); sizes are prefixes of their concatenation,
+so text that never repeats shows how the tokenizer's bounded cache behaves.
 Side by side, in the same run: `tokenizers` encode_batch alone on the first size, so the
 ratio stays meaningful on a busy machine.
 """
@@ -48,6 +53,10 @@ def split_articles(work: Path) -> list[str]:
     return cache.read_text(encoding="utf-8").split("\n\n")
 
 
+def own_documents(files: list[str]) -> list[str]:
+    return [d for f in files for d in Path(f).read_text(encoding="utf-8").split("\n\n") if d.strip()]
+
+
 def corpus_of(docs: list[str], megabytes: float, path: Path) -> int:
     """Write whole documents (cycling) until the size is reached; returns bytes."""
     target, size, i = int(megabytes * 1e6), 0, 0
@@ -60,9 +69,21 @@ def corpus_of(docs: list[str], megabytes: float, path: Path) -> int:
     return size
 
 
+# Runs the module as `python -m` would and writes the process's peak RSS (VmHWM, kB) to argv[1] at exit.
+PEAK_RSS_LAUNCHER = """import atexit, runpy, sys
+out = sys.argv.pop(1)
+def write_peak():
+    with open(out, "w") as f:
+        f.write(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+atexit.register(write_peak)
+runpy.run_module("data_prep.create_pretraining_data", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_pipeline(corpus: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "data_prep.create_pretraining_data", "--input", str(corpus),
+    peak_file = out.with_suffix(".peak_kb")
+    cmd = [sys.executable, "-c", PEAK_RSS_LAUNCHER, str(peak_file), "--input", str(corpus),
            "--vocab_file", str(VOCAB), "--output_dir", str(out), "--max_seq_length", "128",
            "--max_predictions_per_seq", "20", "--dupe_factor", "1", "--num_shards", "8", "--workers", "1"]
     start = time.perf_counter()
@@ -73,7 +94,7 @@ def run_pipeline(corpus: Path, out: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"pipeline failed:\n{proc.stderr.read().decode()[-2000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": int(peak_file.read_text()) / 1024,
             "instances": manifest["num_instances"]}
 
 
@@ -92,17 +113,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes_mb", type=float, nargs="+", default=[10, 50])
     p.add_argument("--work_dir", default="/tmp/bertspeed-bench-data-prep")
+    p.add_argument("--corpus", nargs="+", help="your own pre-split text instead of SQuAD's contexts")
     args = p.parse_args()
-    if not SQUAD_TRAIN.exists() or not VOCAB.exists():
-        raise SystemExit(f"needs {SQUAD_TRAIN} and {VOCAB}")
+    if not VOCAB.exists() or not (args.corpus or SQUAD_TRAIN.exists()):
+        raise SystemExit(f"needs {VOCAB} and --corpus or {SQUAD_TRAIN}")
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    docs = split_articles(work)
+    docs = own_documents(args.corpus) if args.corpus else split_articles(work)
+    source = "own" if args.corpus else "squad"
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall figures assume an idle machine; "
           "MB per CPU-second is less sensitive to other load)")
     rows = []
     for mb in args.sizes_mb:
-        corpus = work / f"corpus_{mb:g}MB.txt"
+        corpus = work / f"corpus_{source}_{mb:g}MB.txt"
         size = corpus_of(docs, mb, corpus)
         r = run_pipeline(corpus, work / f"out_{mb:g}MB")
         r.update(size_mb=size / 1e6, mb_per_s_wall=size / 1e6 / r["wall_s"], mb_per_cpu_s=size / 1e6 / r["cpu_s"])
@@ -110,7 +133,7 @@ def main() -> None:
         print(f"{size / 1e6:6.1f} MB: {r['instances']} instances, wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, "
               f"{r['mb_per_s_wall']:.2f} MB/s per core (wall), {r['mb_per_cpu_s']:.2f} MB per CPU-second, "
               f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-    first = work / f"corpus_{args.sizes_mb[0]:g}MB.txt"
+    first = work / f"corpus_{source}_{args.sizes_mb[0]:g}MB.txt"
     ref = tokenizers_alone(first)
     mb = first.stat().st_size / 1e6
     print(f"side by side on {mb:.1f} MB: tokenizers encode_batch alone {mb / ref:.2f} MB/s; "

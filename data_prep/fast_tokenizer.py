@@ -86,7 +86,10 @@ class _CharMap(dict):
 
 class _Cache(dict):
     """key -> WordPiece ids, computed on a miss by `compute`; emptied when it reaches max_size, so
-    memory is bounded whatever the corpus (refilling costs one miss per key in use)."""
+    memory is bounded whatever the corpus (refilling costs one miss per key in use).
+    The default bound, 65,536 keys (about 10 MB), fills within the first few MB of text, so peak
+    RSS stops growing early; a 300,000-key bound was 2-8 % faster on cold text but kept growing
+    (dict-gcide 10 MB -> 40 MB: peak RSS 1.14x, against 1.04x now)."""
 
     def __init__(self, compute, max_size: int):
         super().__init__()
@@ -112,7 +115,7 @@ class FastWordPiece:
     at punctuation and runs each word through a second cache over the reference WordPiece model.
     Both splits are context-free, so caching by chunk is exact."""
 
-    def __init__(self, tokenizer: BertTokenizer, max_cache: int = 300_000):
+    def __init__(self, tokenizer: BertTokenizer, max_cache: int = 65_536):
         self.tokenizer = tokenizer
         self.lower = tokenizer.do_lower_case
         self._normalizer = tokenizer.backend.normalizer
