@@ -148,7 +148,7 @@ def main(argv=None):
         sys.exit("error: --train_rows takes one value or one per task")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"settings": {k: v for k, v in vars(args).items() if k != "hf_worker"}, "tasks": {}}
+    report = {"settings": {k: v for k, v in vars(args).items() if k not in ("hf_worker", "seed")}, "tasks": {}}
     for task_name, n in zip(args.tasks, rows):
         runs = []
         for seed in args.seeds:
