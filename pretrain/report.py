@@ -69,6 +69,9 @@ def collect(demo: Path) -> dict:
     }
 
 
+CONTEXT_FACTOR = 1.5  # [MASK]-position accuracy above this multiple of the unigram baseline counts as using context
+
+
 def fmt(value, pattern="{:.3f}") -> str:
     return "n/a" if value is None else pattern.format(value)
 
@@ -80,9 +83,13 @@ def render(r: dict, minutes: float | None) -> str:
                f"{fmt(r['unigram_mlm_acc'])}." if learned else
                f"The model did NOT clearly learn: held-out MLM accuracy {fmt(r['mlm_acc'])} against a unigram "
                f"baseline of {fmt(r['unigram_mlm_acc'])}.")
-    if r.get("mlm_acc_at_mask") is not None:
+    at_mask = r.get("mlm_acc_at_mask")
+    if at_mask is not None:
         verdict += (f" At [MASK] positions alone, where the token can only come from context (elsewhere the model "
-                    f"can copy the visible one), accuracy is {fmt(r['mlm_acc_at_mask'])}.")
+                    f"can copy the visible one), accuracy is {fmt(at_mask)}")
+        verdict += (", so it also predicts from context." if at_mask > CONTEXT_FACTOR * r["unigram_mlm_acc"] else
+                    f" against the unigram baseline's {fmt(r['unigram_mlm_acc'])}: it has learned to copy visible "
+                    "tokens but not yet to predict from context (from-scratch BERT's early plateau; see the README).")
     rows = [
         ("data prep throughput (extract + shards, 2 workers)", f"{fmt(r['prep_mb_per_s'], '{:.2f}')} MB/s "
                                                                f"over {fmt(r['corpus_mb'], '{:.1f}')} MB"),

@@ -1,0 +1,27 @@
+"""The demo report's verdict sentence, from the numbers alone (the slow test_demo.py checks the numbers)."""
+import pytest
+
+from pretrain.report import render
+
+BASE = {"corpus_mb": 13.2, "prep_mb_per_s": 0.3, "phase1_steps": 600, "phase2_steps": 30, "phase1_seq_per_s": 60.0,
+        "phase2_seq_per_s": 12.0, "phase1_mlm_acc": 0.14, "nsp_acc": 0.56, "unigram_mlm_acc": 0.062,
+        "squad_exact_match": 2.4, "squad_f1": 5.9}
+
+
+@pytest.mark.parametrize("mlm_acc, at_mask, expected", [
+    (0.136, 0.060, ["The model learned: held-out MLM accuracy 0.136 is 2.2x the unigram baseline 0.062.",
+                    "accuracy is 0.060 against the unigram baseline's 0.062: it has learned to copy visible tokens "
+                    "but not yet to predict from context"]),
+    (0.300, 0.250, ["The model learned", "accuracy is 0.250, so it also predicts from context."]),
+    (0.080, 0.050, ["The model did NOT clearly learn: held-out MLM accuracy 0.080 against a unigram baseline of 0.062.",
+                    "not yet to predict from context"]),
+    (0.136, None, ["The model learned"]),
+])
+def test_verdict_says_whether_the_model_uses_context(mlm_acc, at_mask, expected):
+    text = render({**BASE, "mlm_acc": mlm_acc, "mlm_acc_at_mask": at_mask}, minutes=13.0)
+    verdict = text.split("\n\n")[-2]
+    for phrase in expected:
+        assert phrase in verdict
+    if at_mask is None:
+        assert "[MASK]" not in verdict
+    assert "Whole demo run: 13.0 minutes." in text
