@@ -86,18 +86,20 @@ class _CharMap(dict):
 
 class _Cache(dict):
     """key -> WordPiece ids, computed on a miss by `compute`; emptied when it reaches max_size, so
-    memory is bounded whatever the corpus (refilling costs one miss per key in use).
+    memory is bounded whatever the corpus (refilling costs one miss per key in use), and refilled at
+    once with `seed` (entries known up front: the vocab's whole words), which are never missed.
     The default bound, 65,536 keys (about 10 MB), fills within the first few MB of text, so peak
     RSS stops growing early; a 300,000-key bound was 2-8 % faster on cold text but kept growing
-    (dict-gcide 10 MB -> 40 MB: peak RSS 1.14x, against 1.04x now)."""
+    (dict-gcide 10 MB -> 39 MB: peak RSS 1.14x, against 1.06x now)."""
 
-    def __init__(self, compute, max_size: int):
-        super().__init__()
-        self.compute, self.max_size = compute, max_size
+    def __init__(self, compute, max_size: int, seed: dict):
+        super().__init__(seed)
+        self.compute, self.seed, self.max_size = compute, seed, max_size + len(seed)
 
     def __missing__(self, key: str) -> tuple[int, ...]:
         if len(self) >= self.max_size:
             self.clear()
+            self.update(self.seed)
         ids = self[key] = self.compute(key)
         return ids
 
@@ -130,14 +132,16 @@ class FastWordPiece:
                 return (ints[whole],)
             return tuple(ints[t.id] for t in model.tokenize(word))
 
-        word_ids = _Cache(wordpiece, max_cache).__getitem__
+        # A whole letters/digits word of the vocab is its own chunk and word: one id, no lookup needed.
+        seed = {word: (ints[i],) for word, i in vocab.items() if word.isalnum()}
+        word_ids = _Cache(wordpiece, max_cache, seed).__getitem__
 
         def chunk_ids(chunk: str) -> tuple[int, ...]:
             if chunk.isalnum():  # letters/digits only: no BERT punctuation inside, one word
                 return wordpiece(chunk)
             return tuple(i for w in _split_punctuation(chunk) for i in word_ids(w))
 
-        self._chunk_ids = _Cache(chunk_ids, max_cache).__getitem__
+        self._chunk_ids = _Cache(chunk_ids, max_cache, seed).__getitem__
 
     @classmethod
     def from_vocab_file(cls, vocab_file, do_lower_case: bool = True) -> "FastWordPiece":
