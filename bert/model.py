@@ -194,7 +194,9 @@ class BertModel(BertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False):
         key_mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        # Eager mode skips an all-ones mask (SDPA is faster without one); under torch.compile the mask is
+        # always kept, because a branch on tensor values would break the graph. Results are the same.
+        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             key_mask = attention_mask.bool()  # (B, T), True = a real token
         x = self.embeddings(input_ids, token_type_ids)
         x, all_hidden = self.encoder(x, key_mask, output_hidden_states)

@@ -182,3 +182,16 @@ def test_bad_config_file_names_the_file(tmp_path):
     path.write_text('{"hidden_size": 30, "num_attention_heads": 4}')
     with pytest.raises(ValueError, match="config.json.*hidden_size"):
         BertConfig.from_json_file(path)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_whole_model_compiles_without_graph_breaks(padded):
+    """fullgraph=True fails on any graph break (e.g. a Python branch on a tensor's values)."""
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(**TINY)).eval()
+    ids, mask, types = batch(padded)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        eager, traced = model(ids, mask, types), compiled(ids, mask, types)
+    torch.testing.assert_close(traced.prediction_logits, eager.prediction_logits)
+    torch.testing.assert_close(traced.seq_relationship_logits, eager.seq_relationship_logits)
