@@ -98,7 +98,7 @@ def render(r: dict, minutes: float | None) -> str:
         ("phase 2 pretraining", f"{fmt(r['phase2_seq_per_s'], '{:.1f}')} seq/s, {r['phase2_steps']} steps"),
         ("held-out MLM accuracy after phase 1", fmt(r["phase1_mlm_acc"])),
         ("held-out MLM accuracy (final)", fmt(r["mlm_acc"])),
-        ("held-out MLM accuracy at [MASK] positions (final)", fmt(r.get("mlm_acc_at_mask"))),
+        ("held-out MLM accuracy at [MASK] positions (final)", fmt(at_mask)),
         ("unigram MLM baseline (most frequent masked token)", fmt(r["unigram_mlm_acc"])),
         ("held-out NSP accuracy (final; chance 0.5)", fmt(r["nsp_acc"])),
         ("SQuAD v1.1 dev subset exact match", fmt(r["squad_exact_match"], "{:.2f}")),

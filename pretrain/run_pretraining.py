@@ -58,13 +58,12 @@ def build_model(args: PretrainArgs, config: BertConfig) -> BertForPreTraining:
     return model
 
 
-def masking_spec(args: PretrainArgs, config: BertConfig, shards) -> MaskingSpec | None:
+def masking_spec(args: PretrainArgs, config: BertConfig, shards, vocab: dict | None) -> MaskingSpec | None:
     """Dynamic masking for unmasked shards (data_prep --masking dynamic); needs the vocab."""
     if all(s.masked for s in shards):
         return None
-    if args.vocab_file is None:
+    if vocab is None:
         raise ValueError(f"{args.input_dir} holds unmasked shards (dynamic masking): pass --vocab_file")
-    vocab = read_vocab(args.vocab_file)
     seq_len = shards[0].seq_len
     max_predictions = args.max_predictions_per_seq or MAX_PREDICTIONS.get(seq_len, round(seq_len * MASKED_LM_PROB))
     return MaskingSpec(config.vocab_size, vocab["[MASK]"], tuple(vocab[t] for t in SPECIAL_TOKENS),
@@ -141,9 +140,10 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
     if latest and not args.resume:
         raise ValueError(f"--output_dir {args.output_dir} already holds checkpoint {latest}: pass --resume "
                          "to continue it, or choose another --output_dir")
+    vocab = read_vocab(args.vocab_file) if args.vocab_file else None
     return dict(ds_config=ds_config, batch=batch, spec=spec, zero_stage=zero_stage, config=config,
-                shards=shards, eval_shards=eval_shards, masking=masking_spec(args, config, shards),
-                model=build_model(args, config))
+                shards=shards, eval_shards=eval_shards, masking=masking_spec(args, config, shards, vocab),
+                mask_id=vocab["[MASK]"] if vocab else None, model=build_model(args, config))
 
 
 def main(argv=None) -> int:
@@ -160,9 +160,8 @@ def main(argv=None) -> int:
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     engine = build_engine(args, setup["model"], setup["ds_config"], setup["zero_stage"], spec, args.max_steps)
     metrics = MetricsWriter(args.output_dir, enabled=rank == 0, tensorboard=args.tensorboard)
-    mask_id = read_vocab(args.vocab_file).get("[MASK]") if args.vocab_file else None
     trainer = Trainer(args, engine, config, batch, data, setup["eval_shards"], metrics, rank, world_size,
-                      mask_id=mask_id)
+                      mask_id=setup["mask_id"])
     try:
         resumed = args.resume and trainer.resume()
     except ValueError as e:  # e.g. the world size or the shards changed since the checkpoint
