@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   - create .venv, install, run the whole pipeline on a small built-in default
+#   make demo   - create .venv, install, run the whole pipeline sized to this machine (20 minutes)
 #   make test   - create/update .venv, install, run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -24,10 +24,11 @@ $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 venv: $(VENV)/.runtime
 venv-test: $(VENV)/.test
 
-# The whole pipeline on this machine: sample data -> data prep -> phase 1/2 pretraining on
-# two local CPU ranks -> SQuAD -> demo_out/default/report.md. A second run reuses finished stages.
+# The whole pipeline on this machine in a 20-minute budget (after set-up): sample data -> data prep ->
+# phase 1/2 pretraining on two local CPU ranks -> SQuAD -> demo_out/default/report.md. A second run
+# reuses finished stages. BUDGET=N sets another budget in minutes.
 demo: $(VENV)/.runtime
-	$(PY) -m pretrain.demo
+	$(PY) -m pretrain.demo $(if $(BUDGET),--budget_minutes $(BUDGET))
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q

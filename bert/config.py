@@ -123,6 +123,13 @@ class BertConfig:
         per_layer = 2 * (4 * h * h + 2 * h * i) + 2 * 2 * seq_len * h  # projections + QK^T and AV
         return 3.0 * n * per_layer
 
+    def pretraining_flops(self, seq_len: int, predictions: int) -> float:
+        """Training FLOPs of one sequence of BertForPreTraining with the sparse MLM head: the encoder
+        (flops_per_token) plus the head's transform and vocabulary projection at `predictions` positions."""
+        h = self.hidden_size
+        head = 3.0 * 2 * predictions * (h * h + h * self.vocab_size)
+        return seq_len * self.flops_per_token(seq_len) + head
+
 
 def _shape(layers: int, hidden: int, heads: int) -> dict:
     return dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,

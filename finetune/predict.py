@@ -20,9 +20,10 @@ import torch
 
 from bert.checkpoint import from_pretrained, resolve_model_dir
 from bert.config import BertConfig
+from bert.hardware import autocast
 from bert.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
 from finetune import ner, squad
-from finetune.cli import load_tokenizer, main_guard
+from finetune.cli import add_precision_args, load_tokenizer, main_guard, resolve_precision
 from finetune.crf import BertCRFForTokenClassification
 from finetune.trainer import collate_padded
 
@@ -44,6 +45,7 @@ def parse_args(argv=None):
     parser.add_argument("--n_best_size", type=int, default=20, help="span candidates searched")
     parser.add_argument("--vocab_file")
     parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None)
+    add_precision_args(parser)
     return parser.parse_args(argv)
 
 
@@ -81,8 +83,8 @@ def answer(model, tokenizer, question: str, context: str, args) -> dict:
     features, offsets = squad.featurize([example], [context], tokenizer, args.max_seq_length, args.doc_stride,
                                         64, training=False)
     out = model(**collate_padded(features))
-    logits = [(out.start_logits[i, :len(f["input_ids"])].numpy(), out.end_logits[i, :len(f["input_ids"])].numpy())
-              for i, f in enumerate(features)]
+    start, end = out.start_logits.float().numpy(), out.end_logits.float().numpy()
+    logits = [(start[i, :len(f["input_ids"])], end[i, :len(f["input_ids"])]) for i, f in enumerate(features)]
     preds, nbest, _, _ = squad.decode([example], [context], features, offsets, logits, args.n_best_size,
                                       args.max_answer_length)
     return {"question": question, "answer": preds["q"], "nbest": nbest["q"][:5]}
@@ -119,7 +121,15 @@ def tag(model, tokenizer, sentence: str, max_seq_length: int) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     model, tokenizer = load(args.model_dir, args.vocab_file, args.do_lower_case)
-    results = []
+    precision = resolve_precision(args.precision, None, torch.device("cpu"))
+    print(f"precision: {precision}", file=sys.stderr, flush=True)
+    with autocast(precision.name, "cpu"):
+        results = predict(model, tokenizer, args)
+    for result in results:
+        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+
+
+def predict(model, tokenizer, args) -> list[dict]:
     if isinstance(model, BertForQuestionAnswering):
         inputs = read_inputs(args, 2) or [[args.question, args.context]]
         if any(len(row) != 2 or row[0] is None or row[1] is None for row in inputs):
@@ -137,8 +147,7 @@ def main(argv=None):
         if not inputs:
             raise ValueError("a token-classification model needs --sentence (or --input_file)")
         results = [tag(model, tokenizer, row[0], args.max_seq_length) for row in inputs]
-    for result in results:
-        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    return results
 
 
 if __name__ == "__main__":

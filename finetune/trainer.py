@@ -12,7 +12,6 @@ import json
 import math
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from bert.atomic import write_json_atomic
+from bert.hardware import autocast, with_precision
 from finetune.runtime import Runtime
 
 NO_DECAY = ("bias", "LayerNorm.weight")
@@ -37,7 +37,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     seed: int = 42
-    bf16: bool = False
+    precision: str = "fp32"  # fp32 | bf16 | fp16, resolved (bert.hardware.choose_precision)
     group_by_length: bool = True
     logging_steps: int = 50
     eval_steps: int = 0  # optimizer steps between evaluations during training; 0: only at the end
@@ -155,8 +155,7 @@ def _deepspeed_config(cfg: TrainConfig, rt: Runtime, micro: int) -> dict:
     config.update(train_batch_size=cfg.train_batch_size, train_micro_batch_size_per_gpu=micro,
                   gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     config.setdefault("gradient_clipping", cfg.max_grad_norm)  # DeepSpeed's default would be 1.0
-    if cfg.bf16:
-        config.setdefault("bf16", {"enabled": True})
+    config = with_precision(config, cfg.precision)
     if "optimizer" not in config:
         config.setdefault("zero_allow_untested_optimizer", True)  # our client AdamW
     config.setdefault("steps_per_print", 10 ** 9)
@@ -176,12 +175,12 @@ class Trainer:
         self.grad_norms: list[float] = []  # of the optimizer steps since the last metrics line
         self.eval_seconds = 0.0
         self.postfix: dict = {}
+        # Without DeepSpeed, fp16 needs loss scaling (DeepSpeed's fp16 mode brings its own).
+        self.scaler = torch.amp.GradScaler(rt.device.type) if cfg.precision == "fp16" and not rt.use_deepspeed else None
         model.to(rt.device)
 
     def _autocast(self):
-        if self.cfg.bf16 and self.engine is None:
-            return torch.autocast(self.rt.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast(self.cfg.precision if self.engine is None else "fp32", self.rt.device.type)
 
     def _setup_optimizer(self, total_steps: int, micro: int):
         warmup = int(self.cfg.warmup_proportion * total_steps)
@@ -268,14 +267,21 @@ class Trainer:
                 self.step += 1
                 self._record_grad_norm(norm if own else self.engine.get_global_grad_norm())
             return
-        (loss / self.cfg.gradient_accumulation_steps).backward()
+        loss = loss / self.cfg.gradient_accumulation_steps
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
         if boundary:
+            if self.scaler:
+                self.scaler.unscale_(optimizer)
             if self.cfg.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
             else:
                 norm = _total_norm(self.model.parameters())
             self._record_grad_norm(norm)
-            optimizer.step()
+            if self.scaler:  # skips the update when the gradients overflowed, then adjusts the scale
+                self.scaler.step(optimizer)
+                self.scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             self.step += 1

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bert.hardware import PRECISIONS
 from pretrain.optim import OPTIMIZERS
 
 DS_OPTIMIZER_NAMES = {"lamb": "lamb", "adamw": "adamw", "adam": "adamw"}
@@ -42,6 +43,7 @@ class PretrainArgs:
     schedule_power: float = 0.5
     use_nvlamb: bool = False
     seed: int = 42
+    precision: str = "auto"
     gradient_checkpointing: bool = False
     compile: bool = False
     peak_tflops: float = 0.0
@@ -69,6 +71,8 @@ class PretrainArgs:
             raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.max_steps:
             raise ValueError(f"--warmup_steps must be in [0, max_steps], got {self.warmup_steps}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.dist_timeout <= 0:
             raise ValueError(f"--dist_timeout must be positive, got {self.dist_timeout}")
         for name in ("input_dir", "deepspeed_config"):
@@ -107,6 +111,10 @@ HELP = {
     "schedule_power": "degree of the polynomial decay after warmup (NVIDIA: 0.5)",
     "use_nvlamb": "LAMB trust ratio also on parameters without weight decay (apex FusedLAMB use_nvlamb)",
     "seed": "seed of initialisation, data order, masking and dropout",
+    "precision": "auto, fp32, bf16 or fp16. auto: bf16 where it is native and faster (CUDA with bf16; a CPU "
+                 "where oneDNN reports native bf16 and a timing probe confirms), fp16 on other CUDA devices, fp32 "
+                 "otherwise. An explicit value overrides the DeepSpeed config's bf16/fp16 sections, which "
+                 "otherwise win over auto",
     "gradient_checkpointing": "recompute encoder layers in backward (activation checkpointing)",
     "compile": "torch.compile each encoder layer (state-dict names unchanged; dropout draws differ from eager)",
     "peak_tflops": "peak TFLOP/s of one device, for the perf/mfu metric (0: no MFU)",

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from bert.hardware import ds_config_precision, with_precision
 from pretrain.args import DS_OPTIMIZER_NAMES, read_ds_config, resolve_batch
 
 
@@ -32,7 +33,11 @@ def check(path: str, world_size: int) -> dict:
     config = read_ds_config(path)
     batch = resolve_batch(config, world_size, source)
     try:
-        ds = DeepSpeedConfig(dict(config), mpu=_DataParallelWorld(world_size))
+        precision = ds_config_precision(config)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    try:  # an "auto" precision is checked as fp32; the run decides it on its hardware
+        ds = DeepSpeedConfig(with_precision(config, precision or "fp32"), mpu=_DataParallelWorld(world_size))
     except Exception as e:  # DeepSpeed raises assorted types for bad configs
         raise ValueError(f"{source}: DeepSpeed rejects it: {e}") from None
     if (ds.train_micro_batch_size_per_gpu, ds.gradient_accumulation_steps, ds.train_batch_size) != (
@@ -49,9 +54,9 @@ def check(path: str, world_size: int) -> dict:
     lamb_impl = None
     if DS_OPTIMIZER_NAMES[optimizer] == "lamb":
         lamb_impl = "DeepSpeed fused Lamb on CUDA, else ours" if stage == 0 else "ours (per-parameter trust ratios)"
-    precision = "fp16" if ds.float16_config.enabled else "bf16" if ds.bfloat16_config.enabled else "fp32"
     return {"file": path, "world_size": world_size, "micro": batch.micro, "accumulation": batch.accumulation,
-            "global": batch.global_, "zero_stage": stage, "precision": precision,
+            "global": batch.global_, "zero_stage": stage,
+            "precision": precision or "auto (bf16 where native and faster, fp16 on other CUDA devices, else fp32)",
             "optimizer": DS_OPTIMIZER_NAMES[optimizer], "lamb": lamb_impl,
             "gradient_clipping": ds.gradient_clipping}
 

@@ -22,6 +22,7 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
     A rank that dies leaves the others failing after `timeout_s` instead of hanging forever."""
     import deepspeed
     import deepspeed.ops
+    import torch
     import torch.distributed as dist
 
     from torch.distributed import distributed_c10d
@@ -35,5 +36,7 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
     distributed_c10d.default_pg_timeout = timeout
     if hasattr(distributed_c10d, "default_pg_nccl_timeout"):
         distributed_c10d.default_pg_nccl_timeout = timeout
+    if torch.cuda.is_available():  # before any collective: NCCL needs each rank on its own GPU
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     deepspeed.init_distributed(timeout=timeout, verbose=False)
     return dist.get_rank(), dist.get_world_size()

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from bert.atomic import write_json_atomic
+from bert.hardware import host_label
 from data_prep.schema import MANIFEST, valid_predictions
 from pretrain.metrics import read_metrics
 from pretrain.plot import plot
@@ -50,6 +51,22 @@ def median(records: list[dict], key: str):
     return float(np.median(values)) if values else None
 
 
+def run_facts(demo: Path) -> dict:
+    """Budget, hardware, precision and the sizes the demo chose (plan.json), and whether a phase
+    was stopped at its time share."""
+    plan = json.loads((demo / "plan.json").read_text())
+    phase1, phase2, squad = plan["phase1"], plan["phase2"], plan["squad"]
+    stopped = [name for name in ("phase1", "phase2")
+               if json.loads((demo / name / ".done").read_text()).get("stopped_at_deadline")]
+    return {"budget_minutes": plan["budget_minutes"], "host": host_label(plan["host"]),
+            "precision": plan["precision"]["precision"], "precision_reason": plan["precision"]["reason"],
+            "model": f"{phase1['num_hidden_layers']} layers, hidden {phase1['hidden_size']}",
+            "planned_steps": f"phase 1 {phase1['steps']} (global batch 64), phase 2 {phase2['steps']} "
+                             f"(seq {phase2['seq_len']}, global batch 8)",
+            "squad_questions": f"{squad['train_questions']} train, {squad['eval_questions']} dev",
+            "stopped_at_deadline": stopped}
+
+
 def collect(demo: Path) -> dict:
     prep = json.loads((demo / "shards" / ".done").read_text())
     phase1, phase2 = read_metrics(demo / "phase1"), read_metrics(demo / "phase2")
@@ -66,6 +83,7 @@ def collect(demo: Path) -> dict:
         "mlm_acc_at_mask": last(phase2, "eval/mlm_acc_at_mask"),
         "unigram_mlm_acc": unigram_baseline(demo / "shards" / "train" / p2_dir, demo / "shards" / "heldout" / p2_dir),
         "squad_exact_match": squad["exact_match"], "squad_f1": squad["f1"],
+        **run_facts(demo),
     }
 
 
@@ -91,7 +109,7 @@ def render(r: dict, minutes: float | None) -> str:
                     f" against the unigram baseline's {fmt(r['unigram_mlm_acc'])}: it has learned to copy visible "
                     "tokens but not yet to predict from context (from-scratch BERT's early plateau; see the README).")
     rows = [
-        ("data prep throughput (extract + shards, 2 workers)", f"{fmt(r['prep_mb_per_s'], '{:.2f}')} MB/s "
+        ("data prep throughput (extract + vocab + shards, 2 workers)", f"{fmt(r['prep_mb_per_s'], '{:.2f}')} MB/s "
                                                                f"over {fmt(r['corpus_mb'], '{:.1f}')} MB"),
         ("phase 1 pretraining (seq 128)", f"{fmt(r['phase1_seq_per_s'], '{:.1f}')} seq/s, "
                                           f"{r['phase1_steps']} steps"),
@@ -104,11 +122,21 @@ def render(r: dict, minutes: float | None) -> str:
         ("SQuAD v1.1 dev subset exact match", fmt(r["squad_exact_match"], "{:.2f}")),
         ("SQuAD v1.1 dev subset F1", fmt(r["squad_f1"], "{:.2f}")),
     ]
-    lines = ["# bertspeed demo report", "", "| measure | value |", "|---|---|"]
+    lines = ["# bertspeed demo report", ""]
+    if minutes is not None:
+        budget = f" (budget {r['budget_minutes']:g} minutes)" if "budget_minutes" in r else ""
+        lines += [f"Whole demo run: {minutes:.1f} minutes{budget}.", ""]
+    if "host" in r:
+        lines += ["| run | |", "|---|---|", f"| hardware | {r['host']} |",
+                  f"| precision | {r['precision']}: {r['precision_reason']} |", f"| model | {r['model']} |",
+                  f"| steps (sized to the budget) | {r['planned_steps']} |",
+                  f"| SQuAD questions | {r['squad_questions']} |"]
+        if r["stopped_at_deadline"]:
+            lines.append(f"| stopped at their time share | {', '.join(r['stopped_at_deadline'])} |")
+        lines.append("")
+    lines += ["| measure | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
     lines += ["", verdict, "", "![curves](curves.png)", ""]
-    if minutes is not None:
-        lines.insert(2, f"Whole demo run: {minutes:.1f} minutes.\n")
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from bert.atomic import write_json_atomic  # noqa: E402
 from bert.checkpoint import load_state_dict_into, read_state_dict, resolve_model_dir  # noqa: E402
 from bert.config import BertConfig  # noqa: E402
+from bert.hardware import choose_precision, with_precision  # noqa: E402
 from bert.model import BertForPreTraining  # noqa: E402
 from bert.tokenizer import SPECIAL_TOKENS, read_vocab  # noqa: E402
 from data_prep.schema import MASKED_LM_PROB, MAX_PREDICTIONS  # noqa: E402
@@ -120,6 +121,9 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
     ds_config = {"gradient_clipping": 0.0,  # DeepSpeed's default when absent would be 1.0
                  **ds_config, "train_micro_batch_size_per_gpu": batch.micro,
                  "gradient_accumulation_steps": batch.accumulation, "train_batch_size": batch.global_}
+    precision = choose_precision(args.precision, ds_config, "cuda" if torch.cuda.is_available() else "cpu",
+                                 config_name=source)
+    ds_config = with_precision(ds_config, precision.name)
     spec = optimizer_spec(ds_config, args, source)
     zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
     if spec.kind == "lamb" and zero_stage == 3:
@@ -133,7 +137,7 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
     eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
     if args.tensorboard:
         try:
-            import torch.utils.tensorboard  # noqa: F401
+            from torch.utils import tensorboard  # noqa: F401
         except ImportError:
             raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
     latest = checkpoint.read_latest(args.output_dir) if Path(args.output_dir).is_dir() else None
@@ -141,7 +145,7 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
         raise ValueError(f"--output_dir {args.output_dir} already holds checkpoint {latest}: pass --resume "
                          "to continue it, or choose another --output_dir")
     vocab = read_vocab(args.vocab_file) if args.vocab_file else None
-    return dict(ds_config=ds_config, batch=batch, spec=spec, zero_stage=zero_stage, config=config,
+    return dict(ds_config=ds_config, precision=precision, batch=batch, spec=spec, zero_stage=zero_stage, config=config,
                 shards=shards, eval_shards=eval_shards, masking=masking_spec(args, config, shards, vocab),
                 mask_id=vocab["[MASK]"] if vocab else None, model=build_model(args, config))
 
@@ -170,7 +174,8 @@ def main(argv=None) -> int:
     if not resumed:
         metrics.truncate_after(0)  # a fresh run: no records of an earlier attempt
     if rank == 0:
-        write_json_atomic(Path(args.output_dir) / "run_config.json", {
+        print(f"precision: {setup['precision']}", flush=True)
+        write_json_atomic(Path(args.output_dir) / "run_config.json", {"precision": setup["precision"].as_dict(),
             "args": vars(args), "model_config": config.to_dict(), "deepspeed_config": setup["ds_config"],
             "optimizer": spec.kind, "optimizer_runtime": describe_optimizer(engine), "zero_stage": setup["zero_stage"], "world_size": world_size,
             "batch": {"micro": batch.micro, "accumulation": batch.accumulation, "global": batch.global_},

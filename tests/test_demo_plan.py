@@ -1,0 +1,60 @@
+"""The demo's sizing rules, from given throughputs (the slow test_demo.py runs the real thing)."""
+import pytest
+
+from pretrain import demo_plan
+
+SPEED = {64: 400.0, 128: 160.0, 256: 40.0}  # in-process training seq/s at 128 by hidden size
+
+
+@pytest.fixture
+def plan1(monkeypatch):
+    """phase1_plan(seconds) with the throughputs above; also returns the hidden sizes it measured."""
+    monkeypatch.setattr(demo_plan, "launcher_seconds", lambda: 12.0)
+
+    def plan(seconds):
+        measured = []
+
+        def measure(config):
+            measured.append(config.hidden_size)
+            assert config.vocab_size == 8000 and config.hidden_dropout_prob == 0.0
+            return SPEED[config.hidden_size]
+
+        return demo_plan.phase1_plan(seconds, 8000, measure), measured
+
+    return plan
+
+
+def test_phase1_takes_the_largest_shape_that_gets_its_learning_steps(plan1):
+    plan, measured = plan1(3000.0)
+    assert (plan.hidden_size, plan.num_hidden_layers) == (256, 4) and measured == [64, 128, 256]
+    expected = demo_plan.DISTRIBUTED_EFFICIENCY * SPEED[256]
+    train = demo_plan.SHARES["phase1"] * 3000 - 12 - demo_plan.eval_seconds(expected)
+    assert plan.steps == int(train * expected / 64) >= 700
+
+
+def test_phase1_stops_measuring_once_a_shape_falls_short(plan1):
+    plan, measured = plan1(900.0)
+    assert plan.hidden_size == 128 and plan.steps >= 500 and measured == [64, 128, 256]
+    plan, measured = plan1(200.0)
+    assert plan.hidden_size == 64 and measured == [64, 128]
+
+
+def test_no_time_left_still_gives_a_minimal_run(plan1):
+    plan, _ = plan1(-50.0)
+    assert plan.hidden_size == 64 and plan.steps == 10
+
+
+def test_later_stages_scale_with_the_time_left_and_sequence_length():
+    config = demo_plan.model_config(128, 2, 8000)
+    short, long_ = (demo_plan.phase2_plan(300.0, config, 170.0, 12.0, n) for n in (256, 512))
+    assert short.steps > long_.steps > 2 and short.seconds == long_.seconds
+    assert demo_plan.phase2_plan(5.0, config, 170.0, 12.0, 512).steps == 2
+    small, large = (demo_plan.squad_plan(s, config, 170.0, 6.0) for s in (60.0, 120.0))
+    assert large.train_questions > small.train_questions >= 64
+    assert demo_plan.squad_plan(1e6, config, 170.0, 6.0).train_questions == demo_plan.SQUAD_MAX_QUESTIONS
+
+
+def test_corpus_grows_with_the_budget():
+    assert demo_plan.corpus_plan(2).corpus_articles == 40 and demo_plan.corpus_plan(2).phase2_seq_len == 256
+    assert demo_plan.corpus_plan(20) == demo_plan.CorpusPlan(400, 20, 512)
+    assert demo_plan.corpus_plan(60).corpus_articles == 400
