@@ -28,7 +28,7 @@ venv-test: $(VENV)/.test
 # phase 1/2 pretraining on two local CPU ranks -> SQuAD -> demo_out/default/report.md. A second run
 # reuses finished stages. BUDGET=N sets another budget in minutes.
 demo: $(VENV)/.runtime
-	$(PY) -m pretrain.demo $(if $(BUDGET),--budget_minutes $(BUDGET))
+	$(PY) -m bertspeed.pretrain.demo $(if $(BUDGET),--budget_minutes $(BUDGET))
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q
@@ -38,7 +38,7 @@ test-fast: $(VENV)/.test
 
 # Kernels (issue 5): ahead-of-time build on a CUDA machine; CUDA-torch build check on any machine.
 kernels: $(VENV)/.runtime
-	$(PY) -m kernels.build
+	$(PY) -m bertspeed.kernels.build
 
 kernels-cuda-build:
 	bash kernels/check_cuda_build.sh

@@ -7,7 +7,7 @@ one document per article, sentence-split once with data_prep's Punkt (trained of
 the corpus; splitting is not timed, as in NVIDIA's recipe whose create_pretraining_data.py
 also reads pre-split text). A size above 14 MB repeats whole articles in order
 (copies are identical text, so the word cache sees no new words after the first copy).
-Each size runs `python -m data_prep.create_pretraining_data` in a fresh process with
+Each size runs `python -m bertspeed.data_prep.create_pretraining_data` in a fresh process with
 phase-1 settings (128/20, dupe factor 1, static masking, --workers 1); MB/s is raw
 input bytes over wall time and over the process's CPU time. Peak RSS is the child's own
 VmHWM, written at exit: wait4's ru_maxrss would report at least the forking parent's
@@ -42,7 +42,7 @@ def split_articles(work: Path) -> list[str]:
     """SQuAD train articles as NVIDIA-format documents (one sentence per line), cached."""
     cache = work / "squad_train_sentences.txt"
     if not cache.exists():
-        from data_prep import sentences
+        from bertspeed.data_prep import sentences
         data = json.load(gzip.open(SQUAD_TRAIN, "rt", encoding="utf-8"))["data"]
         articles = ["\n".join(p["context"] for p in a["paragraphs"]) for a in data]
         splitter = sentences.sentence_splitter(str(work / "punkt.json"), lambda: iter(articles))
@@ -100,7 +100,7 @@ def run_pipeline(corpus: Path, out: Path) -> dict:
 
 def tokenizers_alone(corpus: Path) -> float:
     """Seconds for `tokenizers` encode_batch over the corpus lines (the reference tokenizer alone)."""
-    from bert.tokenizer import BertTokenizer
+    from bertspeed.model.tokenizer import BertTokenizer
     tok = BertTokenizer.from_vocab_file(VOCAB)
     lines = [line for line in corpus.read_text(encoding="utf-8").split("\n") if line]
     start = time.perf_counter()
@@ -121,7 +121,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     docs = own_documents(args.corpus) if args.corpus else split_articles(work)
     source = "own" if args.corpus else "squad"
-    from bert.hardware import host_label
+    from bertspeed.training.hardware import host_label
     print(f"host: {host_label()} (the pipeline runs one worker)")
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall figures assume an idle machine; "
           "MB per CPU-second is less sensitive to other load)")

@@ -59,7 +59,7 @@ def minilm_dir() -> Path:
 
 
 def examples(task_name, glue_dir, rows):
-    from finetune import glue
+    from bertspeed.finetune import glue
     task = glue.get_task(task_name)
     train = glue.read_examples(task, Path(glue_dir) / task.name / "train.tsv")
     dev = glue.read_examples(task, Path(glue_dir) / task.name / task.dev_files[0])
@@ -109,8 +109,13 @@ def hf_worker(args):
     """The transformers side: BertForSequenceClassification + Trainer with the same settings."""
     import numpy as np
     import torch
-    from transformers import (BertForSequenceClassification, BertTokenizerFast, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        BertForSequenceClassification,
+        BertTokenizerFast,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
     task, train, dev = examples(args.hf_worker, args.glue_dir, args.train_rows[0])
     folder = minilm_dir()
     tokenizer = BertTokenizerFast.from_pretrained(folder)
@@ -149,7 +154,7 @@ def main(argv=None):
     rows = args.train_rows * len(args.tasks) if len(args.train_rows) == 1 else args.train_rows
     if len(rows) != len(args.tasks):
         sys.exit("error: --train_rows takes one value or one per task")
-    from bert.hardware import choose_precision, host_info, host_label
+    from bertspeed.training.hardware import choose_precision, host_info, host_label
     args = argparse.Namespace(**vars(args) | {"precision": choose_precision(args.precision).name})
     host = host_info(args.precision)
     print(f"host: {host_label(host)}", flush=True)
@@ -178,7 +183,7 @@ def mean_std(values) -> str:
 
 def print_table(report):
     """Scores: mean (± sample std) over seeds; times: summed over seeds."""
-    from bert.hardware import host_label
+    from bertspeed.training.hardware import host_label
     print(f"\nhost: {host_label(report['host'])}")
     print(f"\n| task | train rows | seeds | metric | ours | transformers | diff of means | ours wall s | "
           "transformers wall s | wall ratio (ours / transformers) | ours train s | transformers train s |")

@@ -25,8 +25,8 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bert.hardware import DTYPES, auto_precision, host_info, host_label  # noqa: E402
-from kernels import ops  # noqa: E402
+from bertspeed.kernels import ops  # noqa: E402
+from bertspeed.training.hardware import DTYPES, auto_precision, host_info, host_label  # noqa: E402
 
 
 def eager_layer_norm(x, residual, weight, bias, eps=1e-12):

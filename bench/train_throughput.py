@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bert.config import BertConfig  # noqa: E402
-from bert.hardware import gemm_peaks, host_info, host_label, probe_bf16  # noqa: E402
-from bert.model import BertForPreTraining  # noqa: E402
-from pretrain.calibrate import synthetic_batch  # noqa: E402
-from pretrain.lamb import Lamb  # noqa: E402
-from pretrain.optim import param_groups  # noqa: E402
+from bertspeed.model.config import BertConfig  # noqa: E402
+from bertspeed.model.model import BertForPreTraining  # noqa: E402
+from bertspeed.pretrain.calibrate import synthetic_batch  # noqa: E402
+from bertspeed.pretrain.lamb import Lamb  # noqa: E402
+from bertspeed.pretrain.optim import param_groups  # noqa: E402
+from bertspeed.training.hardware import gemm_peaks, host_info, host_label, probe_bf16  # noqa: E402
 
 
 def lamb_for(model):
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     configs = args.configs or default_configs()
     host, peaks = host_info(), gemm_peaks()
-    from pretrain.distributed import init_distributed
+    from bertspeed.training.distributed import init_distributed
     init_distributed(600)
     results = []
     for name in args.models:

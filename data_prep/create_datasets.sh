@@ -108,20 +108,20 @@ for src in "${INPUTS[@]}"; do
 done
 
 echo "== extract + sentence split -> $OUTPUT/text" >&2
-"$PYTHON" -m data_prep.extract --input "${LOCAL_INPUTS[@]}" --input_format "$FORMAT" \
+"$PYTHON" -m bertspeed.data_prep.extract --input "${LOCAL_INPUTS[@]}" --input_format "$FORMAT" \
   --output_dir "$OUTPUT/text" --num_shards "$TEXT_SHARDS" --workers "$WORKERS"
 
 if [[ -z "$VOCAB_FILE" ]]; then
   VOCAB_FILE="$OUTPUT/vocab.txt"
   if [[ ! -f "$VOCAB_FILE" ]]; then
     echo "== vocab -> $VOCAB_FILE" >&2
-    "$PYTHON" -m data_prep.vocab --input "$OUTPUT/text" --output "$VOCAB_FILE" --vocab_size "$VOCAB_SIZE" "$LOWER"
+    "$PYTHON" -m bertspeed.data_prep.vocab --input "$OUTPUT/text" --output "$VOCAB_FILE" --vocab_size "$VOCAB_SIZE" "$LOWER"
   fi
 fi
 
 echo "== shards -> $OUTPUT/hdf5" >&2
 read -r -a PHASE_LIST <<< "$PHASES"
-"$PYTHON" -m data_prep.create_pretraining_data --input "$OUTPUT/text" --vocab_file "$VOCAB_FILE" \
+"$PYTHON" -m bertspeed.data_prep.create_pretraining_data --input "$OUTPUT/text" --vocab_file "$VOCAB_FILE" \
   --output_dir "$OUTPUT/hdf5" --phases "${PHASE_LIST[@]}" --masking "$MASKING" "$LOWER" \
   --dupe_factor "$DUPE" --random_seed "$SEED" --num_shards "$SHARDS" --workers "$WORKERS"
 echo "done: $OUTPUT/hdf5" >&2

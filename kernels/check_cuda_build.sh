@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from kernels.build import CUDA_ARCHS, load_extension
+from bertspeed.kernels.build import CUDA_ARCHS, load_extension
 
 assert torch.version.cuda, f"{torch.__version__} is not a CUDA build"
 start = time.perf_counter()
@@ -41,7 +41,7 @@ expected = ["layer_norm_backward", "layer_norm_forward", "softmax_backward", "so
 assert functions == expected, functions
 
 # The custom ops register under this torch too, and their CPU path runs.
-from kernels import ops
+from bertspeed.kernels import ops
 
 x = torch.randn(4, 8)
 y = ops.layer_norm(x, torch.ones(8), torch.zeros(8), 1e-5)

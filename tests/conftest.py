@@ -11,7 +11,7 @@ SHARED_DATA = Path(os.environ.get("BERTSPEED_SHARED_DATA", ROOT.parent / "shared
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# The suite runs in fp32 on every kind of CPU unless a test forces the bf16 probe otherwise (bert/hardware.py):
+# The suite runs in fp32 on every kind of CPU unless a test forces the bf16 probe otherwise (bertspeed/training/hardware.py):
 # `auto` would pick bf16 on some machines, and without native bf16 it is 50-100x slower.
 os.environ.setdefault("BERTSPEED_BF16_NATIVE", "0")
 

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-
 from pretrain_helpers import ROOT, VENV_BIN, env
+from safetensors.torch import load_file
 
 SCRIPT = str(ROOT / "pretrain" / "run_pretraining.py")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bert.tokenizer import BertTokenizer, read_vocab
-from data_prep.schema import COMPRESSION, MASKED_FIELDS
+from bertspeed.data_prep.schema import COMPRESSION, MASKED_FIELDS
+from bertspeed.model.tokenizer import BertTokenizer, read_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

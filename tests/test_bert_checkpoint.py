@@ -1,4 +1,4 @@
-"""bert/checkpoint.py and `python -m bert.convert`: Hugging Face folders in and out."""
+"""bertspeed/model/checkpoint.py and `python -m bertspeed.convert`: Hugging Face folders in and out."""
 import json
 import subprocess
 import sys
@@ -7,8 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bert import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel
-from bert.checkpoint import CheckpointError, from_pretrained, read_state_dict, resolve_model_dir, save_pretrained
+from bertspeed.model import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel
+from bertspeed.model.checkpoint import (
+    CheckpointError,
+    from_pretrained,
+    read_state_dict,
+    resolve_model_dir,
+    save_pretrained,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -134,19 +140,19 @@ def test_run_directory_resolves_latest(hf_folder, tmp_path):
 
 def test_convert_cli(hf_folder, tmp_path):
     out = tmp_path / "converted"
-    done = subprocess.run([sys.executable, "-m", "bert.convert", str(hf_folder), "--output_dir", str(out)],
+    done = subprocess.run([sys.executable, "-m", "bertspeed.convert", str(hf_folder), "--output_dir", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
     assert (out / "vocab.txt").exists()
     transformers.BertForPreTraining.from_pretrained(out)
-    bad = subprocess.run([sys.executable, "-m", "bert.convert", str(tmp_path / "missing"), "--output_dir",
+    bad = subprocess.run([sys.executable, "-m", "bertspeed.convert", str(tmp_path / "missing"), "--output_dir",
                           str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode != 0 and "missing" in bad.stderr and not (tmp_path / "x").exists()
 
 
 def test_minilm_hidden_states_match_transformers(minilm_dir):
-    from bert.tokenizer import BertTokenizer
+    from bertspeed.model.tokenizer import BertTokenizer
     hf = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
     ours, report = from_pretrained(BertModel, minilm_dir)
     assert not report.initialized, report.summary()

@@ -1,12 +1,18 @@
-"""bert/: state-dict keys, parity with transformers, sparse MLM, config."""
+"""bertspeed.model: state-dict keys, parity with transformers, sparse MLM, config."""
 import json
 
 import pytest
 import torch
 
-from bert import (BertConfig, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
-                  BertForTokenClassification, BertModel)
-from bert.checkpoint import load_state_dict_into
+from bertspeed.model import (
+    BertConfig,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
+from bertspeed.model.checkpoint import load_state_dict_into
 
 transformers = pytest.importorskip("transformers")
 

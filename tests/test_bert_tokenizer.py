@@ -1,9 +1,9 @@
-"""bert/tokenizer.py: ids identical to transformers' BertTokenizerFast on real text."""
+"""bertspeed/model/tokenizer.py: ids identical to transformers' BertTokenizerFast on real text."""
 import json
 
 import pytest
 
-from bert.tokenizer import BertTokenizer, read_vocab
+from bertspeed.model.tokenizer import BertTokenizer, read_vocab
 
 transformers = pytest.importorskip("transformers")
 

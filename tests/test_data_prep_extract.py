@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import sentences
-from data_prep.extract import main as extract_main
-from data_prep.wiki import clean_wikitext, iter_wiki_articles
+from bertspeed.data_prep import sentences
+from bertspeed.data_prep.extract import main as extract_main
+from bertspeed.data_prep.wiki import clean_wikitext, iter_wiki_articles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def test_bad_input_gives_clear_error(tmp_path, capsys, name, content, message):
 
 
 def extract_cmd(dump, out, workers=1):
-    return [sys.executable, "-m", "data_prep.extract", "--input", str(dump), "--output_dir", str(out),
+    return [sys.executable, "-m", "bertspeed.data_prep.extract", "--input", str(dump), "--output_dir", str(out),
             "--num_shards", "3", "--no_split", "--docs_per_task", "2", "--checkpoint_every", "1",
             "--workers", str(workers)]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_prep.masking import mask_batch, mask_tokens
-from data_prep.schema import num_predictions
+from bertspeed.data_prep.masking import mask_batch, mask_tokens
+from bertspeed.data_prep.schema import num_predictions
 
 VOCAB, MASK = 1000, 103
 
@@ -104,7 +104,8 @@ def nvidia_getitem(f, index, max_pred_length):
 def test_nvidia_loader_reads_our_shards(tmp_path, vocab_file, squad_dev):
     h5py = pytest.importorskip("h5py")
     import json
-    from data_prep.create_pretraining_data import main
+
+    from bertspeed.data_prep.create_pretraining_data import main
     data = json.loads(squad_dev.read_text(encoding="utf-8"))["data"][:5]
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join("\n".join(p["context"].split(". ")) for a in data for p in a["paragraphs"]))

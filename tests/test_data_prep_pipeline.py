@@ -16,9 +16,9 @@ import h5py
 import numpy as np
 import pytest
 
-from data_prep import schema
-from data_prep.create_pretraining_data import main
-from data_prep.shards import sha256_file
+from bertspeed.data_prep import schema
+from bertspeed.data_prep.create_pretraining_data import main
+from bertspeed.data_prep.shards import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,7 +175,7 @@ def test_same_output_for_any_worker_count(tmp_path, corpus, vocab_file):
 def test_resume_after_kill(tmp_path, corpus, vocab_file, static_out):
     out = tmp_path / "resumed"
     # The corpus four times over: enough work that the kill lands well before the run could finish.
-    cmd = [sys.executable, "-m", "data_prep.create_pretraining_data", "--input", *[str(corpus)] * 4,
+    cmd = [sys.executable, "-m", "bertspeed.data_prep.create_pretraining_data", "--input", *[str(corpus)] * 4,
            "--vocab_file", str(vocab_file), "--output_dir", str(out), "--num_shards", "3",
            "--block_bytes", "16384", "--random_seed", "7", "--phases", "128:20", "512:80"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from data_prep import schema
-from data_prep.create_pretraining_data import main as create_main
-from data_prep.extract import main as extract_main
+from bertspeed.data_prep import schema
+from bertspeed.data_prep.create_pretraining_data import main as create_main
+from bertspeed.data_prep.extract import main as extract_main
 
 SECRET_MARK = "s3cr3t-never-print-me"
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from data_prep.fast_tokenizer import FastWordPiece
+from bertspeed.data_prep.fast_tokenizer import FastWordPiece
 
 ADVERSARIAL = [
     "Héllo Wörld, naïve café — «quotes» “curly” ‘single’ … ellipsis",
@@ -98,7 +98,7 @@ def test_punctuation_scan_covers_all_of_unicode():
     import sys
     import unicodedata
 
-    from data_prep import fast_tokenizer as ft
+    from bertspeed.data_prep import fast_tokenizer as ft
     everything = [cp for cp in range(sys.maxunicode + 1) if ft._is_bert_punctuation(cp)]
     assert ft._bert_punctuation() == everything
     assert ft._bert_punctuation(sys.maxunicode + 1) == everything

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from data_prep.create_pretraining_data import main as create_main
-from data_prep.fast_tokenizer import FastWordPiece
-from data_prep.vocab import main as vocab_main
+from bertspeed.data_prep.create_pretraining_data import main as create_main
+from bertspeed.data_prep.fast_tokenizer import FastWordPiece
+from bertspeed.data_prep.vocab import main as vocab_main
 
 CHINESE = ["北京是中华人民共和国的首都，也是全国的政治中心。", "上海是中国最大的城市之一。",
            "我们今天学习自然语言处理。", "中文文本没有空格，所以每个汉字单独成为一个词元。"]

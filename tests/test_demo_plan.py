@@ -1,7 +1,7 @@
 """The demo's sizing rules, from given throughputs (the slow test_demo.py runs the real thing)."""
 import pytest
 
-from pretrain import demo_plan
+from bertspeed.pretrain import demo_plan
 
 SPEED = {64: 400.0, 128: 160.0, 256: 40.0}  # in-process training seq/s at 128 by hidden size
 

@@ -1,7 +1,7 @@
 """The demo report's verdict sentence, from the numbers alone (the slow test_demo.py checks the numbers)."""
 import pytest
 
-from pretrain.report import render
+from bertspeed.pretrain.report import render
 
 BASE = {"corpus_mb": 13.2, "prep_mb_per_s": 0.3, "phase1_steps": 600, "phase2_steps": 30, "phase1_seq_per_s": 60.0,
         "phase2_seq_per_s": 12.0, "phase1_mlm_acc": 0.14, "nsp_acc": 0.56, "unigram_mlm_acc": 0.062,

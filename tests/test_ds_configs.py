@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from pretrain_helpers import ROOT, env
 
 CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
@@ -15,7 +14,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def check(files, worlds):
-    cmd = [sys.executable, "-m", "pretrain.check_config", *map(str, files), "--world_size", *map(str, worlds)]
+    cmd = [sys.executable, "-m", "bertspeed.pretrain.check_config", *map(str, files), "--world_size", *map(str, worlds)]
     return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
 
 

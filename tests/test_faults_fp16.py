@@ -13,10 +13,9 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from fault_helpers import SCRIPT, finish, latest_step, start
 from pretrain_helpers import losses, make_shards, tiny_model_config
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.timeout(600)
 FP16_ON_CPU = ("import runpy, sys; from deepspeed.accelerator import get_accelerator; "

@@ -15,15 +15,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from pretrain_helpers import ROOT, ds_config, env, make_shards, tiny_model_config
 from safetensors.torch import load_file
 
-from bert.checkpoint import CheckpointError, save_hf_folder
-from bert.config import BertConfig
-from bert.model import BertForPreTraining
-from pretrain import checkpoint
-from pretrain.args import PretrainArgs
-from pretrain.data import PretrainingData, ShardError, list_shards
-from pretrain_helpers import ROOT, ds_config, env, make_shards, tiny_model_config
+from bertspeed.model.checkpoint import CheckpointError, save_hf_folder
+from bertspeed.model.config import BertConfig
+from bertspeed.model.model import BertForPreTraining
+from bertspeed.pretrain import checkpoint
+from bertspeed.pretrain.args import PretrainArgs
+from bertspeed.pretrain.data import PretrainingData, ShardError, list_shards
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -116,7 +116,7 @@ def args_for(good, tmp_path, **overrides):
 
 
 def prepare_error(args):
-    from pretrain.run_pretraining import prepare
+    from bertspeed.pretrain.run_pretraining import prepare
     with pytest.raises((ValueError, FileNotFoundError)) as info:
         prepare(args, world_size=1)
     assert not (ROOT / args.output_dir).exists()  # nothing written
@@ -215,7 +215,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(good, tmp_p
 
 
 def test_disk_full_while_writing_a_shard(tmp_path, monkeypatch, capsys, squad_dev, vocab_file):
-    from data_prep import create_pretraining_data
+    from bertspeed.data_prep import create_pretraining_data
     text = tmp_path / "in.txt"
     paragraphs = [p["context"] for a in json.loads(squad_dev.read_text())["data"][:3] for p in a["paragraphs"]]
     text.write_text("\n\n".join(p.replace(". ", ".\n") for p in paragraphs))

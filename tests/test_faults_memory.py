@@ -7,10 +7,10 @@ import json
 import numpy as np
 import psutil
 import pytest
-
-from data_prep.schema import MASKED_FIELDS
 from fault_helpers import command, finish, start, wait_for_step
 from pretrain_helpers import ds_config, write_shard
+
+from bertspeed.data_prep.schema import MASKED_FIELDS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 STEPS, WARMUP, GROWTH_BOUND_MB = 2500, 500, 30

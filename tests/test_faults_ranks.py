@@ -8,7 +8,6 @@ import time
 
 import psutil
 import pytest
-
 from fault_helpers import command, finish, start, wait_for_step
 from pretrain_helpers import ds_config, make_shards, tiny_model_config
 

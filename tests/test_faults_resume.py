@@ -15,10 +15,9 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from fault_helpers import assert_complete_checkpoint, command, finish, latest_step, start, wait_for_step
 from pretrain_helpers import ds_config, losses, make_shards, run_pretraining, tiny_model_config
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.timeout(900)
 STEPS, INTERVAL = 24, 4

@@ -10,10 +10,9 @@ import shutil
 import subprocess
 
 import pytest
-
 from pretrain_helpers import ROOT, env
 
-PACKAGES = ("bert", "pretrain", "finetune", "data_prep", "kernels", "bench")
+PACKAGES = ("bertspeed", "pretrain", "finetune", "data_prep", "kernels", "bench")
 
 
 def source_lines():

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bert import BertConfig, BertForPreTraining
-from bert.checkpoint import save_pretrained
-from finetune import run_glue, run_ner, run_squad
-from finetune.metrics import squad_v1_evaluate, squad_v2_evaluate
-from finetune.trainer import length_grouped_batches, linear_schedule, shard_batches
+from bertspeed.finetune import run_glue, run_ner, run_squad
+from bertspeed.finetune.metrics import squad_v1_evaluate, squad_v2_evaluate
+from bertspeed.finetune.trainer import length_grouped_batches, linear_schedule, shard_batches
+from bertspeed.model import BertConfig, BertForPreTraining
+from bertspeed.model.checkpoint import save_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "finetune"
@@ -256,7 +256,7 @@ def test_run_ner_learns_the_fixture(tmp_path, tiny_model, fmt, crf):
     dev = FIXTURES / ("conll_dev.txt" if fmt == "conll" else "cluener_dev.json")
     run_ner.main(["--eval_file", str(dev), "--model_dir", str(out / "model"), "--output_dir", str(tmp_path / "eval"),
                   "--num_train_epochs", "0"])  # the CRF comes back from config.json
-    from finetune import ner
+    from bertspeed.finetune import ner
     gold = [s.labels for s in ner.read_sentences(dev)]
     predicted = [s.labels for s in ner.read_sentences(tmp_path / "eval" / f"eval_predictions{suffix}")]
     scores = json.loads((tmp_path / "eval" / "eval_results.json").read_text())

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from bert import BertConfig
-from bert.heads import BertForSequenceClassification
-from finetune import run_glue, run_ner, run_squad
-from finetune.runtime import Runtime
-from finetune.trainer import MetricsLog, TrainConfig, Trainer, collate_padded
 from test_finetune_drivers import FIXTURES, run_glue_two_ranks_zero3, run_script, tiny_model  # noqa: F401
+
+from bertspeed.finetune import run_glue, run_ner, run_squad
+from bertspeed.finetune.trainer import MetricsLog, TrainConfig, Trainer, collate_padded
+from bertspeed.model import BertConfig
+from bertspeed.model.heads import BertForSequenceClassification
+from bertspeed.training.runtime import Runtime
 
 
 def _reject(token):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune import glue
+from bertspeed.finetune import glue
 
 # One hand-made row per task, in the column layout of the glue_data files (header, then data).
 HAND_MADE = {

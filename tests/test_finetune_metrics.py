@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from finetune import metrics as m
+from bertspeed.finetune import metrics as m
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 stats = pytest.importorskip("scipy.stats")

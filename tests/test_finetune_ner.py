@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bert.tokenizer import BertTokenizer
-from finetune import ner
-from finetune.crf import CRF, pack_words
+from bertspeed.finetune import ner
+from bertspeed.model.crf import CRF, pack_words
+from bertspeed.model.tokenizer import BertTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "finetune"
 

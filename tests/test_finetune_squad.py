@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bert.tokenizer import BertTokenizer
-from finetune import squad
-from finetune.metrics import squad_v1_evaluate, squad_v2_evaluate
+from bertspeed.finetune import squad
+from bertspeed.finetune.metrics import squad_v1_evaluate, squad_v2_evaluate
+from bertspeed.model.tokenizer import BertTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "finetune"
 

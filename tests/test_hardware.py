@@ -7,9 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from bert import hardware
-from bert.hardware import (FORCE_BF16_ENV, choose_precision, cpu_flags, ds_config_precision, host_label, isa_label,
-                           probe_bf16, with_precision)
+from bertspeed.training import hardware
+from bertspeed.training.hardware import (
+    FORCE_BF16_ENV,
+    choose_precision,
+    cpu_flags,
+    ds_config_precision,
+    host_label,
+    isa_label,
+    probe_bf16,
+    with_precision,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,18 +124,18 @@ def test_bench_runs_bf16_rows_only_where_native(bf16):
 
 
 def test_demo_plans_with_the_probed_precision(bf16, tmp_path):
-    from pretrain.demo import load_plan
+    from bertspeed.pretrain.demo import load_plan
     for forced, expected in (("0", "fp32"), ("1", "bf16")):
         bf16(forced)
         plan = load_plan(tmp_path / forced, 2.0, "auto")
         assert plan["precision"]["precision"] == expected and plan["host"]["precision"] == expected
 
 
-def test_pretraining_picks_precision_from_the_probe(bf16, tmp_path, squad_dev, vocab_file, monkeypatch):
+def test_pretraining_picks_precision_from_the_probe(bf16, tmp_path, squad_dev, vocab_file):
     from pretrain_helpers import ds_config, make_shards, tiny_model_config
-    monkeypatch.syspath_prepend(str(ROOT / "pretrain"))
-    from pretrain.args import PretrainArgs
-    from pretrain.run_pretraining import prepare
+
+    from bertspeed.pretrain.args import PretrainArgs
+    from bertspeed.pretrain.run_pretraining import prepare
     shards = make_shards(tmp_path / "shards", squad_dev, vocab_file, 1, paragraphs_per_shard=8)
     args = dict(input_dir=str(shards), output_dir=str(tmp_path / "out"), max_steps=2,
                 deepspeed_config=str(ds_config(tmp_path / "ds.json")), config_file=str(tiny_model_config(tmp_path / "c.json")))
@@ -140,7 +148,7 @@ def test_pretraining_picks_precision_from_the_probe(bf16, tmp_path, squad_dev, v
 
 
 def test_finetuning_picks_precision_from_the_probe(bf16, tmp_path, glue_dir, minilm_dir):
-    from finetune import run_glue
+    from bertspeed.finetune import run_glue
     for forced, expected in (("0", "fp32"), ("1", "bf16")):
         bf16(forced)
         out = tmp_path / forced
@@ -153,7 +161,7 @@ def test_finetuning_picks_precision_from_the_probe(bf16, tmp_path, glue_dir, min
 
 def test_finetuning_fp16_without_deepspeed_trains_with_a_grad_scaler(tmp_path, glue_dir, minilm_dir, capsys):
     """The plain-PyTorch fp16 path (autocast + GradScaler), as on a GPU without DeepSpeed; CPU autocast runs it."""
-    from finetune import run_glue
+    from bertspeed.finetune import run_glue
     out = tmp_path / "fp16"
     run_glue.main(["--task_name", "MRPC", "--data_dir", str(glue_dir / "MRPC"), "--model_dir", str(minilm_dir),
                    "--output_dir", str(out), "--fp16", "--num_train_epochs", "1", "--max_train_samples", "32", "--max_eval_samples", "8",

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from kernels import reference
+from bertspeed.kernels import reference
 
 
 def gxx_major() -> int:
@@ -35,7 +35,7 @@ PLANTED_BUG = ("BERTSPEED_PLANTED_BUG_SKIP_SHUFFLE=1",)
 
 @pytest.fixture(scope="module")
 def harness():
-    from kernels.harness import harness as get
+    from bertspeed.kernels.harness import harness as get
 
     return get()
 
@@ -165,7 +165,7 @@ def test_philox_bits_match_torch_reference(harness):
 
 def test_planted_reduction_bug_is_caught():
     """Dropping one shuffle step of the warp reduction must make the checks above fail."""
-    from kernels.harness import harness as get
+    from bertspeed.kernels.harness import harness as get
 
     buggy = get(PLANTED_BUG)
     torch.manual_seed(768)
@@ -196,7 +196,7 @@ def test_emulated_shuffles_follow_cuda_rules(harness, kind, arg, width):
 
 def test_guard_zones_catch_out_of_bounds_access(harness):
     """A launch over one row too many reads the NaN guard and writes past the outputs' ends."""
-    from kernels.harness import Guards, _ptr
+    from bertspeed.kernels.harness import Guards, _ptr
 
     g = Guards()
     x, residual, bias, weight, beta = (g.input(t) for t in layer_norm_inputs(3, 31, torch.float32))
@@ -214,7 +214,7 @@ def test_guard_zones_catch_out_of_bounds_access(harness):
 
 def test_divergent_syncthreads_is_reported_not_hung(tmp_path):
     """A thread skipping __syncthreads hangs its block: the emulation aborts with a message instead."""
-    code = ("import torch; from kernels.harness import harness; "
+    code = ("import torch; from bertspeed.kernels.harness import harness; "
             "harness().lib.harness_divergent_sync_probe(torch.zeros(64, dtype=torch.int32).data_ptr())")
     env = {**os.environ, "BERTSPEED_EMULATION_DEADLOCK_SECONDS": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -225,8 +225,8 @@ def test_divergent_syncthreads_is_reported_not_hung(tmp_path):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cuda_path_of_the_ops_through_the_device_code(harness, dtype, monkeypatch):
     """kernels.ops' CUDA implementations, with the extension served by the harness, equal the CPU ops."""
-    from kernels import ops
-    from kernels.harness import ExtensionShim
+    from bertspeed.kernels import ops
+    from bertspeed.kernels.harness import ExtensionShim
 
     monkeypatch.setattr(ops, "extension", lambda: ExtensionShim(harness))
     torch.manual_seed(0)

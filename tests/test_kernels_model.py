@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bert import layers
-from bert.config import BertConfig
-from bert.model import BertForPreTraining
+from bertspeed.model import layers
+from bertspeed.model.config import BertConfig
+from bertspeed.model.model import BertForPreTraining
 
 
 @pytest.fixture(autouse=True)

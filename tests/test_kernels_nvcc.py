@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels.build import CUDA_ARCHS, KernelBuildError, cuda_home, nvcc_check
+from bertspeed.kernels.build import CUDA_ARCHS, KernelBuildError, cuda_home, nvcc_check
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/local/cuda/bin/nvcc").exists() and cuda_home() is None,
@@ -59,10 +59,10 @@ def test_compile_errors_are_reported(tmp_path):
 
 
 def test_make_kernels_entry_point_reports_each_build(capsys):
-    """`python -m kernels.build` (make kernels): harness and nvcc builds succeed, the rest says why it skipped."""
+    """`python -m bertspeed.kernels.build` (make kernels): harness and nvcc builds succeed, the rest says why it skipped."""
     import torch
 
-    from kernels.build import main
+    from bertspeed.kernels.build import main
 
     assert main([]) == 0
     out = capsys.readouterr().out

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pretrain.lamb import Lamb, Segment
+from bertspeed.pretrain.lamb import Lamb, Segment
 
 
 def reference_lamb(weights, grads_per_step, lr, betas, eps, weight_decays, adaptive_all=False):

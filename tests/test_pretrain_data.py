@@ -5,10 +5,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
-from pretrain.args import resolve_batch
-from pretrain.data import PretrainingData, ShardError, labels_from_positions, list_shards
 from pretrain_helpers import make_shards
+
+from bertspeed.pretrain.args import resolve_batch
+from bertspeed.pretrain.data import PretrainingData, ShardError, labels_from_positions, list_shards
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from bert.model import IGNORE_INDEX
-from bert.tokenizer import SPECIAL_TOKENS, read_vocab
-from pretrain.data import MaskingSpec, PretrainingData, list_shards
 from pretrain_helpers import ROOT, ds_config, env, losses, run_pretraining, squad_paragraphs, tiny_model_config
+
+from bertspeed.model.model import IGNORE_INDEX
+from bertspeed.model.tokenizer import SPECIAL_TOKENS, read_vocab
+from bertspeed.pretrain.data import MaskingSpec, PretrainingData, list_shards
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -26,7 +26,7 @@ def create(tmp, squad_dev, vocab_file, masking):
             for p in squad_paragraphs(squad_dev)[:300]:
                 f.write("\n".join(s for s in re.split(r"(?<=[.!?])\s+", p.strip()) if s) + "\n\n")
     out = tmp / masking
-    cmd = [sys.executable, "-m", "data_prep.create_pretraining_data", "--input", str(text), "--vocab_file",
+    cmd = [sys.executable, "-m", "bertspeed.data_prep.create_pretraining_data", "--input", str(text), "--vocab_file",
            str(vocab_file), "--output_dir", str(out), "--max_seq_length", "64", "--max_predictions_per_seq", "10",
            "--masking", masking, "--num_shards", "2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)

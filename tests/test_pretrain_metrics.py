@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pretrain.metrics import MetricsWriter
+from bertspeed.training.metrics import MetricsWriter
 
 
 def lines(path):

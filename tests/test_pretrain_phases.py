@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-
-from bert.checkpoint import read_state_dict, resolve_model_dir
-from bert.config import BertConfig
-from bert.model import BertForPreTraining
-from pretrain.data import PretrainingData, list_shards
 from pretrain_helpers import ds_config, losses, make_shards, run_pretraining, tiny_model_config
+
+from bertspeed.model.checkpoint import read_state_dict, resolve_model_dir
+from bertspeed.model.config import BertConfig
+from bertspeed.model.model import BertForPreTraining
+from bertspeed.pretrain.data import PretrainingData, list_shards
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -95,8 +95,9 @@ def test_checkpoint_contract_and_export(phase_runs, tmp_path):
 def run_pretraining_export(run_dir, output_dir):
     import subprocess
     import sys
+
     from pretrain_helpers import ROOT, env
-    return subprocess.run([sys.executable, "-m", "pretrain.export", str(run_dir), "--output_dir", str(output_dir)],
+    return subprocess.run([sys.executable, "-m", "bertspeed.pretrain.export", str(run_dir), "--output_dir", str(output_dir)],
                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
 
 
@@ -158,8 +159,8 @@ def test_compile_gives_the_same_losses(phase_runs, tmp_path):
 
 
 def test_eval_accuracy_at_mask_positions_matches_a_plain_loop(phase_runs, vocab_file):
-    from bert.tokenizer import read_vocab
-    from pretrain.data import eval_batches
+    from bertspeed.model.tokenizer import read_vocab
+    from bertspeed.pretrain.data import eval_batches
     logged = {r["step"]: r for r in map(json.loads, (phase_runs / "p1" / "metrics.jsonl").read_text().splitlines())}
     mask_id = read_vocab(vocab_file)["[MASK]"]
     model = BertForPreTraining(BertConfig.from_json_file(resolve_model_dir(phase_runs / "p1") / "config.json"))

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from pretrain_helpers import ROOT, VENV_BIN, ds_config, env, losses, make_shards, run_pretraining, tiny_model_config
 
 pytestmark = pytest.mark.timeout(600)
@@ -106,7 +105,7 @@ def test_diverging_run_stops_with_a_clear_error(setup, tmp_path):
 
 
 def test_bad_step_counter_counts_skipped_and_non_finite_steps():
-    from pretrain.guard import BadStepCounter, TrainingDiverged
+    from bertspeed.pretrain.guard import BadStepCounter, TrainingDiverged
     counter = BadStepCounter(limit=3)
     counter.update(1, 2.0, 0)
     counter.update(2, 2.0, 1)  # an fp16 overflow skip

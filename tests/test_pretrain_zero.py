@@ -10,9 +10,9 @@ import time
 
 import pytest
 import torch
-
-from bert.checkpoint import read_state_dict, resolve_model_dir
 from pretrain_helpers import ROOT, VENV_BIN, ds_config, env, losses, make_shards, run_pretraining, tiny_model_config
+
+from bertspeed.model.checkpoint import read_state_dict, resolve_model_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 STEPS = 8

@@ -1,0 +1,421 @@
+"""Text (one sentence per line, blank line between documents) -> balanced HDF5 pretraining shards.
+
+    python -m bertspeed.data_prep.create_pretraining_data --input corpus/ --vocab_file vocab.txt \\
+        --output_dir out --phases 128:20 512:80 --num_shards 64 --workers 2
+
+Two passes, both resumable. Pass 1 groups the document stream into blocks of about
+--block_bytes of text (a fixed rule, so blocks do not depend on --workers); workers
+tokenize each block and create its instances for every phase into a part file in the
+work directory. Pass 2 cuts the instance stream into --num_shards contiguous, balanced
+ranges and writes each as an HDF5 shard (temp name, then rename); manifest.json last.
+A rerun skips finished parts and shards. Output identical for any --workers.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from bertspeed.data_prep import schema
+from bertspeed.data_prep.fast_tokenizer import FastWordPiece
+from bertspeed.data_prep.instances import InstanceSpec, Specials, create_block_instances
+from bertspeed.data_prep.masking import continuation_table
+from bertspeed.data_prep.readers import iter_segmented_documents
+from bertspeed.data_prep.shards import (
+    OutputDir,
+    fields_for,
+    read_done_marker,
+    read_piece,
+    sha256_file,
+    shard_name,
+    shard_ranges,
+    write_json_atomic,
+    write_shard,
+)
+from bertspeed.data_prep.storage import StorageError, check_bucket, is_s3, list_files, open_binary
+from bertspeed.model.tokenizer import BertTokenizer
+
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.bz2")  # taken from folders and s3 prefixes
+MIN_BLOCK_DOCS = 32  # so that "another document" for NSP has a real choice
+MAX_BLOCK_FACTOR = 16  # a block never exceeds 16 x --block_bytes (huge single documents)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bertspeed.data_prep.create_pretraining_data",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", "--input_file", nargs="+", required=True,
+                   help="text files, directories or s3:// prefixes (.gz/.bz2 ok); one sentence per line, "
+                        "blank line between documents")
+    p.add_argument("--vocab_file", required=True, help="WordPiece vocab.txt")
+    p.add_argument("--output_dir", help="local directory or s3://bucket/prefix")
+    p.add_argument("--output_file", help="NVIDIA drop-in: one shard at this .hdf5 path (manifest: PATH.manifest.json)")
+    p.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True,
+                   help="lower-case and strip accents (uncased vocab)")
+    p.add_argument("--max_seq_length", type=int, default=128, help="tokens per instance incl. [CLS]/[SEP]")
+    p.add_argument("--max_predictions_per_seq", type=int, default=20, help="masked positions per instance, at most")
+    p.add_argument("--phases", nargs="+", metavar="LEN:PRED",
+                   help="several sets from one tokenization, e.g. 128:20 512:80; each goes to "
+                        "OUTPUT_DIR/seq_len_LEN_max_pred_PRED (overrides --max_seq_length/--max_predictions_per_seq)")
+    p.add_argument("--masking", choices=("static", "dynamic"), default="static",
+                   help="static: NVIDIA masked shards; dynamic: unmasked shards + word_starts, masked by the loader")
+    p.add_argument("--do_whole_word_mask", action="store_true", help="static masking of whole words")
+    p.add_argument("--masked_lm_prob", type=float, default=schema.MASKED_LM_PROB, help="share of tokens masked")
+    p.add_argument("--short_seq_prob", type=float, default=0.1, help="share of documents with a shorter target")
+    p.add_argument("--dupe_factor", type=int, default=1, help="passes over the data with different masks/pairs")
+    p.add_argument("--random_seed", type=int, default=12345, help="same seed, same bytes (any --workers)")
+    p.add_argument("--num_shards", type=int, default=1, help="HDF5 files per phase (sizes differ by at most one)")
+    p.add_argument("--workers", type=int, default=1, help="processes (results do not depend on it)")
+    p.add_argument("--block_bytes", type=int, default=1 << 20, help="text per work unit")
+    p.add_argument("--work_dir", help="intermediate parts (default OUTPUT_DIR/.work, or a temp dir for s3)")
+    p.add_argument("--keep_work", action="store_true", help="keep intermediate parts after success")
+    p.add_argument("--bert_model", help="ignored (NVIDIA compatibility): the vocab comes from --vocab_file")
+    args = p.parse_args(argv)
+    if (args.output_dir is None) == (args.output_file is None):
+        p.error("give exactly one of --output_dir or --output_file")
+    if args.output_file:
+        if args.phases or args.num_shards != 1:
+            p.error("--output_file writes a single shard: no --phases, --num_shards 1")
+        args.output_dir = args.output_file.rsplit("/", 1)[0] if "/" in args.output_file else "."
+    for name in ("dupe_factor", "num_shards", "workers", "block_bytes"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    if not 0 <= args.short_seq_prob <= 1 or not 0 < args.masked_lm_prob < 1:
+        p.error("--short_seq_prob must be in [0, 1] and --masked_lm_prob in (0, 1)")
+    return args
+
+
+def phase_specs(args) -> list[tuple[InstanceSpec, str]]:
+    """(spec, output directory) per phase."""
+    pairs = []
+    for item in args.phases or [f"{args.max_seq_length}:{args.max_predictions_per_seq}"]:
+        try:
+            length, pred = (int(x) for x in item.split(":"))
+        except ValueError:
+            raise ValueError(f"--phases entries look like 128:20, got {item!r}") from None
+        spec = InstanceSpec(length, pred, args.short_seq_prob, args.masked_lm_prob, args.do_whole_word_mask,
+                            args.masking == "static")
+        out = args.output_dir.rstrip("/")
+        pairs.append((spec, f"{out}/{schema.phase_dir_name(length, pred)}" if args.phases else out))
+    return pairs
+
+
+def output_names(args) -> tuple[list[str], str]:
+    """Shard file names and the manifest name of each phase directory."""
+    if args.output_file:
+        name = args.output_file.rsplit("/", 1)[-1]
+        return [name], f"{name}.manifest.json"
+    return [shard_name(s) for s in range(args.num_shards)], schema.MANIFEST
+
+
+def result_config(args, files: list[str], vocab_sha: str) -> dict:
+    """Everything that determines the output bytes (not --workers or paths of work); local inputs
+    also by size and modification time, so edited inputs are never mixed with old parts."""
+    keys = ("do_lower_case", "max_seq_length", "max_predictions_per_seq", "phases", "masking",
+            "do_whole_word_mask", "masked_lm_prob", "short_seq_prob", "dupe_factor", "random_seed",
+            "num_shards", "block_bytes")
+    stamps = [None if is_s3(f) else [os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files]
+    return {"inputs": files, "input_stamps": stamps, "vocab_sha256": vocab_sha, **{k: getattr(args, k) for k in keys}}
+
+
+# ---------------------------------------------------------------- pass 1: blocks -> parts
+
+def iter_blocks(files: list[str], block_bytes: int):
+    """(block index, global index of its first document, documents); independent of workers."""
+    docs, size, first, index = [], 0, 0, 0
+    for uri in files:
+        for doc in iter_segmented_documents(uri):
+            docs.append(doc)
+            size += sum(map(len, doc)) + len(doc)
+            if (size >= block_bytes and len(docs) >= MIN_BLOCK_DOCS) or size >= MAX_BLOCK_FACTOR * block_bytes:
+                yield index, first, docs, size
+                first, index, docs, size = first + len(docs), index + 1, [], 0
+    if docs:
+        yield index, first, docs, size
+
+
+_worker: dict = {}
+
+
+def _init_worker(vocab_file, lower, specs, part_dirs, seed, dupe_factor, tok=None):
+    tok = tok or BertTokenizer.from_vocab_file(vocab_file, lower)
+    id_to_token = [tok.backend.id_to_token(i) or "" for i in range(tok.vocab_size)]
+    specials = Specials(tok.cls_id, tok.sep_id, tok.mask_id, tok.vocab_size, continuation_table(id_to_token))
+    _worker.update(fast=FastWordPiece(tok), specs=specs, part_dirs=part_dirs, seed=seed, dupe=dupe_factor,
+                   specials=specials)
+
+
+def part_path(part_dir: Path, block: int) -> Path:
+    return Path(part_dir) / f"part-{block:07d}.npz"
+
+
+def _make_parts(block: int, first_doc: int, docs: list[list[str]]) -> list[int]:
+    w = _worker
+    token_ids = w["fast"].token_ids
+    tokenized = [[token_ids(line) for line in doc] for doc in docs]
+    counts = []
+    for spec, part_dir in zip(w["specs"], w["part_dirs"]):
+        arrays = create_block_instances(tokenized, first_doc, spec, w["specials"], w["seed"], w["dupe"])
+        order = np.random.default_rng([w["seed"], block, spec.max_seq_length]).permutation(len(arrays["input_ids"]))
+        _save_part(part_path(part_dir, block), {k: _compact(k, v[order], w["specials"].vocab_size)
+                                                for k, v in arrays.items()})
+        counts.append(len(order))
+    return counts
+
+
+def _compact(name: str, values: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Parts are scratch space: ids and positions fit 16 bits for vocabularies up to 65,536
+    (the HDF5 writer converts back to the schema's int32)."""
+    if name == "masked_lm_positions" or (name in ("input_ids", "masked_lm_ids") and vocab_size <= 1 << 16):
+        return values.astype(np.uint16)
+    return values
+
+
+def _save_part(path: Path, arrays: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _part_count(path: Path) -> int | None:
+    try:
+        with np.load(path, allow_pickle=False) as part:
+            return int(part["next_sentence_labels"].shape[0])
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+
+
+def make_all_parts(files, args, part_dirs, pool) -> tuple[list[list[int]], int, int]:
+    """Counts[phase][block], number of documents, bytes of text."""
+    counts: dict[int, list[int]] = {}
+    pending: deque = deque()
+    num_docs = total = 0
+    bar = tqdm(desc="pass 1: tokenize + instances", unit="B", unit_scale=True, mininterval=1)
+    for block, first, docs, size in iter_blocks(files, args.block_bytes):
+        num_docs, total = first + len(docs), total + size
+        done = [_part_count(part_path(d, block)) for d in part_dirs]
+        if None not in done:
+            counts[block] = done
+        elif pool is None:
+            counts[block] = _make_parts(block, first, docs)
+        else:
+            while len(pending) >= 2 * args.workers:
+                b, result = pending.popleft()
+                counts[b] = result.result()
+            pending.append((block, pool.submit(_make_parts, block, first, docs)))
+        bar.update(size)
+    for b, result in pending:
+        counts[b] = result.result()
+    bar.close()
+    if num_docs == 0:
+        raise ValueError(f"no documents in --input {' '.join(args.input)} (all files empty?)")
+    per_phase = [[counts[b][i] for b in range(len(counts))] for i in range(len(part_dirs))]
+    return per_phase, num_docs, total
+
+
+# ---------------------------------------------------------------- pass 2: parts -> shards
+
+def _write_one_shard(part_dir, slices, name, num_rows, spec: InstanceSpec, out_uri, marker):
+    fields = list(fields_for(spec.static_masking))
+    tmp = Path(part_dir) / f".tmp-{name}"
+    pieces = (read_piece(part_path(part_dir, b), lo, hi, fields) for b, lo, hi in slices)
+    try:
+        write_shard(tmp, pieces, num_rows, spec.max_seq_length, spec.max_predictions, spec.static_masking)
+    except OSError as e:  # e.g. the disk is full: no partial shard stays behind
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"cannot write shard {name} ({tmp}): {e}") from None
+    sha, size = sha256_file(tmp), os.path.getsize(tmp)
+    OutputDir(out_uri).publish(tmp, name)
+    write_json_atomic(Path(marker), {"num_instances": num_rows, "sha256": sha, "bytes": size})
+    return name
+
+
+def shard_slices(counts: list[int], lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """(block, start row, end row) pieces covering global instances [lo, hi)."""
+    out, offset = [], 0
+    for block, n in enumerate(counts):
+        a, b = max(lo, offset), min(hi, offset + n)
+        if a < b:
+            out.append((block, a - offset, b - offset))
+        offset += n
+    return out
+
+
+def write_phase(spec, out_uri, part_dir: Path, counts, args, pool, names: list[str]) -> list[dict]:
+    total = sum(counts)
+    if total < args.num_shards:
+        raise ValueError(f"only {total} instances at seq length {spec.max_seq_length}: fewer than "
+                         f"--num_shards {args.num_shards}")
+    out = OutputDir(out_uri)
+    ranges = shard_ranges(total, args.num_shards)
+    jobs = []
+    for (lo, hi), name in zip(ranges, names):
+        marker = part_dir / f"{name}.done.json"
+        done = read_done_marker(marker)
+        if done and done["num_instances"] == hi - lo and out.exists(name):
+            continue
+        job = (str(part_dir), shard_slices(counts, lo, hi), name, hi - lo, spec, out_uri, str(marker))
+        jobs.append(pool.submit(_write_one_shard, *job) if pool else job)
+    for job in tqdm(jobs, desc=f"pass 2: shards seq {spec.max_seq_length}", unit="shard"):
+        job.result() if pool else _write_one_shard(*job)
+    markers = [read_done_marker(part_dir / f"{name}.done.json") for name in names]
+    return [dict(file=name, num_instances=hi - lo, sha256=m["sha256"], bytes=m["bytes"])
+            for name, (lo, hi), m in zip(names, ranges, markers)]
+
+
+# ---------------------------------------------------------------- driver
+
+def default_work_dir(args, config) -> Path:
+    if not is_s3(args.output_dir):
+        return Path(args.output_dir) / (f".{output_names(args)[1]}.work" if args.output_file else ".work")
+    key = hashlib.sha256(json.dumps([args.output_dir, config], sort_keys=True).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"bertspeed-data-prep-{key}"
+
+
+def prepare_work_dir(work: Path, config: dict) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    stored = work / "config.json"
+    if stored.exists():
+        if json.loads(stored.read_text()) != config:
+            raise ValueError(f"{work} holds unfinished work from different arguments or inputs; "
+                             "delete it or choose another --output_dir/--work_dir")
+    else:
+        write_json_atomic(stored, config)
+
+
+def run(args) -> list[dict]:
+    phases = phase_specs(args)
+    files = list_files(args.input, TEXT_SUFFIXES)
+    if not os.path.isfile(args.vocab_file):
+        raise ValueError(f"--vocab_file {args.vocab_file}: not found")
+    tokenizer = BertTokenizer.from_vocab_file(args.vocab_file, args.do_lower_case)
+    vocab_sha = sha256_file(args.vocab_file)
+    if is_s3(args.output_dir):
+        check_bucket(args.output_dir)
+    config = result_config(args, files, vocab_sha)
+    names, manifest_name = output_names(args)
+    finished = [finished_manifest(out_uri, config, manifest_name) for _, out_uri in phases]
+    if all(finished):
+        print("all phases already complete (manifest.json with the same arguments); nothing to do",
+              file=sys.stderr)
+        return finished
+    work = Path(args.work_dir) if args.work_dir else default_work_dir(args, config)
+    prepare_work_dir(work, config)
+    part_dirs = [work / schema.phase_dir_name(s.max_seq_length, s.max_predictions) for s, _ in phases]
+    for d in part_dirs:
+        d.mkdir(exist_ok=True)
+    started = time.time()
+    ctx = get_context("spawn")  # no fork of a process holding tokenizers' threads
+    init = (args.vocab_file, args.do_lower_case, [s for s, _ in phases], part_dirs, args.random_seed,
+            args.dupe_factor)
+    pool = ProcessPoolExecutor(args.workers, ctx, _init_worker, init) if args.workers > 1 else None
+    if pool is None:
+        _init_worker(*init, tok=tokenizer)
+    try:
+        counts, num_docs, num_bytes = make_all_parts(files, args, part_dirs, pool)
+        manifests = []
+        for (spec, out_uri), part_dir, phase_counts in zip(phases, part_dirs, counts):
+            shards = write_phase(spec, out_uri, part_dir, phase_counts, args, pool, names)
+            manifests.append(write_manifest(out_uri, manifest_name, spec, shards, tokenizer, config, args,
+                                            num_docs, num_bytes, time.time() - started))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return manifests
+
+
+def read_manifest(out_uri: str, manifest_name: str) -> dict | None:
+    target = OutputDir(out_uri).target(manifest_name)
+    try:
+        if is_s3(out_uri):
+            if not OutputDir(out_uri).exists(manifest_name):
+                return None
+            with open_binary(target) as f:
+                return json.load(f)
+        return json.loads(Path(target).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def finished_manifest(out_uri: str, config: dict, manifest_name: str) -> dict | None:
+    """The manifest of a completed run with the same arguments, if all its shards are present.
+    Refuses an output directory holding shards of a run with other arguments or inputs."""
+    manifest = read_manifest(out_uri, manifest_name)
+    if manifest is None:
+        return None
+    old = manifest.get("config", {})
+    if old != config:
+        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise ValueError(f"{OutputDir(out_uri).target(manifest_name)} is from a run with different "
+                         f"{', '.join(changed)}; use another --output_dir or delete that run's files")
+    out = OutputDir(out_uri)
+    for shard in manifest["shards"]:
+        if not out.exists(shard["file"]):
+            return None
+        if not is_s3(out_uri) and os.path.getsize(out.target(shard["file"])) != shard["bytes"]:
+            return None
+    return manifest
+
+
+def write_manifest(out_uri, manifest_name, spec, shards, tokenizer, config, args, num_docs, num_bytes, seconds) -> dict:
+    manifest = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "masking": "static" if spec.static_masking else "dynamic",
+        "fields": list(fields_for(spec.static_masking)),
+        "max_seq_length": spec.max_seq_length,
+        "max_predictions_per_seq": spec.max_predictions,
+        "masked_lm_prob": spec.masked_lm_prob,
+        "whole_word_mask": spec.whole_word_mask,
+        "num_instances": sum(s["num_instances"] for s in shards),
+        "num_shards": len(shards),
+        "num_documents": num_docs,
+        "input_bytes": num_bytes,
+        "vocab_sha256": config["vocab_sha256"],
+        "vocab_size": tokenizer.vocab_size,
+        "do_lower_case": args.do_lower_case,
+        "special_ids": {n: getattr(tokenizer, f"{n}_id") for n in ("pad", "unk", "cls", "sep", "mask")},
+        "arguments": {k: v for k, v in vars(args).items()},
+        "config": config,
+        "seconds": round(seconds, 2),
+        "shards": shards,
+    }
+    out = OutputDir(out_uri)
+    if is_s3(out_uri):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / manifest_name
+            write_json_atomic(local, manifest)
+            out.publish(local, manifest_name)
+    else:
+        write_json_atomic(Path(out.target(manifest_name)), manifest)
+    return manifest
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        manifests = run(args)
+    except (StorageError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for m in manifests:
+        print(f"{m['num_instances']} instances of length {m['max_seq_length']} in {m['num_shards']} shards")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""HDF5 shard writing, balanced shard ranges, done markers and the manifest.
+
+Shard s holds the global instances [s*N//S, (s+1)*N//S): sizes differ by at most one.
+A shard is written under a temporary name, fsynced, hashed, then renamed (or uploaded)
+to training_SSSSS.hdf5; a done marker in the work directory records its hash, so a
+rerun skips it. The manifest is written last, also via a temporary name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from bertspeed.data_prep import schema
+from bertspeed.data_prep.storage import is_s3, s3_exists, upload_file
+from bertspeed.training import atomic
+
+CHUNK_ROWS = 1024
+
+
+def shard_name(index: int) -> str:
+    # NVIDIA's run_pretraining.py picks files whose name contains "training".
+    return f"training_{index:05d}.hdf5"
+
+
+def shard_ranges(total: int, num_shards: int) -> list[tuple[int, int]]:
+    return [(s * total // num_shards, (s + 1) * total // num_shards) for s in range(num_shards)]
+
+
+def fields_for(static_masking: bool) -> dict:
+    if static_masking:
+        return schema.MASKED_FIELDS
+    name, dtype, shape = schema.WORD_START_FIELD
+    return {**schema.UNMASKED_FIELDS, name: (dtype, shape)}
+
+
+def write_shard(path: Path, pieces, num_rows: int, seq_len: int, max_pred: int, static_masking: bool) -> None:
+    """Write `pieces` (an iterable of dicts of arrays, in order) as one HDF5 shard of num_rows rows."""
+    dims = {"N": num_rows, "L": seq_len, "P": max_pred}
+    fields = fields_for(static_masking)
+    with h5py.File(path, "w") as f:
+        datasets = {}
+        for name, (dtype, shape) in fields.items():
+            full = tuple(dims[d] for d in shape)
+            chunks = (min(CHUNK_ROWS, num_rows),) + full[1:]
+            datasets[name] = f.create_dataset(name, full, dtype=dtype, chunks=chunks,
+                                              compression=schema.COMPRESSION,
+                                              compression_opts=schema.COMPRESSION_LEVEL)
+        row = 0
+        for piece in pieces:
+            n = len(piece["input_ids"])
+            for name, ds in datasets.items():
+                ds[row:row + n] = piece[name]
+            row += n
+        if row != num_rows:
+            raise RuntimeError(f"{path}: wrote {row} rows, expected {num_rows}")
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class OutputDir:
+    """Where finished files go: a local directory or an s3:// prefix."""
+
+    def __init__(self, uri: str):
+        self.uri = str(uri).rstrip("/")
+        if not is_s3(self.uri):
+            Path(self.uri).mkdir(parents=True, exist_ok=True)
+
+    def target(self, name: str) -> str:
+        return f"{self.uri}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return s3_exists(self.target(name)) if is_s3(self.uri) else os.path.isfile(self.target(name))
+
+    def publish(self, local_tmp: Path, name: str) -> None:
+        """Atomically make a finished local temp file visible under its final name."""
+        if is_s3(self.uri):
+            upload_file(local_tmp, self.target(name))  # an S3 object appears whole or not at all
+            os.unlink(local_tmp)
+        else:
+            os.replace(local_tmp, self.target(name))
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """data_prep's JSON files (manifests, markers): one-space indent, sorted keys."""
+    atomic.write_json_atomic(path, data, indent=1, sort_keys=True)
+
+
+def read_done_marker(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_piece(part_path: Path, start: int, end: int, names) -> dict[str, np.ndarray]:
+    with np.load(part_path, allow_pickle=False) as part:
+        return {name: part[name][start:end] for name in names}

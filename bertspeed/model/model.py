@@ -1,0 +1,282 @@
+"""BERT encoder and its pretraining heads.
+
+Module attribute names mirror Hugging Face transformers' BERT exactly, so
+`state_dict()` keys are identical with no mapping layer (pinned by a test).
+Shapes: B = batch, T = sequence length, H = hidden size, V = vocab size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bertspeed.model.config import BertConfig
+from bertspeed.model.layers import LayerNorm, attention
+
+IGNORE_INDEX = -100  # label value that takes no part in a loss (as in transformers)
+
+
+def activation(name: str):
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    return {"relu": F.relu, "tanh": torch.tanh}[name]
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids=None):
+        T = input_ids.shape[1]
+        if T > self.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings}")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        positions = torch.arange(T, device=input_ids.device)
+        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+             + self.position_embeddings(positions))
+        return self.dropout(self.LayerNorm(x))  # (B, T, H)
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x, key_mask):
+        B, T, H = x.shape
+
+        def heads(t):  # (B, T, H) -> (B, heads, T, H / heads)
+            return t.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        dropout_p = self.dropout_p if self.training else 0.0
+        context = attention(q, k, v, key_mask, dropout_p)  # (B, heads, T, H / heads)
+        return context.transpose(1, 2).reshape(B, T, H)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden, residual):
+        return self.LayerNorm(self.dropout(self.dense(hidden)), residual=residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, x, key_mask):
+        return self.output(self.self(x, key_mask), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+
+
+class BertOutput(BertSelfOutput):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, x, key_mask):
+        attended = self.attention(x, key_mask)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+
+    def forward(self, x, key_mask, output_hidden_states=False):
+        all_hidden = [x] if output_hidden_states else None
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, key_mask, use_reentrant=False)
+            else:
+                x = layer(x, key_mask)
+            if output_hidden_states:
+                all_hidden.append(x)
+        return x, (tuple(all_hidden) if output_hidden_states else None)
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden):
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, H) from [CLS]
+
+
+@dataclass
+class BertModelOutput:
+    last_hidden_state: torch.Tensor  # (B, T, H)
+    pooler_output: torch.Tensor | None  # (B, H)
+    hidden_states: tuple | None = None  # embeddings + every layer, when asked for
+
+
+class BertPreTrainedModel(nn.Module):
+    """Weight initialisation shared by every BERT model (as in BERT and transformers)."""
+
+    def init_weights(self):
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, BertLMPredictionHead):
+                nn.init.zeros_(module.bias)
+
+    def set_gradient_checkpointing(self, enabled: bool = True):
+        for module in self.modules():
+            if isinstance(module, BertEncoder):
+                module.gradient_checkpointing = enabled
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+
+class BertModel(BertPreTrainedModel):
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False):
+        key_mask = None
+        # Eager mode skips an all-ones mask (SDPA is faster without one); under torch.compile the mask is
+        # always kept, because a branch on tensor values would break the graph. Results are the same.
+        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
+            key_mask = attention_mask.bool()  # (B, T), True = a real token
+        x = self.embeddings(input_ids, token_type_ids)
+        x, all_hidden = self.encoder(x, key_mask, output_hidden_states)
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return BertModelOutput(x, pooled, all_hidden)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x):
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder.bias = self.bias  # one tensor under both names, as in transformers
+
+    def forward(self, x):
+        return self.decoder(self.transform(x))
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+@dataclass
+class PreTrainingOutput:
+    loss: torch.Tensor | None
+    mlm_loss: torch.Tensor | None
+    nsp_loss: torch.Tensor | None
+    # (B, T, V) without labels; with labels only the masked positions, (M, V)
+    # in row-major order of `labels != -100`.
+    prediction_logits: torch.Tensor
+    seq_relationship_logits: torch.Tensor  # (B, 2)
+    mlm_labels: torch.Tensor | None = None  # (M,) labels of the rows of prediction_logits
+    hidden_states: tuple | None = None
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT with its masked-LM and next-sentence heads; decoder tied to word embeddings."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config)
+        self.init_weights()
+        self.tie_weights()
+
+    def tie_weights(self):
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                next_sentence_label=None, output_hidden_states=False):
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states)
+        seq_logits = self.cls.seq_relationship(out.pooler_output)
+        if labels is None:
+            logits, mlm_labels, mlm_loss = self.cls.predictions(out.last_hidden_state), None, None
+        else:
+            # Sparse prediction: the vocab projection runs on masked positions only.
+            selected = labels != IGNORE_INDEX
+            mlm_labels = labels[selected]
+            logits = self.cls.predictions(out.last_hidden_state[selected])  # (M, V)
+            mlm_loss = F.cross_entropy(logits.float(), mlm_labels)
+        nsp_loss = None
+        if next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(seq_logits.float(), next_sentence_label.view(-1))
+        losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
+        loss = sum(losses) if losses else None
+        return PreTrainingOutput(loss, mlm_loss, nsp_loss, logits, seq_logits, mlm_labels, out.hidden_states)
+

@@ -1,0 +1,148 @@
+"""How much the demo does, sized to a wall-time budget from throughput measured on this machine.
+
+The budget covers everything after set-up: sample data, data prep, both pretraining phases, SQuAD
+and the report. The corpus is sized from the budget alone (data prep is a small share). With the
+time left after data prep, a short in-process measurement of training throughput picks the model
+and phase 1's step count; phase 2 and SQuAD are sized when their turn comes, from the time then
+left and phase 1's real throughput and start-up cost.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from bertspeed.model.config import BertConfig
+
+# Model shapes (hidden, layers), largest first, and the phase-1 steps (global batch 64, LAMB 5e-3,
+# 8k demo vocab) each needed to pass twice the unigram baseline on the demo corpus, with a margin
+# (measured: (128, 2) reached 2.0x at 400 steps, 2.3x at 500; (256, 4) learns faster per step).
+SHAPES = ((256, 4, 700), (128, 2, 500), (64, 2, 0))
+VOCAB_SIZE = 8192  # the demo trains its own WordPiece vocab: a 30k head would cost half of a small model's step
+WORLD_SIZE = 2
+PHASE1_MICRO, PHASE1_LR, PHASE1_PREDICTIONS = 32, 5e-3, 20
+PHASE2_MICRO, PHASE2_LR = 4, 1e-3
+SQUAD_SEQ, SQUAD_BATCH, SQUAD_LR = 256, 32, 1e-4
+FEATURES_PER_QUESTION = 1.2  # SQuAD windows at 256 tokens, stride 128
+EVALUATIONS, EVAL_SAMPLES = 4, 1024
+SHARES = {"phase1": 0.72, "phase2": 0.12, "squad": 0.16}  # of the time left after data prep
+REPORT_SECONDS = 10.0  # report, plots and slack at the end
+# Two ranks under DeepSpeed against one in-process measurement: 0.77-1.02 measured (lower for tiny models,
+# whose steps are short beside the all-reduce); a phase that would overrun is stopped at a checkpoint.
+DISTRIBUTED_EFFICIENCY = 0.9
+SQUAD_MAX_QUESTIONS = 6000
+
+
+@dataclass(frozen=True)
+class CorpusPlan:
+    corpus_articles: int
+    heldout_articles: int
+    phase2_seq_len: int
+
+
+def corpus_plan(budget_minutes: float) -> CorpusPlan:
+    """About 20 SQuAD articles (0.65 MB of text) per budget minute, up to 400 (13 MB)."""
+    articles = int(min(400, max(24, 20 * budget_minutes)))
+    return CorpusPlan(articles, max(4, articles // 20), 512 if budget_minutes >= 10 else 256)
+
+
+def model_config(hidden: int, layers: int, vocab_size: int = VOCAB_SIZE) -> BertConfig:
+    # No dropout: a run this short underfits, and dropout only slows it down (~15 % of a CPU step).
+    return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                      num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
+                      max_position_embeddings=512, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def launcher_seconds() -> float:
+    """Start-up cost of a pretraining phase (launcher, two ranks importing torch + DeepSpeed, engine,
+    first evaluation and checkpoints), estimated from one DeepSpeed import timed in a subprocess."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import deepspeed"], capture_output=True, check=True)
+    return 2.5 * (time.perf_counter() - start) + 5.0
+
+
+@dataclass(frozen=True)
+class Phase1Plan:
+    hidden_size: int
+    num_hidden_layers: int
+    steps: int
+    seq_per_s_measured: float  # in-process, one rank
+    seq_per_s_expected: float  # the two-rank estimate the step count comes from
+    start_seconds: float
+    seconds: float  # planned for the whole stage
+
+
+def phase1_plan(seconds_left: float, vocab_size: int, measure) -> Phase1Plan:
+    """The largest shape that gets its learning steps in phase 1's share of the time left, else the
+    smallest. `measure(config)` -> in-process training seq/s at 128; the smallest shapes are measured
+    first, larger ones only while they could still qualify."""
+    start = launcher_seconds()
+    stage = SHARES["phase1"] * seconds_left
+    global_batch = PHASE1_MICRO * WORLD_SIZE
+    best = None
+    for hidden, layers, min_steps in reversed(SHAPES):
+        measured = measure(model_config(hidden, layers, vocab_size))
+        expected = DISTRIBUTED_EFFICIENCY * measured
+        steps = int(max(0.0, stage - start - eval_seconds(expected)) * expected / global_batch)
+        if steps < min_steps and best is not None:
+            break  # larger shapes get even fewer steps
+        best = Phase1Plan(hidden, layers, max(steps, 10), measured, expected, start, stage)
+    return best
+
+
+def eval_seconds(train_seq_per_s: float) -> float:
+    """Held-out evaluations (forward only: about a third of a training step per sequence)."""
+    return EVALUATIONS * EVAL_SAMPLES / (3 * train_seq_per_s)
+
+
+def scaled_seq_per_s(seq_per_s_128: float, config: BertConfig, seq_len: int, predictions: int) -> float:
+    """Training seq/s at another sequence length, by the FLOP ratio."""
+    return seq_per_s_128 * config.pretraining_flops(128, PHASE1_PREDICTIONS) / config.pretraining_flops(
+        seq_len, predictions)
+
+
+@dataclass(frozen=True)
+class Phase2Plan:
+    steps: int
+    seq_len: int
+    seconds: float
+
+
+def phase2_plan(seconds_left: float, config: BertConfig, seq_per_s_128: float, start_seconds: float,
+                seq_len: int) -> Phase2Plan:
+    """What SQuAD will not need of the time left (its share, or less when its question cap needs less);
+    `seq_per_s_128` and `start_seconds` as phase 1 really ran."""
+    squad_share = seconds_left * SHARES["squad"] / (SHARES["phase2"] + SHARES["squad"])
+    stage = seconds_left - min(squad_share, squad_seconds(SQUAD_MAX_QUESTIONS, config, seq_per_s_128, start_seconds / 2))
+    speed = scaled_seq_per_s(seq_per_s_128, config, seq_len, seq_len * PHASE1_PREDICTIONS // 128)
+    train = stage - start_seconds - eval_seconds(speed) / EVALUATIONS  # phase 2 evaluates once
+    return Phase2Plan(max(2, int(max(0.0, train) * speed / (PHASE2_MICRO * WORLD_SIZE))), seq_len, stage)
+
+
+@dataclass(frozen=True)
+class SquadPlan:
+    train_questions: int
+    eval_questions: int
+    seconds: float
+
+
+def _seconds_per_question(config: BertConfig, seq_per_s_128: float) -> float:
+    """At phase 1's speed (one process on all cores against two ranks) scaled to SQuAD's length;
+    evaluation on 40 % as many questions as training, forward only (a third of a training step)."""
+    return FEATURES_PER_QUESTION * (1 + 0.4 / 3) / scaled_seq_per_s(seq_per_s_128, config, SQUAD_SEQ, 0)
+
+
+def squad_seconds(questions: int, config: BertConfig, seq_per_s_128: float, start_seconds: float) -> float:
+    return start_seconds + questions * _seconds_per_question(config, seq_per_s_128)
+
+
+def squad_plan(seconds_left: float, config: BertConfig, seq_per_s_128: float, start_seconds: float) -> SquadPlan:
+    """As many training questions as the time left allows, up to SQUAD_MAX_QUESTIONS."""
+    train = int(max(0.0, seconds_left - start_seconds) / _seconds_per_question(config, seq_per_s_128))
+    train = min(SQUAD_MAX_QUESTIONS, max(64, train))
+    return SquadPlan(train, max(32, int(0.4 * train)), seconds_left)
+
+
+def as_dict(plan) -> dict:
+    return asdict(plan)

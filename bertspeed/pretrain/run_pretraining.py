@@ -1,0 +1,202 @@
+"""BERT pretraining with DeepSpeed (phase 1 or phase 2).
+
+    deepspeed --num_gpus 2 pretrain/run_pretraining.py --deepspeed_config ds_configs/X.json \\
+        --input_dir SHARDS --config_file MODEL_CONFIG.json --output_dir OUT --max_steps N \\
+        [--checkpoint_interval K] [--resume] [--init_checkpoint PHASE1_OUT]
+    python pretrain/run_pretraining.py ...          # one process, no launcher
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bertspeed.data_prep.schema import MASKED_LM_PROB, MAX_PREDICTIONS
+from bertspeed.model.checkpoint import load_state_dict_into, read_state_dict, resolve_model_dir
+from bertspeed.model.config import BertConfig
+from bertspeed.model.model import BertForPreTraining
+from bertspeed.model.tokenizer import SPECIAL_TOKENS, read_vocab
+from bertspeed.pretrain import checkpoint
+from bertspeed.pretrain.args import PretrainArgs, optimizer_spec, parse_args, read_ds_config, resolve_batch
+from bertspeed.pretrain.data import MaskingSpec, PretrainingData, ShardError, list_shards
+from bertspeed.pretrain.guard import EXIT_DIVERGED, EXIT_SIGNALLED, TrainingDiverged
+from bertspeed.pretrain.lamb import Lamb, partition_layout
+from bertspeed.pretrain.optim import build_optimizer, build_schedule, param_groups, use_deepspeed_fused_lamb
+from bertspeed.pretrain.trainer import Trainer
+from bertspeed.training.atomic import write_json_atomic
+from bertspeed.training.distributed import init_distributed
+from bertspeed.training.hardware import choose_precision, with_precision
+from bertspeed.training.metrics import MetricsWriter
+
+
+def model_config(args: PretrainArgs) -> BertConfig:
+    if args.config_file:
+        return BertConfig.from_json_file(args.config_file)
+    if args.model_preset:
+        vocab = len(Path(args.vocab_file).read_text().splitlines()) if args.vocab_file else 30522
+        return BertConfig.preset(args.model_preset, vocab_size=vocab)
+    return BertConfig.from_json_file(resolve_model_dir(args.init_checkpoint) / "config.json")
+
+
+def build_model(args: PretrainArgs, config: BertConfig) -> BertForPreTraining:
+    torch.manual_seed(args.seed)
+    model = BertForPreTraining(config)
+    if args.init_checkpoint:  # phase 2: the phase-1 weights, a fresh optimizer and schedule
+        folder = resolve_model_dir(args.init_checkpoint)
+        report = load_state_dict_into(model, read_state_dict(folder), str(folder))
+        model.tie_weights()
+        print(report.summary(), flush=True)
+    model.set_gradient_checkpointing(args.gradient_checkpointing)
+    if args.compile:  # per layer: static shapes, no graph breaks, state-dict names unchanged
+        for layer in model.bert.encoder.layer:
+            layer.compile()
+    return model
+
+
+def masking_spec(args: PretrainArgs, config: BertConfig, shards, vocab: dict | None) -> MaskingSpec | None:
+    """Dynamic masking for unmasked shards (data_prep --masking dynamic); needs the vocab."""
+    if all(s.masked for s in shards):
+        return None
+    if vocab is None:
+        raise ValueError(f"{args.input_dir} holds unmasked shards (dynamic masking): pass --vocab_file")
+    seq_len = shards[0].seq_len
+    max_predictions = args.max_predictions_per_seq or MAX_PREDICTIONS.get(seq_len, round(seq_len * MASKED_LM_PROB))
+    return MaskingSpec(config.vocab_size, vocab["[MASK]"], tuple(vocab[t] for t in SPECIAL_TOKENS),
+                       max_predictions, whole_word=args.whole_word_mask)
+
+
+def git_revision() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def build_engine(args, model, ds_config, zero_stage, spec, total_steps):
+    import deepspeed
+
+    schedule = lambda opt: build_schedule(opt, total_steps, args.num_warmup_steps, args.schedule_power)  # noqa: E731
+    config = {k: v for k, v in ds_config.items() if k != "optimizer"}
+    if use_deepspeed_fused_lamb(spec.kind, zero_stage):
+        config["optimizer"] = {"type": "Lamb", "params": {**spec.params, "lr": spec.lr,
+                                                            "weight_decay": spec.weight_decay}}
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, spec.weight_decay),
+                                          lr_scheduler=schedule, config=config)
+        return engine
+    if zero_stage > 0:
+        config.setdefault("zero_allow_untested_optimizer", True)
+    optimizer = build_optimizer(model, spec.kind, spec.lr, spec.weight_decay, spec.betas, spec.eps,
+                                args.use_nvlamb)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
+    if isinstance(optimizer, Lamb):
+        optimizer.attach_layout(*partition_layout(engine.module, optimizer))
+    return engine
+
+
+def describe_optimizer(engine) -> dict:
+    """Which optimizer runs, and for our LAMB how it sees the parameters (for run_config.json)."""
+    basic = engine.basic_optimizer
+    info = {"class": type(basic).__name__, "wrapper": type(engine.optimizer).__name__}
+    if isinstance(basic, Lamb):
+        info["flat_tensors_with_layout"] = len(basic._layout)
+        info["parameter_slices"] = sum(len(s) for s in basic._layout.values())
+        info["partitioned_over_ranks"] = basic._group is not None
+    return info
+
+
+def prepare(args: PretrainArgs, world_size: int) -> dict:
+    """Read and check every input before any training state exists; raises ValueError or
+    FileNotFoundError naming the file, field or flag at fault."""
+    source = f"--deepspeed_config {args.deepspeed_config}"
+    ds_config = read_ds_config(args.deepspeed_config)
+    batch = resolve_batch(ds_config, world_size, source)
+    ds_config = {"gradient_clipping": 0.0,  # DeepSpeed's default when absent would be 1.0
+                 **ds_config, "train_micro_batch_size_per_gpu": batch.micro,
+                 "gradient_accumulation_steps": batch.accumulation, "train_batch_size": batch.global_}
+    precision = choose_precision(args.precision, ds_config, "cuda" if torch.cuda.is_available() else "cpu",
+                                 config_name=source)
+    ds_config = with_precision(ds_config, precision.name)
+    spec = optimizer_spec(ds_config, args, source)
+    zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    if spec.kind == "lamb" and zero_stage == 3:
+        raise ValueError("LAMB under ZeRO stage 3 is refused: per-parameter trust ratios are "
+                         "implemented for ZeRO 0-2; use ZeRO 1 or 2, or --optimizer adamw")
+    config = model_config(args)
+    shards = list_shards(args.input_dir)
+    if shards[0].seq_len > config.max_position_embeddings:
+        raise ValueError(f"shards in {args.input_dir} have sequence length {shards[0].seq_len} > "
+                         f"max_position_embeddings {config.max_position_embeddings}")
+    eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
+    if args.tensorboard:
+        try:
+            from torch.utils import tensorboard  # noqa: F401
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+    latest = checkpoint.read_latest(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if latest and not args.resume:
+        raise ValueError(f"--output_dir {args.output_dir} already holds checkpoint {latest}: pass --resume "
+                         "to continue it, or choose another --output_dir")
+    vocab = read_vocab(args.vocab_file) if args.vocab_file else None
+    return dict(ds_config=ds_config, precision=precision, batch=batch, spec=spec, zero_stage=zero_stage, config=config,
+                shards=shards, eval_shards=eval_shards, masking=masking_spec(args, config, shards, vocab),
+                mask_id=vocab["[MASK]"] if vocab else None, model=build_model(args, config))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rank, world_size = init_distributed(args.dist_timeout)
+    try:
+        setup = prepare(args, world_size)
+        data = PretrainingData(setup["shards"], setup["batch"].micro, rank, world_size, args.seed,
+                               masking=setup["masking"], vocab_size=setup["config"].vocab_size)
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError and ShardError are ValueErrors
+        print(f"run_pretraining.py: error: {e}", file=sys.stderr)
+        return 2
+    config, batch, spec = setup["config"], setup["batch"], setup["spec"]
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    engine = build_engine(args, setup["model"], setup["ds_config"], setup["zero_stage"], spec, args.max_steps)
+    metrics = MetricsWriter(args.output_dir, enabled=rank == 0, tensorboard=args.tensorboard)
+    trainer = Trainer(args, engine, config, batch, data, setup["eval_shards"], metrics, rank, world_size,
+                      mask_id=setup["mask_id"])
+    try:
+        resumed = args.resume and trainer.resume()
+    except ValueError as e:  # e.g. the world size or the shards changed since the checkpoint
+        print(f"run_pretraining.py: error: cannot resume from {args.output_dir}: {e}", file=sys.stderr, flush=True)
+        return 2
+    if not resumed:
+        metrics.truncate_after(0)  # a fresh run: no records of an earlier attempt
+    if rank == 0:
+        print(f"precision: {setup['precision']}", flush=True)
+        write_json_atomic(Path(args.output_dir) / "run_config.json", {"precision": setup["precision"].as_dict(),
+            "args": vars(args), "model_config": config.to_dict(), "deepspeed_config": setup["ds_config"],
+            "optimizer": spec.kind, "optimizer_runtime": describe_optimizer(engine), "zero_stage": setup["zero_stage"], "world_size": world_size,
+            "batch": {"micro": batch.micro, "accumulation": batch.accumulation, "global": batch.global_},
+            "git_revision": git_revision(), "resumed_from_step": trainer.step if resumed else None}, default=str)
+    try:
+        summary = trainer.run()
+    except TrainingDiverged as e:
+        print(f"run_pretraining.py: error: {e}; last good checkpoint: "
+              f"{checkpoint.read_latest(args.output_dir)}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
+    except ShardError as e:  # a shard found unreadable or out of vocab when its turn came
+        print(f"run_pretraining.py: error: {e}; last checkpoint: {checkpoint.read_latest(args.output_dir)}",
+              file=sys.stderr, flush=True)
+        return 2
+    if rank == 0:
+        write_json_atomic(Path(args.output_dir) / "summary.json", summary, default=str)
+        print("summary: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in summary.items() if k != "rank_param_checksums"), flush=True)
+    data.close()
+    metrics.close()
+    checkpoint.barrier()
+    if torch.distributed.is_initialized():  # tearing gloo down at interpreter exit can abort a finished run
+        torch.distributed.destroy_process_group()
+    return EXIT_SIGNALLED if summary["stopped_by_signal"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
