@@ -185,7 +185,7 @@ def print_table(report):
     """Scores: mean (± sample std) over seeds; times: summed over seeds."""
     from bertspeed.training.hardware import host_label
     print(f"\nhost: {host_label(report['host'])}")
-    print(f"\n| task | train rows | seeds | metric | ours | transformers | diff of means | ours wall s | "
+    print("\n| task | train rows | seeds | metric | ours | transformers | diff of means | ours wall s | "
           "transformers wall s | wall ratio (ours / transformers) | ours train s | transformers train s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for task_name, r in report["tasks"].items():

@@ -37,8 +37,8 @@ from bertspeed.model.config import BertConfig  # noqa: E402
 from bertspeed.model.model import BertForPreTraining  # noqa: E402
 from bertspeed.pretrain.calibrate import synthetic_batch  # noqa: E402
 from bertspeed.pretrain.lamb import Lamb  # noqa: E402
-from bertspeed.pretrain.optim import param_groups  # noqa: E402
 from bertspeed.training.hardware import gemm_peaks, host_info, host_label, probe_bf16  # noqa: E402
+from bertspeed.training.params import param_groups  # noqa: E402
 
 
 def lamb_for(model):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from bertspeed.model.model import BertForPreTraining
 from bertspeed.pretrain import checkpoint
 from bertspeed.pretrain.args import PretrainArgs
 from bertspeed.pretrain.data import PretrainingData, ShardError, list_shards
+from bertspeed.training import runs
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -177,7 +179,7 @@ def test_checkpoint_of_another_model_is_refused(good, tmp_path):
     # --resume from a run of another model: refused before DeepSpeed loads anything
     (tmp_path / "run" / "global_step4").mkdir(parents=True)
     shutil.copy(folder / "config.json", tmp_path / "run" / "global_step4" / "config.json")
-    checkpoint.write_latest(tmp_path / "run", "global_step4")
+    runs.write_latest(tmp_path / "run", "global_step4")
     with pytest.raises(CheckpointError, match="does not match the model config: vocab_size 1000 in the checkpoint, "
                                               "30522 now"):
         checkpoint.load(engine=None, output_dir=tmp_path / "run", config=BertConfig.from_json_file(model))
@@ -194,7 +196,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(good, tmp_p
     for tag in ("global_step2", "global_step4"):
         (out / tag).mkdir(parents=True)
     checkpoint.write_weights(out / "global_step2", config, state)
-    checkpoint.write_latest(out, "global_step2")
+    runs.write_latest(out, "global_step2")
     before = sorted(p.name for p in out.rglob("*"))
 
     def partial_then_enospc(folder, *args, **kwargs):  # half a file, then the disk is full
@@ -204,12 +206,12 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(good, tmp_p
     monkeypatch.setattr(checkpoint, "save_hf_folder", partial_then_enospc)
     with pytest.raises(OSError, match="No space left"):
         checkpoint.write_weights(out / "global_step4", config, state)
-    monkeypatch.setattr(checkpoint.Path, "write_text", enospc)
+    monkeypatch.setattr(os, "replace", enospc)  # the temporary `latest` is written, then the disk is full
     with pytest.raises(OSError, match="No space left"):
-        checkpoint.write_latest(out, "global_step4")
+        runs.write_latest(out, "global_step4")
     monkeypatch.undo()
     assert sorted(p.name for p in out.rglob("*")) == before  # no partial file anywhere
-    assert checkpoint.read_latest(out) == "global_step2"
+    assert runs.read_latest(out) == "global_step2"
     loaded = load_file(out / "global_step2" / "model.safetensors")
     assert all(torch.equal(loaded[k], state[k]) for k in loaded)
 

@@ -12,10 +12,11 @@ import torch
 from test_finetune_drivers import FIXTURES, run_glue_two_ranks_zero3, run_script, tiny_model  # noqa: F401
 
 from bertspeed.finetune import run_glue, run_ner, run_squad
-from bertspeed.finetune.trainer import MetricsLog, TrainConfig, Trainer, collate_padded
+from bertspeed.finetune.trainer import TrainConfig, Trainer, collate_padded
 from bertspeed.model import BertConfig
 from bertspeed.model.heads import BertForSequenceClassification
-from bertspeed.training.runtime import Runtime
+from bertspeed.training.distributed import Runtime
+from bertspeed.training.metrics import MetricsWriter
 
 
 def _reject(token):
@@ -94,8 +95,8 @@ def test_grad_norm_mean_skips_non_finite_and_deepspeed_forms(tmp_path):
 
 
 def test_metrics_log_writes_null_for_non_finite(tmp_path):
-    log = MetricsLog(tmp_path, enabled=True)
-    log.log(3, {"eval/pearson": float("nan"), "eval/x": float("-inf"), "eval/n": 7})
+    log = MetricsWriter(tmp_path, enabled=True)
+    log.write(3, {"eval/pearson": float("nan"), "eval/x": float("-inf"), "eval/n": 7})
     log.close()
     assert metrics_lines(tmp_path) == [{"step": 3, "eval/pearson": None, "eval/x": None, "eval/n": 7}]
 

@@ -74,7 +74,7 @@ def test_static_shards_of_data_prep_match_their_positions(shard_sets):
     assert all(s.masked for s in shards)
     import h5py
     with h5py.File(shards[0].path) as f:
-        positions, ids = f["masked_lm_positions"][:4], f["masked_lm_ids"][:4]
+        positions = f["masked_lm_positions"][:4]
     batch = next(PretrainingData(shards[:1], 4, 0, 1, seed=0, shuffle=False))
     for i in range(4):
         valid = positions[i][np.cumprod(positions[i] > 0).astype(bool)]

@@ -46,6 +46,7 @@ from bertspeed.data_prep.shards import (
 )
 from bertspeed.data_prep.storage import StorageError, check_bucket, is_s3, list_files, open_binary
 from bertspeed.model.tokenizer import BertTokenizer
+from bertspeed.training.atomic import open_atomic
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.bz2")  # taken from folders and s3 prefixes
 MIN_BLOCK_DOCS = 32  # so that "another document" for NSP has a real choice
@@ -184,10 +185,8 @@ def _compact(name: str, values: np.ndarray, vocab_size: int) -> np.ndarray:
 
 
 def _save_part(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with open_atomic(path, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def _part_count(path: Path) -> int | None:

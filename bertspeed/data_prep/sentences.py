@@ -15,6 +15,8 @@ from typing import Iterable
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTrainer
 
+from bertspeed.training.atomic import write_json_atomic
+
 # Lower-case, without the final period, as Punkt stores them.
 ENGLISH_ABBREVIATIONS = (
     "mr mrs ms dr prof sr jr st mt ft vs etc e.g i.e cf al approx dept est fig gen gov inc ltd co corp "
@@ -56,10 +58,7 @@ def save_params(params: PunktParameters, path: str | os.PathLike) -> None:
             "collocations": sorted(list(c) for c in params.collocations),
             "sent_starters": sorted(params.sent_starters),
             "ortho_context": dict(sorted(params.ortho_context.items()))}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=None)
 
 
 def load_params(path: str | os.PathLike) -> PunktParameters:

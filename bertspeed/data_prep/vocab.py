@@ -17,6 +17,7 @@ from bertspeed.data_prep.create_pretraining_data import TEXT_SUFFIXES
 from bertspeed.data_prep.readers import iter_segmented_documents
 from bertspeed.data_prep.storage import StorageError, list_files
 from bertspeed.model.tokenizer import SPECIAL_TOKENS
+from bertspeed.training.atomic import write_lines_atomic
 
 
 def train_vocab(lines, vocab_size: int, lowercase: bool = True, min_frequency: int = 2,
@@ -48,9 +49,7 @@ def _first_bytes(lines, limit: int):
 def write_vocab(tokens: list[str], path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
-    os.replace(tmp, path)
+    write_lines_atomic(path, tokens)
 
 
 def main(argv=None) -> int:

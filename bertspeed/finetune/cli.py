@@ -12,8 +12,8 @@ from bertspeed.finetune.trainer import TrainConfig, Trainer, set_seed
 from bertspeed.model.checkpoint import from_pretrained, resolve_model_dir
 from bertspeed.model.tokenizer import BertTokenizer
 from bertspeed.training.atomic import write_json_atomic
+from bertspeed.training.distributed import Runtime, setup_runtime, shutdown_distributed
 from bertspeed.training.hardware import PRECISIONS, Precision, choose_precision, host_info
-from bertspeed.training.runtime import Runtime, setup_runtime, shutdown_distributed
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, learning_rate: float, epochs: float,
@@ -49,6 +49,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, learning_rate: float, ep
     g = parser.add_argument_group("distributed")
     g.add_argument("--deepspeed_config", help="DeepSpeed JSON; batch flags above override its batch keys")
     g.add_argument("--deepspeed", action="store_true", help="accepted for launcher compatibility")
+    g.add_argument("--dist_timeout", type=float, default=600.0,
+                   help="seconds a collective may wait before the run fails instead of hanging (default: 600)")
     g.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the deepspeed launcher")
 
 
@@ -74,6 +76,8 @@ def check_common_args(args) -> None:
     for flag in ("max_train_samples", "max_eval_samples"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             raise ValueError(f"--{flag} must be positive")
+    if args.dist_timeout <= 0:
+        raise ValueError(f"--dist_timeout must be positive, got {args.dist_timeout}")
     if args.deepspeed_config and not Path(args.deepspeed_config).is_file():
         raise FileNotFoundError(f"--deepspeed_config {args.deepspeed_config} not found")
 
@@ -101,7 +105,7 @@ def load_tokenizer(folder: Path, vocab_file=None, do_lower_case=None) -> tuple[B
 def start(args, model_class, **config_changes):
     """Runtime, seed, model (task head created when absent, reported), tokenizer and trainer."""
     check_common_args(args)
-    rt: Runtime = setup_runtime(args.deepspeed_config, args.local_rank)
+    rt: Runtime = setup_runtime(args.deepspeed_config, args.dist_timeout, args.local_rank)
     set_seed(args.seed)
     folder = resolve_model_dir(args.model_dir)
     tokenizer, vocab = load_tokenizer(folder, args.vocab_file, args.do_lower_case)

@@ -7,10 +7,11 @@ GLUE submission format (`index<TAB>prediction`, one file per task named as the l
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from bertspeed.training.atomic import open_atomic
 
 csv.field_size_limit(sys.maxsize)
 
@@ -126,10 +127,8 @@ def featurize(examples: list[Example], tokenizer, max_seq_length: int) -> list[d
 
 def write_submission(path: Path, task: GlueTask, examples: list[Example], predictions, decimals: int = 3) -> None:
     """`index<TAB>prediction` lines after a header; label names for NLI tasks, scores for STS-B."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_atomic(path) as f:
         f.write("index\tprediction\n")
         for example, pred in zip(examples, predictions):
             value = f"{float(pred):.{decimals}f}" if task.is_regression else task.labels[int(pred)]
             f.write(f"{example.guid}\t{value}\n")
-    os.replace(tmp, path)

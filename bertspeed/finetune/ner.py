@@ -9,9 +9,10 @@ max_seq_length, or made of no WordPiece at all) take no part in the loss and are
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from bertspeed.training.atomic import open_atomic
 
 
 @dataclass
@@ -127,15 +128,13 @@ def featurize(sentences: list[Sentence], tokenizer, max_seq_length: int, label2i
 
 def write_predictions(path: Path, sentences: list[Sentence], predictions: list[list[str]], fmt: str) -> None:
     """CoNLL: `word<space>label` lines, blank between sentences. CLUENER: JSON lines with label spans."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_atomic(path) as f:
         for sentence, tags in zip(sentences, predictions):
             if fmt == "conll":
                 f.write("".join(f"{w} {t}\n" for w, t in zip(sentence.words, tags)) + "\n")
             else:
                 f.write(json.dumps({"id": sentence.guid, "text": "".join(sentence.words),
                                     "label": _tags_to_spans(sentence.words, tags)}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _tags_to_spans(chars, tags) -> dict:

@@ -20,10 +20,10 @@ import torch
 from tqdm import tqdm
 
 from bertspeed.training.atomic import write_json_atomic
+from bertspeed.training.distributed import Runtime
 from bertspeed.training.hardware import autocast, with_precision
-from bertspeed.training.runtime import Runtime
-
-NO_DECAY = ("bias", "LayerNorm.weight")
+from bertspeed.training.metrics import MetricsWriter
+from bertspeed.training.params import param_groups
 
 
 @dataclass
@@ -67,30 +67,8 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _finite_or_none(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def _numbers(results: dict) -> dict:
     return {k: v for k, v in results.items() if isinstance(v, (int, float))}
-
-
-class MetricsLog:
-    """One JSON object per line in OUT/metrics.jsonl, main rank only. Non-finite floats are
-    written as null (json.dumps would write NaN / Infinity, which is not JSON)."""
-
-    def __init__(self, output_dir, enabled: bool):
-        self.file = open(Path(output_dir) / "metrics.jsonl", "w") if enabled else None
-
-    def log(self, step: int, values: dict) -> None:
-        if self.file:
-            values = {k: _finite_or_none(v) for k, v in values.items()}
-            self.file.write(json.dumps({"step": step, **values}, allow_nan=False) + "\n")
-            self.file.flush()
-
-    def close(self):
-        if self.file:
-            self.file.close()
 
 
 def length_grouped_batches(lengths, batch_size: int, seed: int, group_by_length: bool = True):
@@ -121,14 +99,6 @@ def _to_device(batch: dict, device) -> dict:
 def _total_norm(parameters) -> torch.Tensor:
     """Global L2 norm of the gradients (as clip_grad_norm_ computes it, without clipping)."""
     return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
-
-
-def _param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if name.endswith(NO_DECAY) else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def adamw(param_groups, lr: float):
@@ -169,7 +139,8 @@ class Trainer:
         self.model, self.cfg, self.rt = model, cfg, rt
         self.output_dir = Path(output_dir)
         self.engine = None  # DeepSpeed engine, when running under DeepSpeed
-        self.log = MetricsLog(output_dir, rt.is_main)
+        self.log = MetricsWriter(output_dir, rt.is_main)
+        self.log.truncate_after(0)  # a fresh run
         self.step = 0
         self.train_stats: dict = {}
         self.grad_norms: list[float] = []  # of the optimizer steps since the last metrics line
@@ -186,18 +157,18 @@ class Trainer:
         warmup = int(self.cfg.warmup_proportion * total_steps)
         schedule = linear_schedule(total_steps, warmup)
         if not self.rt.use_deepspeed:
-            optimizer = adamw(_param_groups(self.model, self.cfg.weight_decay), self.cfg.learning_rate)
+            optimizer = adamw(param_groups(self.model, self.cfg.weight_decay), self.cfg.learning_rate)
             return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         import deepspeed
         config = _deepspeed_config(self.cfg, self.rt, micro)
         optimizer = None
         if "optimizer" not in config:
-            optimizer = adamw(_param_groups(self.model, self.cfg.weight_decay), self.cfg.learning_rate)
+            optimizer = adamw(param_groups(self.model, self.cfg.weight_decay), self.cfg.learning_rate)
         scheduler = None if "scheduler" in config else (
             lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
         self.engine, optimizer, _, scheduler = deepspeed.initialize(
             model=self.model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
-            model_parameters=None if optimizer else _param_groups(self.model, self.cfg.weight_decay))
+            model_parameters=None if optimizer else param_groups(self.model, self.cfg.weight_decay))
         return optimizer, scheduler
 
     def train(self, features: list[dict], collate, lengths: list[int], evaluate=None,
@@ -302,7 +273,7 @@ class Trainer:
             finite = [n for n in self.grad_norms if math.isfinite(n)]
             values["optim/grad_norm"] = float(np.mean(finite)) if finite else None
             self.grad_norms = []
-        self.log.log(self.step, values)
+        self.log.write(self.step, values)
         if bar is not None:
             self.postfix.update(loss=f"{values['train/loss']:.4f}", lr=f"{lr:.2e}")
             bar.set_postfix(self.postfix)
@@ -312,7 +283,7 @@ class Trainer:
         results = _numbers(evaluate())
         (self.engine or self.model).train()
         self.eval_seconds += time.perf_counter() - started
-        self.log.log(self.step, {f"eval/{k}": v for k, v in results.items()})
+        self.log.write(self.step, {f"eval/{k}": v for k, v in results.items()})
         key = main_metric if main_metric in results else next(iter(results), None)
         if key is not None:
             self.postfix[key] = f"{results[key]:.4f}"
@@ -358,9 +329,9 @@ class Trainer:
     def finish(self, results: dict) -> None:
         """Log the final metrics, write eval_results.json and print the summary."""
         if self.rt.is_main:
-            self.log.log(self.step, {f"eval/{k}": v for k, v in _numbers(results).items()})
+            self.log.write(self.step, {f"eval/{k}": v for k, v in _numbers(results).items()})
             write_json_atomic(self.output_dir / "eval_results.json", results, ensure_ascii=False)
-            self.log.log(self.step, self.train_stats)
+            self.log.write(self.step, self.train_stats)
             summary = {**results, **self.train_stats}
             print("summary:\n" + "\n".join(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}"
                                            for k, v in summary.items()))

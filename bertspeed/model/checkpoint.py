@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bertspeed.model.config import BertConfig
+from bertspeed.training.runs import is_run_dir, read_latest
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 ENCODER_PREFIX = "bert."
@@ -52,9 +53,8 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir() and not _has_weights(path) and (path / "latest").is_file():
-        tag = (path / "latest").read_text().strip()
-        path = path / tag
+    if path.is_dir() and not _has_weights(path) and is_run_dir(path):
+        path = path / read_latest(path)
         if not _has_weights(path):
             raise CheckpointError(f"{path}: checkpoint named by 'latest' has no model.safetensors")
     if path.is_dir() and not _has_weights(path):

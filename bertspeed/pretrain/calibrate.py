@@ -10,8 +10,8 @@ import torch
 from bertspeed.model.config import BertConfig
 from bertspeed.model.model import IGNORE_INDEX, BertForPreTraining
 from bertspeed.pretrain.lamb import Lamb
-from bertspeed.pretrain.optim import param_groups
 from bertspeed.training.hardware import autocast
+from bertspeed.training.params import param_groups
 
 MASK_ID = 103  # [MASK] in the bert-base-uncased vocab; any id works for timing
 

@@ -2,13 +2,13 @@
 
 OUT/global_stepN/ is DeepSpeed's tag folder (engine and optimizer state, all ranks) and also
 holds config.json + model.safetensors (fp32 weights gathered at any ZeRO stage) + vocab.txt.
-OUT/latest names the newest complete checkpoint; it is replaced (temp + rename) only after
-every rank has finished writing, so a crash mid-save leaves the previous checkpoint in force.
+OUT/latest names the newest complete checkpoint (the run-folder format: bertspeed/training/runs.py);
+it is replaced only after every rank has finished writing, so a crash mid-save leaves the previous
+checkpoint in force.
 """
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -19,9 +19,8 @@ import torch.distributed as dist
 
 from bertspeed.model.checkpoint import TIED_KEYS, CheckpointError, save_hf_folder
 from bertspeed.model.config import BertConfig
+from bertspeed.training.runs import list_tags, read_latest, tag_for, write_latest
 
-LATEST = "latest"
-TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 HF_FILES = ("config.json", "model.safetensors", "vocab.txt")
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                        "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps")
@@ -34,27 +33,6 @@ SAVE_POINTS = ("start", "after_deepspeed_save", "after_weights", "before_latest"
 def _fault_point(point: str, step: int) -> None:
     if os.environ.get(FAULT_KILL_IN_SAVE) == f"{point}@{step}":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def tag_for(step: int) -> str:
-    return f"global_step{step}"  # DeepSpeed's tag naming
-
-
-def read_latest(output_dir) -> str | None:
-    path = Path(output_dir) / LATEST
-    if not path.is_file():
-        return None
-    tag = path.read_text().strip()
-    if not (Path(output_dir) / tag).is_dir():
-        raise FileNotFoundError(f"{path} names {tag!r}, which is not a folder in {output_dir}")
-    return tag
-
-
-def write_latest(output_dir, tag: str) -> None:
-    path = Path(output_dir) / LATEST
-    tmp = path.with_name(f".{LATEST}.tmp")
-    tmp.write_text(tag + "\n")
-    os.replace(tmp, path)
 
 
 def _fp32_copy_of(engine, param: torch.nn.Parameter) -> torch.Tensor:
@@ -104,15 +82,6 @@ def write_weights(folder: Path, config: BertConfig, state: dict, vocab_file=None
                 os.replace(written / name, folder / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def list_tags(output_dir) -> list[tuple[int, str]]:
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    tags = [(int(m.group(1)), p.name) for p in output_dir.iterdir()
-            if p.is_dir() and (m := TAG_PATTERN.match(p.name))]
-    return sorted(tags)
 
 
 def prune(output_dir, keep: int) -> list[str]:

@@ -9,7 +9,7 @@ Update for each parameter w with gradient g (step t, bias correction on):
 
 As in apex's FusedLAMB (NVIDIA DeepLearningExamples BERT), the trust ratio is applied only to
 parameters with weight decay unless `use_nvlamb=True`; biases and LayerNorm go in a group with
-weight_decay 0 (see `pretrain.optim.param_groups`). Global gradient clipping is DeepSpeed's
+weight_decay 0 (see `bertspeed.training.params.param_groups`). Global gradient clipping is DeepSpeed's
 (`gradient_clipping` in its config), done before `step`.
 
 Under ZeRO 1/2 (and DeepSpeed's bf16 optimizer) the tensors in the param groups are flat fp32

