@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Finetune a checkpoint on one GLUE task with BERT-paper hyperparameters.
-#   bash finetune/run_glue.sh MODEL GLUE_DIR TASK [OUT] [NUM_GPUS]
+# Usage: bash finetune/run_glue.sh MODEL GLUE_DIR TASK [OUT] [NUM_GPUS]
 # MODEL: a Hugging Face BERT folder or a pretraining run dir; GLUE_DIR: the glue_data folder;
 # TASK: CoLA SST-2 MRPC STS-B QQP MNLI QNLI RTE WNLI. NUM_GPUS > 0 launches that many ranks with
 # DeepSpeed (DS_CONFIG=path/to/config.json to choose ZeRO stage, bf16, ...). Extra flags: EXTRA="...".
 set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then  # the comment block above, as usage
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+  exit 0
+fi
 MODEL=${1:?usage: run_glue.sh MODEL GLUE_DIR TASK [OUT] [NUM_GPUS]}
 GLUE_DIR=${2:?glue_data folder}
 TASK=${3:?task name}

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Finetune a checkpoint on SQuAD v1.1 (or v2.0 with V2=1) with BERT-paper hyperparameters.
-#   bash finetune/run_squad.sh MODEL TRAIN.json DEV.json [OUT] [NUM_GPUS]
+# Usage: bash finetune/run_squad.sh MODEL TRAIN.json DEV.json [OUT] [NUM_GPUS]
 # MODEL: a Hugging Face BERT folder or a pretraining run dir. NUM_GPUS > 0 launches that many ranks
 # with DeepSpeed (DS_CONFIG=path/to/config.json to choose ZeRO stage, bf16, ...). Extra flags: EXTRA="...".
 set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then  # the comment block above, as usage
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+  exit 0
+fi
 MODEL=${1:?usage: run_squad.sh MODEL TRAIN.json DEV.json [OUT] [NUM_GPUS]}
 TRAIN=${2:?SQuAD train file}
 DEV=${3:?SQuAD dev file}

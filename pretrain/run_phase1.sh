@@ -2,7 +2,7 @@
 # BERT pretraining, phase 1 (sequence length 128), NVIDIA's recipe by default:
 # global batch 65,536, LAMB lr 6e-3, 7,038 steps, 28.43 % warmup.
 #
-#   bash pretrain/run_phase1.sh SHARDS_128 OUT_DIR [more run_pretraining.py flags]
+# Usage: bash pretrain/run_phase1.sh SHARDS_128 OUT_DIR [more run_pretraining.py flags]
 #
 # Environment (defaults in brackets):
 #   MODEL [large]          model preset: tiny mini small medium base large (or MODEL_CONFIG=config.json)
@@ -14,8 +14,12 @@
 #   EVAL_DIR               held-out shards, evaluated every EVAL_INTERVAL [1000] steps
 # Re-running the same command resumes from OUT_DIR/latest.
 set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then  # the comment block above, as usage
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+  exit 0
+fi
 if [[ $# -lt 2 ]]; then
-  sed -n '2,18p' "$0" >&2
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0" >&2
   exit 2
 fi
 SHARDS=$1 OUT=$2

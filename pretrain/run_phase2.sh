@@ -2,14 +2,18 @@
 # BERT pretraining, phase 2 (sequence length 512) from the phase-1 weights, with a fresh optimizer
 # and schedule (NVIDIA's semantics): global batch 32,768, LAMB lr 4e-3, 1,563 steps, 12.8 % warmup.
 #
-#   bash pretrain/run_phase2.sh SHARDS_512 PHASE1_OUT OUT_DIR [more run_pretraining.py flags]
+# Usage: bash pretrain/run_phase2.sh SHARDS_512 PHASE1_OUT OUT_DIR [more run_pretraining.py flags]
 #
 # Environment: as run_phase1.sh (MODEL, DS_CONFIG, HOSTFILE, NUM_GPUS, MAX_STEPS [1563], LR [4e-3],
 # WARMUP [0.128], CKPT_INTERVAL [200], KEEP, VOCAB_FILE, EVAL_DIR, EVAL_INTERVAL).
 # The model config comes from the phase-1 checkpoint. Re-running resumes from OUT_DIR/latest.
 set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then  # the comment block above, as usage
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+  exit 0
+fi
 if [[ $# -lt 3 ]]; then
-  sed -n '2,10p' "$0" >&2
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0" >&2
   exit 2
 fi
 SHARDS=$1 PHASE1=$2 OUT=$3

@@ -107,6 +107,20 @@ def test_formats_jsonl_books_text(tmp_path, punkt_model):
                            "Nobody spoke."]
     book_docs = read_docs(tmp_path / "out_books")
     assert len(book_docs) == 2 and book_docs[0][0] == "Chapter one." and book_docs[0][-1] == "The end of book 0."
+    recorded = json.loads((tmp_path / "out" / "extract.json").read_text())["arguments"]
+    assert recorded["input"] == [str(tmp_path / "in.jsonl"), str(tmp_path / "plain.txt")]
+    assert (recorded["num_shards"], recorded["input_format"], recorded["punkt_model"]) == (2, "auto", str(punkt))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--output_dir", "o", "--workers", "0"], "--num_shards, --workers, --docs_per_task and --checkpoint_every must be at least 1"),
+    (["--output_dir", "o", "--input_format", "pdf"], "argument --input_format: invalid choice: 'pdf'"),
+    ([], "missing required setting(s) --output_dir"),
+])
+def test_bad_arguments_exit_2_naming_the_flag(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as info:
+        extract_main(["--input", str(tmp_path), *extra])
+    assert info.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name, content, message", [

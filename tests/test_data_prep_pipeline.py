@@ -235,8 +235,29 @@ def test_bad_arguments(tmp_path, corpus, vocab_file, capsys):
     assert "--vocab_file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run(corpus, vocab_file, tmp_path / "o", "--num_shards", "0")
+    assert "--num_shards must be at least 1" in capsys.readouterr().err
     assert run(corpus, vocab_file, tmp_path / "o", "--phases", "128-20") == 2
     assert "--phases" in capsys.readouterr().err
+
+
+def test_settings_file_and_recorded_arguments(static_out, tmp_path, corpus, vocab_file, capsys):
+    """The manifest records the arguments as JSON; the same arguments from --settings_file find the run
+    complete, and changed ones are refused naming what changed."""
+    phase = static_out / "seq_len_128_max_pred_20"
+    arguments = json.loads((phase / schema.MANIFEST).read_text())["arguments"]
+    assert arguments["input"] == [str(corpus)] and arguments["phases"] == ["128:20", "512:80"]
+    assert (arguments["num_shards"], arguments["random_seed"], arguments["do_lower_case"]) == (3, 7, True)
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({k: arguments[k] for k in ("input", "vocab_file", "output_dir", "phases",
+                                                              "num_shards", "block_bytes", "random_seed")}))
+    assert main(["--settings_file", str(settings)]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert main(["--settings_file", str(settings), "--random_seed", "8"]) == 2
+    assert "is from a run with different random_seed" in capsys.readouterr().err
+    settings.write_text(json.dumps({**arguments, "seed": 1}))
+    with pytest.raises(SystemExit):
+        main(["--settings_file", str(settings)])
+    assert "unknown setting(s) seed" in capsys.readouterr().err
 
 
 def test_nvidia_drop_in_flags(tmp_path, corpus, vocab_file, capsys):
@@ -249,6 +270,7 @@ def test_nvidia_drop_in_flags(tmp_path, corpus, vocab_file, capsys):
     assert main(argv) == 0
     manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
     assert manifest["shards"][0]["file"] == out.name and manifest["shards"][0]["sha256"] == sha256_file(out)
+    assert (manifest["arguments"]["output_file"], manifest["arguments"]["output_dir"]) == (str(out), None)
     with h5py.File(out) as f:
         assert set(f) == set(schema.MASKED_FIELDS) and len(f["input_ids"]) == manifest["num_instances"] > 1000
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name, out.name + ".manifest.json"]

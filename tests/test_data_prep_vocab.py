@@ -70,3 +70,9 @@ def test_empty_input(tmp_path, capsys):
     (tmp_path / "e.txt").write_text("\n\n")
     assert vocab_main(["--input", str(tmp_path / "e.txt"), "--output", str(tmp_path / "v.txt")]) == 2
     assert "no text" in capsys.readouterr().err and not (tmp_path / "v.txt").exists()
+
+
+def test_bad_vocab_size_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        vocab_main(["--input", str(tmp_path), "--output", str(tmp_path / "v.txt"), "--vocab_size", "5"])
+    assert info.value.code == 2 and "--vocab_size must exceed 5" in capsys.readouterr().err

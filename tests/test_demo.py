@@ -13,7 +13,7 @@ from bertspeed.training.metrics import read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 BUDGET_MINUTES = 2.0
-SETUP_MARGIN_S = 60  # interpreter start and imports before the demo's clock starts, process teardown
+SETUP_MARGIN_S = 90  # interpreter start and imports before the clock starts, process teardown, a slow or busy CI host
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertspeed.finetune import run_glue, run_ner, run_squad
+from bertspeed.finetune import predict, run_glue, run_ner, run_squad
 from bertspeed.finetune.metrics import squad_v1_evaluate, squad_v2_evaluate
 from bertspeed.finetune.trainer import length_grouped_batches, linear_schedule, shard_batches
 from bertspeed.model import BertConfig, BertForPreTraining
 from bertspeed.model.checkpoint import save_pretrained
+from bertspeed.model.layers import fused_kernels_enabled, use_fused_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "finetune"
@@ -65,6 +67,84 @@ def test_batches_cover_every_example_and_ranks_get_equal_counts():
     assert batches != length_grouped_batches(lengths, 3, seed=1)
     factor = linear_schedule(total_steps=10, warmup_steps=2)
     assert [round(factor(s), 3) for s in (0, 1, 2, 6, 10)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+
+
+# ---------------------------------------------------------------- settings
+
+REQUIRED = {"glue": ["--task_name", "RTE", "--data_dir", "d"], "squad": ["--predict_file", "p"],
+            "ner": ["--eval_file", "e"]}
+MODEL_AND_OUTPUT = ["--model_dir", "m", "--output_dir", "o"]
+
+
+def test_each_driver_has_its_defaults_and_accepts_the_launcher_flags():
+    glue = run_glue.parse_args([*REQUIRED["glue"], *MODEL_AND_OUTPUT])
+    squad = run_squad.parse_args([*REQUIRED["squad"], *MODEL_AND_OUTPUT])
+    ner = run_ner.parse_args([*REQUIRED["ner"], *MODEL_AND_OUTPUT])
+    batch_settings = ("learning_rate", "num_train_epochs", "train_batch_size", "max_seq_length")
+    assert [getattr(glue, k) for k in batch_settings] == [2e-5, 3, 32, 128]
+    assert [getattr(squad, k) for k in batch_settings] == [3e-5, 2, 32, 384]
+    assert [getattr(ner, k) for k in batch_settings] == [5e-5, 3, 32, 128]
+    assert (squad.doc_stride, squad.max_query_length, squad.n_best_size, squad.max_answer_length) == (128, 64, 20, 30)
+    assert (glue.precision, glue.do_lower_case, glue.dist_timeout, glue.local_rank, glue.fused_kernels) == (
+        "auto", None, 600.0, -1, False)
+    launched = run_glue.parse_args([*REQUIRED["glue"], *MODEL_AND_OUTPUT, "--deepspeed", "--local_rank=1", "--bf16",
+                                    "--no-do_lower_case", "--fused_kernels"])
+    assert (launched.deepspeed, launched.local_rank, launched.precision, launched.do_lower_case,
+            launched.fused_kernels) == (True, 1, "bf16", False, True)
+    other = run_ner.parse_args([*REQUIRED["ner"], *MODEL_AND_OUTPUT, "--local-rank", "0", "--fp16", "--do_lower_case"])
+    assert (other.local_rank, other.precision, other.do_lower_case) == (0, "fp16", True)
+    served = predict.parse_args(["--model_dir", "m", "--sentence", "s", "--precision", "fp32"])
+    assert (served.max_seq_length, served.n_best_size, served.precision, served.sentence) == (384, 20, "fp32", "s")
+
+
+@pytest.mark.parametrize("driver, argv, message", [
+    (run_glue, [*REQUIRED["glue"], *MODEL_AND_OUTPUT, "--dist_timeout", "0"], "--dist_timeout must be positive"),
+    (run_glue, [*REQUIRED["glue"], *MODEL_AND_OUTPUT, "--eval_steps", "-1"], "--eval_steps must be >= 0"),
+    (run_squad, [*REQUIRED["squad"], *MODEL_AND_OUTPUT, "--doc_stride", "0"], "--doc_stride must be positive"),
+    (run_ner, [*REQUIRED["ner"], *MODEL_AND_OUTPUT, "--max_seq_length", "5000"], "--max_seq_length 5000 is out"),
+    (run_ner, ["--eval_file", "e", "--model_dir", "m"], "missing required setting(s) --output_dir"),
+    (predict, ["--model_dir", "m", "--max_answer_length", "0"], "--max_answer_length must be positive"),
+])
+def test_bad_settings_raise_from_main_and_exit_2_from_entry(driver, argv, message, capsys):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        driver.main(argv)
+    assert driver.entry(argv) == 2 and f"error: {message}" in capsys.readouterr().err.replace("command line: ", "")
+
+
+def _mrpc_settings_file(path: Path, glue_dir, tiny_model) -> Path:
+    path.write_text(json.dumps({"task_name": "MRPC", "data_dir": str(glue_dir / "MRPC"),
+                                "model_dir": str(tiny_model / "hf"), "num_train_epochs": 0, "max_eval_samples": 16,
+                                "max_seq_length": 32, "no_test_predictions": True}))
+    return path
+
+
+def test_a_driver_reads_its_settings_file(tmp_path, glue_dir, tiny_model):
+    """Values come from --settings_file; flags on the command line override them."""
+    settings_file = _mrpc_settings_file(tmp_path / "mrpc.json", glue_dir, tiny_model)
+    out = tmp_path / "out"
+    run_glue.main(["--settings_file", str(settings_file), "--output_dir", str(out), "--max_eval_samples", "8"])
+    assert json.loads((out / "eval_results.json").read_text())["eval_examples"] == 8
+    recorded = json.loads((out / "run_config.json").read_text())["args"]
+    assert (recorded["task_name"], recorded["max_seq_length"], recorded["max_eval_samples"]) == ("MRPC", 32, 8)
+    assert not (out / "submission").exists()
+
+
+def test_fused_kernels_flag_switches_the_model_ops(tmp_path, glue_dir, tiny_model):
+    """--fused_kernels routes LayerNorm and attention through bertspeed's ops (their CPU reference
+    path here): same scores as PyTorch's ops."""
+    settings_file = _mrpc_settings_file(tmp_path / "mrpc.json", glue_dir, tiny_model)
+    before = fused_kernels_enabled()
+    try:
+        use_fused_kernels(False)
+        run_glue.main(["--settings_file", str(settings_file), "--output_dir", str(tmp_path / "torch_ops")])
+        assert not fused_kernels_enabled()
+        run_glue.main(["--settings_file", str(settings_file), "--output_dir", str(tmp_path / "fused"),
+                       "--fused_kernels"])
+        assert fused_kernels_enabled()
+    finally:
+        use_fused_kernels(before)
+    scores = [json.loads((tmp_path / name / "eval_results.json").read_text()) for name in ("torch_ops", "fused")]
+    assert scores[0] == pytest.approx(scores[1])
 
 
 # ---------------------------------------------------------------- GLUE

@@ -12,7 +12,8 @@ import torch
 from test_finetune_drivers import FIXTURES, run_glue_two_ranks_zero3, run_script, tiny_model  # noqa: F401
 
 from bertspeed.finetune import run_glue, run_ner, run_squad
-from bertspeed.finetune.trainer import TrainConfig, Trainer, collate_padded
+from bertspeed.finetune.settings import FinetuneSettings
+from bertspeed.finetune.trainer import Trainer, collate_padded
 from bertspeed.model import BertConfig
 from bertspeed.model.heads import BertForSequenceClassification
 from bertspeed.training.distributed import Runtime
@@ -52,9 +53,9 @@ def count_calls(monkeypatch, owner, name: str) -> list:
 def _one_step_trainer(tmp_path, max_grad_norm: float):
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig.preset("tiny", vocab_size=120, num_labels=3))
-    cfg = TrainConfig(num_train_epochs=1, learning_rate=1e-3, train_batch_size=4, max_grad_norm=max_grad_norm,
-                      warmup_proportion=0.0)
-    trainer = Trainer(model, cfg, Runtime(0, 1, 0, torch.device("cpu"), False), tmp_path)
+    settings = FinetuneSettings(model_dir="unused", output_dir=str(tmp_path), num_train_epochs=1, learning_rate=1e-3,
+                                train_batch_size=4, max_grad_norm=max_grad_norm, warmup_proportion=0.0)
+    trainer = Trainer(model, settings, Runtime(0, 1, 0, torch.device("cpu"), False), "fp32")
     optimizer, scheduler = trainer._setup_optimizer(total_steps=10, micro=4)
     features = [{"input_ids": [2, 5 + i, 9, 3 + 2 * i, 3][: 3 + i % 3], "token_type_ids": [0] * (3 + i % 3),
                  "labels": i % 3} for i in range(4)]
@@ -103,7 +104,7 @@ def test_metrics_log_writes_null_for_non_finite(tmp_path):
 
 def test_eval_steps_must_not_be_negative():
     with pytest.raises(ValueError, match="--eval_steps"):
-        TrainConfig(num_train_epochs=1, learning_rate=1e-3, train_batch_size=4, eval_steps=-1)
+        FinetuneSettings(model_dir="m", output_dir="o", eval_steps=-1)
 
 
 # ---------------------------------------------------------------- drivers

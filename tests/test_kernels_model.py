@@ -1,6 +1,9 @@
 """The model behind the fused-kernel switch: same outputs, same gradients, same state-dict keys."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -12,7 +15,7 @@ from bertspeed.model.model import BertForPreTraining
 @pytest.fixture(autouse=True)
 def restore_switch():
     yield
-    layers.use_fused_kernels(None)
+    layers.use_fused_kernels(False)
 
 
 def tiny_config(dropout=0.0):
@@ -82,11 +85,22 @@ def test_fused_dropout_replays_under_activation_checkpointing():
         torch.testing.assert_close(grads_checkpointed[name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_automatic_default_is_off_on_cpu():
-    layers.use_fused_kernels(None)
-    assert layers.fused_kernels_enabled(torch.zeros(1)) is False
+def test_fused_kernels_are_opt_in(monkeypatch):
+    """Off in a fresh process whatever the device or extension: SDPA and PyTorch's LayerNorm."""
+    fresh = subprocess.run([sys.executable, "-c", "from bertspeed.model import layers; "
+                            "print(layers.fused_kernels_enabled())"], capture_output=True, text=True, timeout=120)
+    assert fresh.stdout.strip() == "False", fresh.stderr
+    sdpa_calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *args, **kwargs: sdpa_calls.append(1) or sdpa(*args, **kwargs))
+    with torch.no_grad():
+        BertForPreTraining(tiny_config()).eval()(**batch())
+    assert len(sdpa_calls) == 2  # one per layer
     layers.use_fused_kernels(True)
-    assert layers.fused_kernels_enabled(torch.zeros(1)) is True
+    assert layers.fused_kernels_enabled() is True
+    layers.use_fused_kernels(False)
+    assert layers.fused_kernels_enabled() is False
 
 
 def test_switch_routes_through_the_fused_ops(monkeypatch):

@@ -68,3 +68,12 @@ def test_help_comes_from_the_fields():
                    "--batch BATCH, --train_batch_size BATCH", "--group_by_length, --no-group_by_length",
                    "{auto,fp32,bf16}", "--settings_file FILE.json"):
         assert phrase in " ".join(text.split()), phrase
+
+
+@dataclass(kw_only=True)
+class TriState:
+    lower: bool | None = setting(None, help="lower-case (default: the model folder decides)")
+
+
+def test_a_bool_defaulting_to_none_has_both_switches_and_stays_unset():
+    assert [parse(TriState, argv).lower for argv in ([], ["--lower"], ["--no-lower"])] == [None, True, False]

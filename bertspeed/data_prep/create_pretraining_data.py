@@ -12,7 +12,6 @@ A rerun skips finished parts and shards. Output identical for any --workers.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ import tempfile
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -47,58 +47,64 @@ from bertspeed.data_prep.shards import (
 from bertspeed.data_prep.storage import StorageError, check_bucket, is_s3, list_files, open_binary
 from bertspeed.model.tokenizer import BertTokenizer
 from bertspeed.training.atomic import open_atomic
+from bertspeed.training.settings import as_dict, parse, setting
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.bz2")  # taken from folders and s3 prefixes
 MIN_BLOCK_DOCS = 32  # so that "another document" for NSP has a real choice
 MAX_BLOCK_FACTOR = 16  # a block never exceeds 16 x --block_bytes (huge single documents)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bertspeed.data_prep.create_pretraining_data",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--input", "--input_file", nargs="+", required=True,
-                   help="text files, directories or s3:// prefixes (.gz/.bz2 ok); one sentence per line, "
-                        "blank line between documents")
-    p.add_argument("--vocab_file", required=True, help="WordPiece vocab.txt")
-    p.add_argument("--output_dir", help="local directory or s3://bucket/prefix")
-    p.add_argument("--output_file", help="NVIDIA drop-in: one shard at this .hdf5 path (manifest: PATH.manifest.json)")
-    p.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True,
-                   help="lower-case and strip accents (uncased vocab)")
-    p.add_argument("--max_seq_length", type=int, default=128, help="tokens per instance incl. [CLS]/[SEP]")
-    p.add_argument("--max_predictions_per_seq", type=int, default=20, help="masked positions per instance, at most")
-    p.add_argument("--phases", nargs="+", metavar="LEN:PRED",
-                   help="several sets from one tokenization, e.g. 128:20 512:80; each goes to "
-                        "OUTPUT_DIR/seq_len_LEN_max_pred_PRED (overrides --max_seq_length/--max_predictions_per_seq)")
-    p.add_argument("--masking", choices=("static", "dynamic"), default="static",
-                   help="static: NVIDIA masked shards; dynamic: unmasked shards + word_starts, masked by the loader")
-    p.add_argument("--do_whole_word_mask", action="store_true", help="static masking of whole words")
-    p.add_argument("--masked_lm_prob", type=float, default=schema.MASKED_LM_PROB, help="share of tokens masked")
-    p.add_argument("--short_seq_prob", type=float, default=0.1, help="share of documents with a shorter target")
-    p.add_argument("--dupe_factor", type=int, default=1, help="passes over the data with different masks/pairs")
-    p.add_argument("--random_seed", type=int, default=12345, help="same seed, same bytes (any --workers)")
-    p.add_argument("--num_shards", type=int, default=1, help="HDF5 files per phase (sizes differ by at most one)")
-    p.add_argument("--workers", type=int, default=1, help="processes (results do not depend on it)")
-    p.add_argument("--block_bytes", type=int, default=1 << 20, help="text per work unit")
-    p.add_argument("--work_dir", help="intermediate parts (default OUTPUT_DIR/.work, or a temp dir for s3)")
-    p.add_argument("--keep_work", action="store_true", help="keep intermediate parts after success")
-    p.add_argument("--bert_model", help="ignored (NVIDIA compatibility): the vocab comes from --vocab_file")
-    args = p.parse_args(argv)
-    if (args.output_dir is None) == (args.output_file is None):
-        p.error("give exactly one of --output_dir or --output_file")
-    if args.output_file:
-        if args.phases or args.num_shards != 1:
-            p.error("--output_file writes a single shard: no --phases, --num_shards 1")
-        args.output_dir = args.output_file.rsplit("/", 1)[0] if "/" in args.output_file else "."
-    for name in ("dupe_factor", "num_shards", "workers", "block_bytes"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
-    if not 0 <= args.short_seq_prob <= 1 or not 0 < args.masked_lm_prob < 1:
-        p.error("--short_seq_prob must be in [0, 1] and --masked_lm_prob in (0, 1)")
-    return args
+@dataclass(kw_only=True)
+class CreateDataSettings:
+    input: list[str] = setting(aliases=("--input_file",),
+                               help="text files, directories or s3:// prefixes (.gz/.bz2 ok); one sentence per line, "
+                                    "blank line between documents")
+    vocab_file: str = setting(help="WordPiece vocab.txt")
+    output_dir: str | None = setting(None, help="local directory or s3://bucket/prefix")
+    output_file: str | None = setting(None, help="NVIDIA drop-in: one shard at this .hdf5 path "
+                                                 "(manifest: PATH.manifest.json)")
+    do_lower_case: bool = setting(True, help="lower-case and strip accents (uncased vocab)")
+    max_seq_length: int = setting(128, help="tokens per instance incl. [CLS]/[SEP]")
+    max_predictions_per_seq: int = setting(20, help="masked positions per instance, at most")
+    phases: list[str] | None = setting(None, metavar="LEN:PRED",
+                                       help="several sets from one tokenization, e.g. 128:20 512:80; each goes to "
+                                            "OUTPUT_DIR/seq_len_LEN_max_pred_PRED (overrides --max_seq_length/"
+                                            "--max_predictions_per_seq)")
+    masking: str = setting("static", choices=("static", "dynamic"),
+                           help="static: NVIDIA masked shards; dynamic: unmasked shards + word_starts, masked by the "
+                                "loader")
+    do_whole_word_mask: bool = setting(False, help="static masking of whole words")
+    masked_lm_prob: float = setting(schema.MASKED_LM_PROB, help="share of tokens masked")
+    short_seq_prob: float = setting(0.1, help="share of documents with a shorter target")
+    dupe_factor: int = setting(1, help="passes over the data with different masks/pairs")
+    random_seed: int = setting(12345, help="same seed, same bytes (any --workers)")
+    num_shards: int = setting(1, help="HDF5 files per phase (sizes differ by at most one)")
+    workers: int = setting(1, help="processes (results do not depend on it)")
+    block_bytes: int = setting(1 << 20, help="text per work unit")
+    work_dir: str | None = setting(None, help="intermediate parts (default OUTPUT_DIR/.work, or a temp dir for s3)")
+    keep_work: bool = setting(False, help="keep intermediate parts after success")
+    bert_model: str | None = setting(None, help="ignored (NVIDIA compatibility): the vocab comes from --vocab_file")
+
+    def __post_init__(self):
+        if (self.output_dir is None) == (self.output_file is None):
+            raise ValueError("give exactly one of --output_dir or --output_file")
+        if self.output_file and (self.phases or self.num_shards != 1):
+            raise ValueError("--output_file writes a single shard: no --phases, --num_shards 1")
+        for name in ("dupe_factor", "num_shards", "workers", "block_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1")
+        if not 0 <= self.short_seq_prob <= 1 or not 0 < self.masked_lm_prob < 1:
+            raise ValueError("--short_seq_prob must be in [0, 1] and --masked_lm_prob in (0, 1)")
+
+    @property
+    def destination(self) -> str:
+        """Where the shards go: --output_dir, or the folder of --output_file."""
+        if self.output_file is None:
+            return self.output_dir
+        return self.output_file.rsplit("/", 1)[0] if "/" in self.output_file else "."
 
 
-def phase_specs(args) -> list[tuple[InstanceSpec, str]]:
+def phase_specs(args: CreateDataSettings) -> list[tuple[InstanceSpec, str]]:
     """(spec, output directory) per phase."""
     pairs = []
     for item in args.phases or [f"{args.max_seq_length}:{args.max_predictions_per_seq}"]:
@@ -108,12 +114,12 @@ def phase_specs(args) -> list[tuple[InstanceSpec, str]]:
             raise ValueError(f"--phases entries look like 128:20, got {item!r}") from None
         spec = InstanceSpec(length, pred, args.short_seq_prob, args.masked_lm_prob, args.do_whole_word_mask,
                             args.masking == "static")
-        out = args.output_dir.rstrip("/")
+        out = args.destination.rstrip("/")
         pairs.append((spec, f"{out}/{schema.phase_dir_name(length, pred)}" if args.phases else out))
     return pairs
 
 
-def output_names(args) -> tuple[list[str], str]:
+def output_names(args: CreateDataSettings) -> tuple[list[str], str]:
     """Shard file names and the manifest name of each phase directory."""
     if args.output_file:
         name = args.output_file.rsplit("/", 1)[-1]
@@ -121,7 +127,7 @@ def output_names(args) -> tuple[list[str], str]:
     return [shard_name(s) for s in range(args.num_shards)], schema.MANIFEST
 
 
-def result_config(args, files: list[str], vocab_sha: str) -> dict:
+def result_config(args: CreateDataSettings, files: list[str], vocab_sha: str) -> dict:
     """Everything that determines the output bytes (not --workers or paths of work); local inputs
     also by size and modification time, so edited inputs are never mixed with old parts."""
     keys = ("do_lower_case", "max_seq_length", "max_predictions_per_seq", "phases", "masking",
@@ -197,7 +203,7 @@ def _part_count(path: Path) -> int | None:
         return None
 
 
-def make_all_parts(files, args, part_dirs, pool) -> tuple[list[list[int]], int, int]:
+def make_all_parts(files, args: CreateDataSettings, part_dirs, pool) -> tuple[list[list[int]], int, int]:
     """Counts[phase][block], number of documents, bytes of text."""
     counts: dict[int, list[int]] = {}
     pending: deque = deque()
@@ -253,13 +259,13 @@ def shard_slices(counts: list[int], lo: int, hi: int) -> list[tuple[int, int, in
     return out
 
 
-def write_phase(spec, out_uri, part_dir: Path, counts, args, pool, names: list[str]) -> list[dict]:
+def write_phase(spec, out_uri, part_dir: Path, counts, num_shards: int, pool, names: list[str]) -> list[dict]:
     total = sum(counts)
-    if total < args.num_shards:
+    if total < num_shards:
         raise ValueError(f"only {total} instances at seq length {spec.max_seq_length}: fewer than "
-                         f"--num_shards {args.num_shards}")
+                         f"--num_shards {num_shards}")
     out = OutputDir(out_uri)
-    ranges = shard_ranges(total, args.num_shards)
+    ranges = shard_ranges(total, num_shards)
     jobs = []
     for (lo, hi), name in zip(ranges, names):
         marker = part_dir / f"{name}.done.json"
@@ -277,10 +283,10 @@ def write_phase(spec, out_uri, part_dir: Path, counts, args, pool, names: list[s
 
 # ---------------------------------------------------------------- driver
 
-def default_work_dir(args, config) -> Path:
-    if not is_s3(args.output_dir):
-        return Path(args.output_dir) / (f".{output_names(args)[1]}.work" if args.output_file else ".work")
-    key = hashlib.sha256(json.dumps([args.output_dir, config], sort_keys=True).encode()).hexdigest()[:16]
+def default_work_dir(args: CreateDataSettings, config) -> Path:
+    if not is_s3(args.destination):
+        return Path(args.destination) / (f".{output_names(args)[1]}.work" if args.output_file else ".work")
+    key = hashlib.sha256(json.dumps([args.destination, config], sort_keys=True).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"bertspeed-data-prep-{key}"
 
 
@@ -295,15 +301,15 @@ def prepare_work_dir(work: Path, config: dict) -> None:
         write_json_atomic(stored, config)
 
 
-def run(args) -> list[dict]:
+def run(args: CreateDataSettings) -> list[dict]:
     phases = phase_specs(args)
     files = list_files(args.input, TEXT_SUFFIXES)
     if not os.path.isfile(args.vocab_file):
         raise ValueError(f"--vocab_file {args.vocab_file}: not found")
     tokenizer = BertTokenizer.from_vocab_file(args.vocab_file, args.do_lower_case)
     vocab_sha = sha256_file(args.vocab_file)
-    if is_s3(args.output_dir):
-        check_bucket(args.output_dir)
+    if is_s3(args.destination):
+        check_bucket(args.destination)
     config = result_config(args, files, vocab_sha)
     names, manifest_name = output_names(args)
     finished = [finished_manifest(out_uri, config, manifest_name) for _, out_uri in phases]
@@ -327,7 +333,7 @@ def run(args) -> list[dict]:
         counts, num_docs, num_bytes = make_all_parts(files, args, part_dirs, pool)
         manifests = []
         for (spec, out_uri), part_dir, phase_counts in zip(phases, part_dirs, counts):
-            shards = write_phase(spec, out_uri, part_dir, phase_counts, args, pool, names)
+            shards = write_phase(spec, out_uri, part_dir, phase_counts, args.num_shards, pool, names)
             manifests.append(write_manifest(out_uri, manifest_name, spec, shards, tokenizer, config, args,
                                             num_docs, num_bytes, time.time() - started))
     finally:
@@ -371,7 +377,8 @@ def finished_manifest(out_uri: str, config: dict, manifest_name: str) -> dict | 
     return manifest
 
 
-def write_manifest(out_uri, manifest_name, spec, shards, tokenizer, config, args, num_docs, num_bytes, seconds) -> dict:
+def write_manifest(out_uri, manifest_name, spec, shards, tokenizer, config, args: CreateDataSettings, num_docs,
+                   num_bytes, seconds) -> dict:
     manifest = {
         "schema_version": schema.SCHEMA_VERSION,
         "masking": "static" if spec.static_masking else "dynamic",
@@ -388,7 +395,7 @@ def write_manifest(out_uri, manifest_name, spec, shards, tokenizer, config, args
         "vocab_size": tokenizer.vocab_size,
         "do_lower_case": args.do_lower_case,
         "special_ids": {n: getattr(tokenizer, f"{n}_id") for n in ("pad", "unk", "cls", "sep", "mask")},
-        "arguments": {k: v for k, v in vars(args).items()},
+        "arguments": as_dict(args),
         "config": config,
         "seconds": round(seconds, 2),
         "shards": shards,
@@ -405,7 +412,8 @@ def write_manifest(out_uri, manifest_name, spec, shards, tokenizer, config, args
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse(CreateDataSettings, argv, prog="python -m bertspeed.data_prep.create_pretraining_data",
+                 description=__doc__.split("\n\n")[0])
     try:
         manifests = run(args)
     except (StorageError, ValueError) as err:

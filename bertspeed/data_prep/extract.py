@@ -10,7 +10,6 @@ name and renamed when complete; a rerun with finished shards does nothing.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ import sys
 import tempfile
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -27,27 +27,32 @@ from bertspeed.data_prep import sentences
 from bertspeed.data_prep.readers import FORMATS, clean_document, input_files, iter_raw_documents
 from bertspeed.data_prep.shards import OutputDir, write_json_atomic
 from bertspeed.data_prep.storage import StorageError, check_bucket, is_s3
+from bertspeed.training.settings import as_dict, parse, setting
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bertspeed.data_prep.extract", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="files, folders or s3:// prefixes")
-    p.add_argument("--input_format", choices=("auto",) + FORMATS, default="auto",
-                   help="auto: wiki for *.xml[.bz2], jsonl for *.jsonl[.gz], books for folders, text otherwise")
-    p.add_argument("--text_field", default="text", help="JSONL field holding the document text")
-    p.add_argument("--output_dir", required=True, help="local directory or s3://bucket/prefix")
-    p.add_argument("--num_shards", type=int, default=1, help="text files to write (documents round-robin)")
-    p.add_argument("--workers", type=int, default=1, help="processes (results do not depend on it)")
-    p.add_argument("--punkt_model", help="Punkt parameters JSON: used if present, else trained on the "
-                                         "corpus and written here (default OUTPUT_DIR/punkt_english.json)")
-    p.add_argument("--no_split", action="store_true", help="keep paragraphs, do not split sentences")
-    p.add_argument("--docs_per_task", type=int, default=64, help="documents per worker task")
-    p.add_argument("--checkpoint_every", type=int, default=64, help="tasks between resume checkpoints")
-    args = p.parse_args(argv)
-    if min(args.num_shards, args.workers, args.docs_per_task, args.checkpoint_every) < 1:
-        p.error("--num_shards, --workers, --docs_per_task and --checkpoint_every must be at least 1")
-    return args
+@dataclass(kw_only=True)
+class ExtractSettings:
+    input: list[str] = setting(help="files, folders or s3:// prefixes")
+    input_format: str = setting("auto", choices=("auto",) + FORMATS,
+                                help="auto: wiki for *.xml[.bz2], jsonl for *.jsonl[.gz], books for folders, "
+                                     "text otherwise")
+    text_field: str = setting("text", help="JSONL field holding the document text")
+    output_dir: str = setting(help="local directory or s3://bucket/prefix")
+    num_shards: int = setting(1, help="text files to write (documents round-robin)")
+    workers: int = setting(1, help="processes (results do not depend on it)")
+    punkt_model: str | None = setting(None, help="Punkt parameters JSON: used if present, else trained on the "
+                                                 "corpus and written here (default OUTPUT_DIR/punkt_english.json)")
+    no_split: bool = setting(False, help="keep paragraphs, do not split sentences")
+    docs_per_task: int = setting(64, help="documents per worker task")
+    checkpoint_every: int = setting(64, help="tasks between resume checkpoints")
+
+    def __post_init__(self):
+        if min(self.num_shards, self.workers, self.docs_per_task, self.checkpoint_every) < 1:
+            raise ValueError("--num_shards, --workers, --docs_per_task and --checkpoint_every must be at least 1")
+
+    def output_config(self) -> dict:
+        """The settings that determine the output (a resume must find the same), as JSON values."""
+        return {k: v for k, v in as_dict(self).items() if k not in ("workers", "checkpoint_every")}
 
 
 def detect_format(uri: str, fmt: str) -> str:
@@ -63,7 +68,7 @@ def detect_format(uri: str, fmt: str) -> str:
     return "text"
 
 
-def iter_corpus(args):
+def iter_corpus(args: ExtractSettings):
     """(format, raw document) of all inputs, in a fixed order."""
     for item in args.input:
         fmt = detect_format(str(item), args.input_format)
@@ -72,7 +77,7 @@ def iter_corpus(args):
                 yield fmt, raw
 
 
-def _plain_texts(args):
+def _plain_texts(args: ExtractSettings):
     return (text for fmt, raw in iter_corpus(args) for text in [clean_document(fmt, raw)] if text)
 
 
@@ -95,7 +100,7 @@ def _process(batch: list[tuple[str, str]]) -> list[str]:
     return out
 
 
-def _tasks(args, skip: int):
+def _tasks(args: ExtractSettings, skip: int):
     batch = []
     for number, item in enumerate(iter_corpus(args)):
         if number < skip:
@@ -153,7 +158,7 @@ class ShardWriter:
             f.close()
 
 
-def run(args) -> dict:
+def run(args: ExtractSettings) -> dict:
     out = OutputDir(args.output_dir)
     names = [f"text_{i:05d}.txt" for i in range(args.num_shards)]
     local_dir = Path(args.output_dir)
@@ -168,8 +173,7 @@ def run(args) -> dict:
     model_path = args.punkt_model or str(local_dir / "punkt_english.json")
     if not args.no_split:  # train (or load) once here, so workers only load it
         sentences.sentence_splitter(model_path, lambda: _plain_texts(args))
-    config = {k: v for k, v in vars(args).items() if k not in ("workers", "checkpoint_every")}
-    writer = ShardWriter(local_dir, names, config)
+    writer = ShardWriter(local_dir, names, args.output_config())
     pool = (ProcessPoolExecutor(args.workers, get_context("spawn"), _init, (model_path, args.no_split))
             if args.workers > 1 else None)
     if pool is None:
@@ -196,7 +200,7 @@ def run(args) -> dict:
         raise ValueError(f"no documents found in --input {' '.join(map(str, args.input))}")
     for tmp, name in zip(writer.paths, names):
         out.publish(tmp, name)
-    summary = {"documents": writer.documents, "shards": dict(zip(names, writer.counts)), "arguments": vars(args)}
+    summary = {"documents": writer.documents, "shards": dict(zip(names, writer.counts)), "arguments": as_dict(args)}
     marker = local_dir / ".extract.json.tmp"
     write_json_atomic(marker, summary)
     out.publish(marker, "extract.json")
@@ -205,7 +209,8 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse(ExtractSettings, argv, prog="python -m bertspeed.data_prep.extract",
+                 description=__doc__.split("\n\n")[0])
     try:
         summary = run(args)
     except (StorageError, ValueError) as err:

@@ -35,7 +35,10 @@ def s3_client():
     """One boto3 client per (endpoint, credential source) seen in the environment."""
     key = tuple(os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE"))
     if key not in _clients:
-        import boto3
+        try:
+            import boto3
+        except ImportError:
+            raise StorageError("s3:// paths need boto3: pip install 'bertspeed[s3]'") from None
         _clients[key] = boto3.session.Session().client("s3", endpoint_url=key[0] or None)
     return _clients[key]
 

@@ -5,9 +5,9 @@ pre-tokenisation: lowercase or cased, CJK characters split one by one).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
@@ -18,6 +18,7 @@ from bertspeed.data_prep.readers import iter_segmented_documents
 from bertspeed.data_prep.storage import StorageError, list_files
 from bertspeed.model.tokenizer import SPECIAL_TOKENS
 from bertspeed.training.atomic import write_lines_atomic
+from bertspeed.training.settings import parse, setting
 
 
 def train_vocab(lines, vocab_size: int, lowercase: bool = True, min_frequency: int = 2,
@@ -52,20 +53,23 @@ def write_vocab(tokens: list[str], path: str | os.PathLike) -> None:
     write_lines_atomic(path, tokens)
 
 
+@dataclass(kw_only=True)
+class VocabSettings:
+    input: list[str] = setting(help="text files/folders/s3 prefixes, one sentence per line")
+    output: str = setting(help="vocab.txt to write")
+    vocab_size: int = setting(30522, help="tokens in the vocab, the special tokens included")
+    do_lower_case: bool = setting(True, help="lower-case the text before learning pieces (uncased vocab)")
+    min_frequency: int = setting(2, help="a pair of pieces seen fewer times is not merged into a new piece")
+    limit_alphabet: int = setting(1000, help="at most this many distinct characters in the initial alphabet")
+    max_bytes: int = setting(0, help="train on the first N bytes of text only (0: all); a few GB give a stable vocab")
+
+    def __post_init__(self):
+        if self.vocab_size <= len(SPECIAL_TOKENS):
+            raise ValueError(f"--vocab_size must exceed {len(SPECIAL_TOKENS)}")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bertspeed.data_prep.vocab", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="text files/folders/s3 prefixes, one sentence per line")
-    p.add_argument("--output", required=True, help="vocab.txt to write")
-    p.add_argument("--vocab_size", type=int, default=30522)
-    p.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--min_frequency", type=int, default=2)
-    p.add_argument("--limit_alphabet", type=int, default=1000)
-    p.add_argument("--max_bytes", type=int, default=0,
-                   help="train on the first N bytes of text only (0: all); a few GB give a stable vocab")
-    args = p.parse_args(argv)
-    if args.vocab_size <= len(SPECIAL_TOKENS):
-        p.error(f"--vocab_size must exceed {len(SPECIAL_TOKENS)}")
+    args = parse(VocabSettings, argv, prog="python -m bertspeed.data_prep.vocab", description=__doc__.split("\n\n")[0])
     try:
         files = list_files(args.input, TEXT_SUFFIXES)
         lines = (line for uri in tqdm(files, desc="vocab", unit="file")

@@ -1,1 +1,2 @@
-"""Finetuning drivers (SQuAD, GLUE, NER) over the `bert` core; metric definitions in finetune.metrics."""
+"""Finetuning drivers (SQuAD, GLUE, NER) and predict.py over `bertspeed.model`; their flags in
+finetune.settings, the shared training loop in finetune.trainer, metric definitions in finetune.metrics."""

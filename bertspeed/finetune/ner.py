@@ -22,6 +22,9 @@ class Sentence:
     guid: str = ""
 
 
+FORMATS = ("conll", "cluener")  # CoNLL-2003 columns, CLUENER JSON lines
+
+
 def detect_format(path: Path) -> str:
     return "cluener" if Path(path).suffix in (".json", ".jsonl") else "conll"
 

@@ -11,42 +11,41 @@ One JSON object per input is printed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from bertspeed.finetune import ner, squad
-from bertspeed.finetune.cli import add_precision_args, load_tokenizer, main_guard, resolve_precision
+from bertspeed.finetune.cli import load_tokenizer, main_guard, resolve_precision, use_requested_kernels
+from bertspeed.finetune.settings import SpanSettings, default_of, parse_settings
 from bertspeed.finetune.trainer import collate_padded
-from bertspeed.model.checkpoint import from_pretrained, resolve_model_dir
+from bertspeed.model.architectures import TASK_ARCHITECTURES, architecture_name, build_model
+from bertspeed.model.checkpoint import CheckpointError, read_state_dict, resolve_model_dir
 from bertspeed.model.config import BertConfig
 from bertspeed.model.crf import BertCRFForTokenClassification
-from bertspeed.model.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+from bertspeed.model.heads import BertForQuestionAnswering, BertForSequenceClassification
 from bertspeed.training.hardware import autocast
+from bertspeed.training.settings import setting
 
-MODELS = {cls.__name__: cls for cls in (BertForQuestionAnswering, BertForSequenceClassification,
-                                        BertForTokenClassification, BertCRFForTokenClassification)}
+MODELS = TASK_ARCHITECTURES  # architecture name -> finetuned task model (bertspeed/model/architectures.py)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_dir", required=True, help="a finetuned model folder (OUT/model, or OUT)")
-    parser.add_argument("--question", help="QA: the question")
-    parser.add_argument("--context", help="QA: the passage to answer from")
-    parser.add_argument("--sentence", help="classification / NER: the input sentence")
-    parser.add_argument("--sentence_b", help="classification: the second sentence of a pair task")
-    parser.add_argument("--input_file", help="many inputs, one per line (tab-separated fields)")
-    parser.add_argument("--max_seq_length", type=int, default=384)
-    parser.add_argument("--doc_stride", type=int, default=128)
-    parser.add_argument("--max_answer_length", type=int, default=30)
-    parser.add_argument("--n_best_size", type=int, default=20, help="span candidates searched")
-    parser.add_argument("--vocab_file")
-    parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None)
-    add_precision_args(parser)
-    return parser.parse_args(argv)
+@dataclass(kw_only=True)
+class PredictSettings(SpanSettings):
+    model_dir: str = setting(help="a finetuned model folder (OUT/model, or OUT)")
+    question: str | None = setting(None, help="QA: the question")
+    context: str | None = setting(None, help="QA: the passage to answer from")
+    sentence: str | None = setting(None, help="classification / NER: the input sentence")
+    sentence_b: str | None = setting(None, help="classification: the second sentence of a pair task")
+    input_file: str | None = setting(None, help="many inputs, one per line (tab-separated fields)")
+    max_seq_length: int = default_of(SpanSettings, "max_seq_length", 384)
+
+
+def parse_args(argv=None) -> PredictSettings:
+    return parse_settings(PredictSettings, argv, __doc__)
 
 
 def load(model_dir, vocab_file=None, do_lower_case=None):
@@ -55,18 +54,20 @@ def load(model_dir, vocab_file=None, do_lower_case=None):
         folder = folder / "model"  # a driver's output directory
     folder = resolve_model_dir(folder)
     config = BertConfig.from_json_file(folder / "config.json")
-    name = (config.extra.get("architectures") or [""])[0]
+    name = architecture_name(config) or ""
     if name not in MODELS:
         raise ValueError(f"{folder}/config.json: architectures {name!r} is not a finetuned task model "
                          f"({', '.join(MODELS)})")
-    model, _ = from_pretrained(MODELS[name], folder)
+    model, report = build_model(config, read_state_dict(folder), str(folder), MODELS[name])
+    if report.initialized:
+        raise CheckpointError(f"{folder}: no weights for {', '.join(report.initialized)}: not a finetuned {name}")
     tokenizer, _ = load_tokenizer(folder, vocab_file, do_lower_case)
     return model.eval(), tokenizer
 
 
-def read_inputs(args, fields: int) -> list[list[str]]:
-    if args.input_file:
-        path = Path(args.input_file)
+def read_inputs(settings, fields: int) -> list[list[str]]:
+    if settings.input_file:
+        path = Path(settings.input_file)
         if not path.is_file():
             raise FileNotFoundError(f"--input_file {path} not found")
         rows = [line.rstrip("\n").split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -78,15 +79,15 @@ def read_inputs(args, fields: int) -> list[list[str]]:
 
 
 @torch.no_grad()
-def answer(model, tokenizer, question: str, context: str, args) -> dict:
+def answer(model, tokenizer, question: str, context: str, settings) -> dict:
     example = squad.SquadExample("q", question, 0, [], False)
-    features, offsets = squad.featurize([example], [context], tokenizer, args.max_seq_length, args.doc_stride,
-                                        64, training=False)
+    features, offsets = squad.featurize([example], [context], tokenizer, settings.max_seq_length,
+                                        settings.doc_stride, settings.max_query_length, training=False)
     out = model(**collate_padded(features))
     start, end = out.start_logits.float().numpy(), out.end_logits.float().numpy()
     logits = [(start[i, :len(f["input_ids"])], end[i, :len(f["input_ids"])]) for i, f in enumerate(features)]
-    preds, nbest, _, _ = squad.decode([example], [context], features, offsets, logits, args.n_best_size,
-                                      args.max_answer_length)
+    preds, nbest, _, _ = squad.decode([example], [context], features, offsets, logits, settings.n_best_size,
+                                      settings.max_answer_length)
     return {"question": question, "answer": preds["q"], "nbest": nbest["q"][:5]}
 
 
@@ -119,34 +120,35 @@ def tag(model, tokenizer, sentence: str, max_seq_length: int) -> dict:
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    model, tokenizer = load(args.model_dir, args.vocab_file, args.do_lower_case)
-    precision = resolve_precision(args.precision, None, torch.device("cpu"))
+    settings = parse_args(argv)
+    use_requested_kernels(settings)
+    model, tokenizer = load(settings.model_dir, settings.vocab_file, settings.do_lower_case)
+    precision = resolve_precision(settings.precision, None, torch.device("cpu"))
     print(f"precision: {precision}", file=sys.stderr, flush=True)
     with autocast(precision.name, "cpu"):
-        results = predict(model, tokenizer, args)
+        results = predict(model, tokenizer, settings)
     for result in results:
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
 
 
-def predict(model, tokenizer, args) -> list[dict]:
+def predict(model, tokenizer, settings) -> list[dict]:
     if isinstance(model, BertForQuestionAnswering):
-        inputs = read_inputs(args, 2) or [[args.question, args.context]]
+        inputs = read_inputs(settings, 2) or [[settings.question, settings.context]]
         if any(len(row) != 2 or row[0] is None or row[1] is None for row in inputs):
             raise ValueError("a question-answering model needs --question and --context (or question<TAB>context lines)")
-        results = [answer(model, tokenizer, q, c, args) for q, c in inputs]
+        results = [answer(model, tokenizer, q, c, settings) for q, c in inputs]
     elif isinstance(model, BertForSequenceClassification):
-        inputs = read_inputs(args, 2) or ([[args.sentence] + ([args.sentence_b] if args.sentence_b else [])]
-                                          if args.sentence else [])
+        typed = [settings.sentence] + ([settings.sentence_b] if settings.sentence_b else [])
+        inputs = read_inputs(settings, 2) or ([typed] if settings.sentence else [])
         if not inputs:
             raise ValueError("a classification model needs --sentence (or --input_file)")
         pairs = [row[1] for row in inputs] if all(len(row) == 2 for row in inputs) else None
-        results = classify(model, tokenizer, [row[0] for row in inputs], pairs, min(args.max_seq_length, 512))
+        results = classify(model, tokenizer, [row[0] for row in inputs], pairs, min(settings.max_seq_length, 512))
     else:
-        inputs = read_inputs(args, 1) or ([[args.sentence]] if args.sentence else [])
+        inputs = read_inputs(settings, 1) or ([[settings.sentence]] if settings.sentence else [])
         if not inputs:
             raise ValueError("a token-classification model needs --sentence (or --input_file)")
-        results = [tag(model, tokenizer, row[0], args.max_seq_length) for row in inputs]
+        results = [tag(model, tokenizer, row[0], settings.max_seq_length) for row in inputs]
     return results
 
 

@@ -9,27 +9,32 @@ submission files for the test set (OUT/submission/<Task>.tsv) and the finetuned 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bertspeed.finetune import glue
-from bertspeed.finetune.cli import add_common_args, main_guard, start
+from bertspeed.finetune.cli import main_guard, start
 from bertspeed.finetune.metrics import glue_metrics
+from bertspeed.finetune.settings import FinetuneSettings, default_of, parse_settings
 from bertspeed.finetune.trainer import collate_padded
 from bertspeed.model.heads import BertForSequenceClassification
+from bertspeed.training.settings import setting
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task_name", required=True, help=f"one of {', '.join(glue.TASKS)}")
-    parser.add_argument("--data_dir", required=True, help="the task's folder: train.tsv, dev.tsv, test.tsv")
-    parser.add_argument("--no_test_predictions", action="store_true", help="skip the test-set submission file")
-    add_common_args(parser, learning_rate=2e-5, epochs=3, batch_size=32, max_seq_length=128)
-    return parser.parse_args(argv)
+@dataclass(kw_only=True)
+class GlueSettings(FinetuneSettings):
+    task_name: str = setting(help=f"one of {', '.join(glue.TASKS)}")
+    data_dir: str = setting(help="the task's folder: train.tsv, dev.tsv, test.tsv")
+    no_test_predictions: bool = setting(False, help="skip the test-set submission file")
+    learning_rate: float = default_of(FinetuneSettings, "learning_rate", 2e-5)  # 3 epochs, batch 32, 128 tokens
+
+
+def parse_args(argv=None) -> GlueSettings:
+    return parse_settings(GlueSettings, argv, __doc__)
 
 
 def predict_labels(trainer, task, features, batch_size):
@@ -41,48 +46,48 @@ def predict_labels(trainer, task, features, batch_size):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    task = glue.get_task(args.task_name)
-    data_dir = Path(args.data_dir)
+    settings = parse_args(argv)
+    task = glue.get_task(settings.task_name)
+    data_dir = Path(settings.data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"--data_dir {data_dir} is not a directory")
-    train_examples = glue.read_examples(task, data_dir / "train.tsv") if args.num_train_epochs > 0 else []
+    train_examples = glue.read_examples(task, data_dir / "train.tsv") if settings.num_train_epochs > 0 else []
     dev_sets = [glue.read_examples(task, data_dir / name) for name in task.dev_files]
-    if args.max_train_samples:
-        train_examples = train_examples[: args.max_train_samples]
-    if args.max_eval_samples:
-        dev_sets = [examples[: args.max_eval_samples] for examples in dev_sets]
+    if settings.max_train_samples:
+        train_examples = train_examples[: settings.max_train_samples]
+    if settings.max_eval_samples:
+        dev_sets = [examples[: settings.max_eval_samples] for examples in dev_sets]
 
     num_labels = 1 if task.is_regression else len(task.labels)
     problem_type = "regression" if task.is_regression else "single_label_classification"
     id2label = None if task.is_regression else dict(enumerate(task.labels))
-    trainer, tokenizer, vocab = start(args, BertForSequenceClassification, num_labels=num_labels,
+    trainer, tokenizer, vocab = start(settings, BertForSequenceClassification, num_labels=num_labels,
                                       problem_type=problem_type, id2label=id2label)
 
-    dev = [(name, examples, glue.featurize(examples, tokenizer, args.max_seq_length))
+    dev = [(name, examples, glue.featurize(examples, tokenizer, settings.max_seq_length))
            for name, examples in zip(task.dev_files, dev_sets)]
     if train_examples:
-        features = glue.featurize(train_examples, tokenizer, args.max_seq_length)
+        features = glue.featurize(train_examples, tokenizer, settings.max_seq_length)
         trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features],
-                      evaluate=lambda: evaluate(args, task, trainer, dev))
+                      evaluate=lambda: evaluate(settings, task, trainer, dev))
 
-    results = evaluate(args, task, trainer, dev, write_predictions=True)
-    if not args.no_test_predictions:
-        write_test_predictions(args, task, trainer, tokenizer)
-    if not args.no_save_model and train_examples:
-        trainer.save_model(Path(args.output_dir) / "model", vocab)
+    results = evaluate(settings, task, trainer, dev, write_predictions=True)
+    if not settings.no_test_predictions:
+        write_test_predictions(settings, task, trainer, tokenizer)
+    if not settings.no_save_model and train_examples:
+        trainer.save_model(Path(settings.output_dir) / "model", vocab)
     trainer.finish(results)
 
 
-def evaluate(args, task, trainer, dev, write_predictions=False) -> dict:
+def evaluate(settings, task, trainer, dev, write_predictions=False) -> dict:
     """Scores on the dev set(s) `dev` ([(file name, examples, features)]; MNLI's mismatched scores
     end in _mm), and with `write_predictions` OUT/<dev file>_predictions.tsv."""
     results = {}
     for name, examples, features in dev:
-        preds = predict_labels(trainer, task, features, args.eval_batch_size)
+        preds = predict_labels(trainer, task, features, settings.eval_batch_size)
         scores = glue_metrics(task.metric_name, preds, [e.label for e in examples])
         if write_predictions and trainer.rt.is_main:
-            glue.write_submission(Path(args.output_dir) / f"{Path(name).stem}_predictions.tsv", task, examples,
+            glue.write_submission(Path(settings.output_dir) / f"{Path(name).stem}_predictions.tsv", task, examples,
                                   preds, decimals=7)
         suffix = "_mm" if "mismatched" in name else ""
         results.update({f"{k}{suffix}": v for k, v in scores.items()})
@@ -90,13 +95,13 @@ def evaluate(args, task, trainer, dev, write_predictions=False) -> dict:
     return results
 
 
-def write_test_predictions(args, task, trainer, tokenizer):
-    data_dir = Path(args.data_dir)
+def write_test_predictions(settings, task, trainer, tokenizer):
+    data_dir = Path(settings.data_dir)
     files = [(data_dir / t, s) for t, s in zip(task.test_files, task.submission_files)]
     diagnostic = data_dir.parent / "diagnostic" / "diagnostic.tsv"
     if task.name == "MNLI" and diagnostic.is_file():
         files.append((diagnostic, "AX.tsv"))  # GLUE's diagnostic set is scored with the MNLI model
-    out_dir = Path(args.output_dir) / "submission"
+    out_dir = Path(settings.output_dir) / "submission"
     for test_file, submission in files:
         if not test_file.is_file():
             if trainer.rt.is_main:
@@ -104,9 +109,9 @@ def write_test_predictions(args, task, trainer, tokenizer):
             continue
         columns = (1, 2) if submission == "AX.tsv" else task.test_columns
         examples = glue.read_examples(dataclasses.replace(task, test_columns=columns), test_file, test=True)
-        examples = examples[: args.max_eval_samples] if args.max_eval_samples else examples
-        preds = predict_labels(trainer, task, glue.featurize(examples, tokenizer, args.max_seq_length),
-                               args.eval_batch_size)
+        examples = examples[: settings.max_eval_samples] if settings.max_eval_samples else examples
+        preds = predict_labels(trainer, task, glue.featurize(examples, tokenizer, settings.max_seq_length),
+                               settings.eval_batch_size)
         if trainer.rt.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             glue.write_submission(out_dir / submission, task, examples, preds)

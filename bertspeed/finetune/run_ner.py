@@ -9,46 +9,58 @@ OUT/eval_predictions.* and OUT/test_predictions.* in the input's format, OUT/met
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from bertspeed.finetune import ner
-from bertspeed.finetune.cli import add_common_args, main_guard, start
+from bertspeed.finetune.cli import main_guard, start
 from bertspeed.finetune.metrics import entity_scores
+from bertspeed.finetune.settings import FinetuneSettings, parse_settings
 from bertspeed.finetune.trainer import collate_padded
+from bertspeed.model.architectures import architecture_name
 from bertspeed.model.checkpoint import resolve_model_dir
 from bertspeed.model.config import BertConfig
 from bertspeed.model.crf import BertCRFForTokenClassification
 from bertspeed.model.heads import BertForTokenClassification
+from bertspeed.training.settings import setting
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train_file", help="labelled sentences to train on")
-    parser.add_argument("--eval_file", required=True, help="labelled sentences to score")
-    parser.add_argument("--test_file", help="sentences to label (labels, if any, are ignored)")
-    parser.add_argument("--format", choices=("conll", "cluener"), help="default: from the file extension")
-    parser.add_argument("--use_crf", action="store_true",
-                        help="a CRF layer over the word-level tags (kept by default for a model saved with one)")
-    add_common_args(parser, learning_rate=5e-5, epochs=3, batch_size=32, max_seq_length=128)
-    return parser.parse_args(argv)
+@dataclass(kw_only=True)
+class NerSettings(FinetuneSettings):  # the common defaults: lr 5e-5, 3 epochs, batch 32, 128 tokens
+    train_file: str | None = setting(None, help="labelled sentences to train on")
+    eval_file: str = setting(help="labelled sentences to score")
+    test_file: str | None = setting(None, help="sentences to label (labels, if any, are ignored)")
+    format: str | None = setting(None, help="conll or cluener (default: from the file extension)",
+                                 choices=ner.FORMATS)
+    use_crf: bool = setting(False, help="a CRF layer over the word-level tags (kept by default for a model "
+                                        "saved with one)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.format is not None and self.format not in ner.FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(ner.FORMATS)}, got {self.format!r}")
 
 
-def model_labels(args, sentence_sets) -> list[str]:
+def parse_args(argv=None) -> NerSettings:
+    return parse_settings(NerSettings, argv, __doc__)
+
+
+def model_labels(settings, sentence_sets) -> list[str]:
     """Labels of the data; when only evaluating, those the finetuned model was saved with."""
-    if args.train_file and args.num_train_epochs > 0:
+    if settings.train_file and settings.num_train_epochs > 0:
         return ner.label_list(*sentence_sets)
-    config = BertConfig.from_json_file(resolve_model_dir(args.model_dir) / "config.json")
+    config = BertConfig.from_json_file(resolve_model_dir(settings.model_dir) / "config.json")
     if not config.id2label:
-        raise ValueError(f"{args.model_dir}: config.json has no id2label; train first (--train_file)")
+        raise ValueError(f"{settings.model_dir}: config.json has no id2label; train first (--train_file)")
     return [config.id2label[i] for i in range(len(config.id2label))]
 
 
 def saved_with_crf(model_dir) -> bool:
     """A model finetuned with --use_crf keeps its CRF when loaded again."""
     config = BertConfig.from_json_file(resolve_model_dir(model_dir) / "config.json")
-    return "BertCRFForTokenClassification" in (config.extra.get("architectures") or [])
+    return architecture_name(config) == BertCRFForTokenClassification.__name__
 
 
 def predict_tags(trainer, features, labels, batch_size, use_crf: bool) -> list[list[str]]:
@@ -68,10 +80,10 @@ def predict_tags(trainer, features, labels, batch_size, use_crf: bool) -> list[l
     return tags
 
 
-def evaluate(args, trainer, sentences, features, labels, write_to=None) -> dict:
+def evaluate(settings, trainer, sentences, features, labels, write_to=None) -> dict:
     """Entity-level scores of the model's tags for the labelled `sentences`; `write_to` = (path,
     format) also writes the predictions there."""
-    predictions = predict_tags(trainer, features, labels, args.eval_batch_size, args.use_crf)
+    predictions = predict_tags(trainer, features, labels, settings.eval_batch_size, settings.use_crf)
     results = entity_scores([s.labels for s in sentences], predictions)
     cut = sum(p is None for f in features for p in f["_word_starts"])
     results.update(eval_sentences=len(sentences), eval_words_not_encoded=cut)
@@ -81,43 +93,44 @@ def evaluate(args, trainer, sentences, features, labels, write_to=None) -> dict:
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    train = bool(args.train_file) and args.num_train_epochs > 0
-    fmt = args.format or ner.detect_format(Path(args.eval_file))
-    train_sentences = ner.read_sentences(args.train_file, fmt) if train else []
-    eval_sentences = ner.read_sentences(args.eval_file, fmt)
+    settings = parse_args(argv)
+    train = bool(settings.train_file) and settings.num_train_epochs > 0
+    fmt = settings.format or ner.detect_format(Path(settings.eval_file))
+    train_sentences = ner.read_sentences(settings.train_file, fmt) if train else []
+    eval_sentences = ner.read_sentences(settings.eval_file, fmt)
     if any(s.labels is None for s in eval_sentences):
-        raise ValueError(f"{args.eval_file}: every sentence needs labels to be scored")
-    train_sentences = train_sentences[: args.max_train_samples] if args.max_train_samples else train_sentences
-    eval_sentences = eval_sentences[: args.max_eval_samples] if args.max_eval_samples else eval_sentences
-    labels = model_labels(args, [train_sentences, eval_sentences])
+        raise ValueError(f"{settings.eval_file}: every sentence needs labels to be scored")
+    train_sentences = train_sentences[: settings.max_train_samples] if settings.max_train_samples else train_sentences
+    eval_sentences = eval_sentences[: settings.max_eval_samples] if settings.max_eval_samples else eval_sentences
+    labels = model_labels(settings, [train_sentences, eval_sentences])
     label2id = {label: i for i, label in enumerate(labels)}
-    args.use_crf = args.use_crf or saved_with_crf(args.model_dir)
-    model_class = BertCRFForTokenClassification if args.use_crf else BertForTokenClassification
-    trainer, tokenizer, vocab = start(args, model_class, num_labels=len(labels), id2label=dict(enumerate(labels)))
+    if saved_with_crf(settings.model_dir):
+        settings = dataclasses.replace(settings, use_crf=True)
+    model_class = BertCRFForTokenClassification if settings.use_crf else BertForTokenClassification
+    trainer, tokenizer, vocab = start(settings, model_class, num_labels=len(labels), id2label=dict(enumerate(labels)))
 
     def features_of(sentences, labelled=True):
-        return ner.featurize(sentences, tokenizer, args.max_seq_length, label2id if labelled else None,
-                             word_mask=args.use_crf)
+        return ner.featurize(sentences, tokenizer, settings.max_seq_length, label2id if labelled else None,
+                             word_mask=settings.use_crf)
 
     eval_features = features_of(eval_sentences)
-    out = Path(args.output_dir)
+    out = Path(settings.output_dir)
     suffix = ".json" if fmt == "cluener" else ".txt"
     if train:
         features = features_of(train_sentences)
         trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features],
-                      evaluate=lambda: evaluate(args, trainer, eval_sentences, eval_features, labels),
+                      evaluate=lambda: evaluate(settings, trainer, eval_sentences, eval_features, labels),
                       main_metric="f1")
-    results = evaluate(args, trainer, eval_sentences, eval_features, labels,
+    results = evaluate(settings, trainer, eval_sentences, eval_features, labels,
                        write_to=(out / f"eval_predictions{suffix}", fmt))
-    if args.test_file:
-        test_sentences = ner.read_sentences(args.test_file, fmt)
-        test_sentences = test_sentences[: args.max_eval_samples] if args.max_eval_samples else test_sentences
+    if settings.test_file:
+        test_sentences = ner.read_sentences(settings.test_file, fmt)
+        test_sentences = test_sentences[: settings.max_eval_samples] if settings.max_eval_samples else test_sentences
         test_predictions = predict_tags(trainer, features_of(test_sentences, labelled=False), labels,
-                                        args.eval_batch_size, args.use_crf)
+                                        settings.eval_batch_size, settings.use_crf)
         if trainer.rt.is_main:
             ner.write_predictions(out / f"test_predictions{suffix}", test_sentences, test_predictions, fmt)
-    if train and not args.no_save_model:
+    if train and not settings.no_save_model:
         trainer.save_model(out / "model", vocab)
     trainer.finish(results)
 

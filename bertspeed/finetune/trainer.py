@@ -12,53 +12,18 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from bertspeed.finetune.settings import FinetuneSettings
 from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.distributed import Runtime
 from bertspeed.training.hardware import autocast, with_precision
 from bertspeed.training.metrics import MetricsWriter
 from bertspeed.training.params import param_groups
-
-
-@dataclass
-class TrainConfig:
-    """The hyperparameters of a finetuning run (command-line flags of the same names)."""
-    num_train_epochs: float
-    learning_rate: float
-    train_batch_size: int  # global: micro batch x gradient accumulation x ranks
-    gradient_accumulation_steps: int = 1
-    warmup_proportion: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    precision: str = "fp32"  # fp32 | bf16 | fp16, resolved (bert.hardware.choose_precision)
-    group_by_length: bool = True
-    logging_steps: int = 50
-    eval_steps: int = 0  # optimizer steps between evaluations during training; 0: only at the end
-    deepspeed_config: str | None = None
-
-    def __post_init__(self):
-        if self.num_train_epochs < 0 or self.learning_rate <= 0 or self.train_batch_size <= 0:
-            raise ValueError("--num_train_epochs must be >= 0, --learning_rate and --train_batch_size > 0")
-        if self.gradient_accumulation_steps <= 0:
-            raise ValueError("--gradient_accumulation_steps must be > 0")
-        if not 0 <= self.warmup_proportion < 1:
-            raise ValueError("--warmup_proportion must be in [0, 1)")
-        if self.eval_steps < 0:
-            raise ValueError("--eval_steps must be >= 0")
-
-    def micro_batch_size(self, world_size: int) -> int:
-        per_step = self.gradient_accumulation_steps * world_size
-        if self.train_batch_size % per_step:
-            raise ValueError(f"--train_batch_size {self.train_batch_size} is not a multiple of "
-                             f"--gradient_accumulation_steps x ranks = {per_step}")
-        return self.train_batch_size // per_step
 
 
 def set_seed(seed: int) -> None:
@@ -120,12 +85,13 @@ def linear_schedule(total_steps: int, warmup_steps: int):
     return factor
 
 
-def _deepspeed_config(cfg: TrainConfig, rt: Runtime, micro: int) -> dict:
-    config = json.loads(Path(cfg.deepspeed_config).read_text()) if cfg.deepspeed_config else {}
-    config.update(train_batch_size=cfg.train_batch_size, train_micro_batch_size_per_gpu=micro,
-                  gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-    config.setdefault("gradient_clipping", cfg.max_grad_norm)  # DeepSpeed's default would be 1.0
-    config = with_precision(config, cfg.precision)
+def _deepspeed_config(settings: FinetuneSettings, precision: str, micro: int) -> dict:
+    path = settings.deepspeed_config
+    config = json.loads(Path(path).read_text()) if path else {}
+    config.update(train_batch_size=settings.train_batch_size, train_micro_batch_size_per_gpu=micro,
+                  gradient_accumulation_steps=settings.gradient_accumulation_steps)
+    config.setdefault("gradient_clipping", settings.max_grad_norm)  # DeepSpeed's default would be 1.0
+    config = with_precision(config, precision)
     if "optimizer" not in config:
         config.setdefault("zero_allow_untested_optimizer", True)  # our client AdamW
     config.setdefault("steps_per_print", 10 ** 9)
@@ -135,11 +101,12 @@ def _deepspeed_config(cfg: TrainConfig, rt: Runtime, micro: int) -> dict:
 class Trainer:
     """Wraps the model for training and prediction, on one process or under DeepSpeed."""
 
-    def __init__(self, model, cfg: TrainConfig, rt: Runtime, output_dir):
-        self.model, self.cfg, self.rt = model, cfg, rt
-        self.output_dir = Path(output_dir)
+    def __init__(self, model, settings: FinetuneSettings, rt: Runtime, precision: str):
+        """`precision`: fp32 | bf16 | fp16, as resolved from --precision (hardware.choose_precision)."""
+        self.model, self.settings, self.rt, self.precision = model, settings, rt, precision
+        self.output_dir = Path(settings.output_dir)
         self.engine = None  # DeepSpeed engine, when running under DeepSpeed
-        self.log = MetricsWriter(output_dir, rt.is_main)
+        self.log = MetricsWriter(self.output_dir, rt.is_main)
         self.log.truncate_after(0)  # a fresh run
         self.step = 0
         self.train_stats: dict = {}
@@ -147,54 +114,52 @@ class Trainer:
         self.eval_seconds = 0.0
         self.postfix: dict = {}
         # Without DeepSpeed, fp16 needs loss scaling (DeepSpeed's fp16 mode brings its own).
-        self.scaler = torch.amp.GradScaler(rt.device.type) if cfg.precision == "fp16" and not rt.use_deepspeed else None
+        self.scaler = torch.amp.GradScaler(rt.device.type) if precision == "fp16" and not rt.use_deepspeed else None
         model.to(rt.device)
 
     def _autocast(self):
-        return autocast(self.cfg.precision if self.engine is None else "fp32", self.rt.device.type)
+        return autocast(self.precision if self.engine is None else "fp32", self.rt.device.type)
 
     def _setup_optimizer(self, total_steps: int, micro: int):
-        warmup = int(self.cfg.warmup_proportion * total_steps)
+        warmup = int(self.settings.warmup_proportion * total_steps)
         schedule = linear_schedule(total_steps, warmup)
         if not self.rt.use_deepspeed:
-            optimizer = adamw(param_groups(self.model, self.cfg.weight_decay), self.cfg.learning_rate)
+            optimizer = adamw(param_groups(self.model, self.settings.weight_decay), self.settings.learning_rate)
             return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         import deepspeed
-        config = _deepspeed_config(self.cfg, self.rt, micro)
+        config = _deepspeed_config(self.settings, self.precision, micro)
         optimizer = None
         if "optimizer" not in config:
-            optimizer = adamw(param_groups(self.model, self.cfg.weight_decay), self.cfg.learning_rate)
+            optimizer = adamw(param_groups(self.model, self.settings.weight_decay), self.settings.learning_rate)
         scheduler = None if "scheduler" in config else (
             lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
         self.engine, optimizer, _, scheduler = deepspeed.initialize(
             model=self.model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
-            model_parameters=None if optimizer else param_groups(self.model, self.cfg.weight_decay))
+            model_parameters=None if optimizer else param_groups(self.model, self.settings.weight_decay))
         return optimizer, scheduler
 
     def train(self, features: list[dict], collate, lengths: list[int], evaluate=None,
               main_metric: str | None = None) -> dict:
-        """Train for cfg.num_train_epochs over `features`; returns a summary of the run.
+        """Train for --num_train_epochs over `features`; returns a summary of the run.
 
-        `evaluate()` (every rank calls it; returns metric name -> number) runs every cfg.eval_steps
+        `evaluate()` (every rank calls it; returns metric name -> number) runs every --eval_steps
         optimizer steps, except at the last step, which the caller's final evaluation covers. Each
         call logs a metrics line of `eval/<name>` keys; `main_metric` (default: the first) goes to
         the progress bar. Time spent evaluating is left out of the perf/ throughputs."""
-        cfg, rt = self.cfg, self.rt
-        micro = cfg.micro_batch_size(rt.world_size)
-        full_epochs, fraction = int(cfg.num_train_epochs), cfg.num_train_epochs % 1
+        settings, rt = self.settings, self.rt
+        micro = settings.micro_batch_size(rt.world_size)
+        full_epochs, fraction = int(settings.num_train_epochs), settings.num_train_epochs % 1
         per_epoch = math.ceil(math.ceil(len(features) / micro) / rt.world_size)
         micro_steps = full_epochs * per_epoch + int(fraction * per_epoch)
-        total_steps = math.ceil(micro_steps / cfg.gradient_accumulation_steps)
-        last_step = micro_steps // cfg.gradient_accumulation_steps
+        total_steps = math.ceil(micro_steps / settings.gradient_accumulation_steps)
+        last_step = micro_steps // settings.gradient_accumulation_steps
         optimizer, scheduler = self._setup_optimizer(max(1, total_steps), micro)
         module = self.engine or self.model
         module.train()
         start, seen, tokens, running = time.perf_counter(), 0, 0, []
         bar = tqdm(total=micro_steps, desc="train", disable=not rt.is_main, dynamic_ncols=True)
-        for epoch in range(math.ceil(cfg.num_train_epochs)):
-            batches = shard_batches(length_grouped_batches(lengths, micro, cfg.seed + epoch, cfg.group_by_length),
-                                    rt.rank, rt.world_size)
-            for batch_ids in batches[: min(per_epoch, micro_steps - bar.n)]:
+        for epoch in range(math.ceil(settings.num_train_epochs)):
+            for batch_ids in self._epoch_batches(lengths, micro, epoch)[: min(per_epoch, micro_steps - bar.n)]:
                 batch = _to_device(collate([features[i] for i in batch_ids]), rt.device)
                 with self._autocast():
                     loss = module(**batch).loss
@@ -205,10 +170,10 @@ class Trainer:
                 bar.update(1)
                 if not self._at_boundary(bar.n):
                     continue
-                if running and self.step % cfg.logging_steps == 0:
+                if running and self.step % settings.logging_steps == 0:
                     self._log_train(running, scheduler, seen, tokens, start, epoch, bar)
                     running = []
-                if evaluate and cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < last_step:
+                if evaluate and settings.eval_steps and self.step % settings.eval_steps == 0 and self.step < last_step:
                     self._evaluate(evaluate, main_metric, bar)
         bar.close()
         if running:
@@ -220,8 +185,14 @@ class Trainer:
             self.train_stats["perf/eval_seconds"] = self.eval_seconds
         return self.train_stats
 
+    def _epoch_batches(self, lengths: list[int], micro: int, epoch: int) -> list:
+        """This rank's batches of `epoch` (a new shuffle per epoch)."""
+        settings = self.settings
+        batches = length_grouped_batches(lengths, micro, settings.seed + epoch, not settings.no_group_by_length)
+        return shard_batches(batches, self.rt.rank, self.rt.world_size)
+
     def _at_boundary(self, micro_step: int) -> bool:
-        return micro_step % self.cfg.gradient_accumulation_steps == 0
+        return micro_step % self.settings.gradient_accumulation_steps == 0
 
     def _backward_step(self, loss, optimizer, scheduler, micro_step: int):
         """Backward, and at an accumulation boundary the optimizer step; records the global L2 norm
@@ -238,13 +209,13 @@ class Trainer:
                 self.step += 1
                 self._record_grad_norm(norm if own else self.engine.get_global_grad_norm())
             return
-        loss = loss / self.cfg.gradient_accumulation_steps
+        loss = loss / self.settings.gradient_accumulation_steps
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         if boundary:
             if self.scaler:
                 self.scaler.unscale_(optimizer)
-            if self.cfg.max_grad_norm > 0:
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            if self.settings.max_grad_norm > 0:
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
             else:
                 norm = _total_norm(self.model.parameters())
             self._record_grad_norm(norm)
@@ -265,7 +236,7 @@ class Trainer:
     def _log_train(self, losses, scheduler, seen, tokens, start, epoch, bar):
         """A metrics line. optim/grad_norm is the mean over the optimizer steps since the previous
         line, of the finite norms only (null when every one overflowed, absent when none is known)."""
-        lr = scheduler.get_last_lr()[0] if scheduler is not None else self.cfg.learning_rate
+        lr = scheduler.get_last_lr()[0] if scheduler is not None else self.settings.learning_rate
         elapsed = time.perf_counter() - start - self.eval_seconds
         values = {"train/loss": float(np.mean(losses)), "optim/lr": lr, "train/epoch": epoch,
                   "perf/seq_per_s": seen / elapsed, "perf/tokens_per_s": tokens / elapsed}

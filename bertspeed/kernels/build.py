@@ -174,9 +174,12 @@ def load_extension(verbose: bool = False):
         extra_cuda_cflags=["-O3", "-Xptxas", "-warn-spills"], verbose=verbose)
 
 
-def main(argv: list[str]) -> int:
+def main(argv=None) -> int:
+    import argparse
     import time
 
+    argparse.ArgumentParser(prog="python -m bertspeed.kernels.build", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     ok = True
     for label, step in (("CPU harness (g++)", build_harness), ("nvcc sm_80/sm_90, no spills", nvcc_check),
                         ("torch extension", load_extension)):
@@ -196,4 +199,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

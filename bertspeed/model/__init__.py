@@ -4,7 +4,8 @@ import importlib
 _EXPORTS = {
     "PRESETS": "bertspeed.model.config", "BertConfig": "bertspeed.model.config",
     "BertForQuestionAnswering": "bertspeed.model.heads", "BertForSequenceClassification": "bertspeed.model.heads",
-    "BertForTokenClassification": "bertspeed.model.heads",
+    "BertForTokenClassification": "bertspeed.model.heads", "BertCRFForTokenClassification": "bertspeed.model.crf",
+    "ARCHITECTURES": "bertspeed.model.architectures",
     "IGNORE_INDEX": "bertspeed.model.model", "BertForPreTraining": "bertspeed.model.model", "BertModel": "bertspeed.model.model",
 }
 __all__ = list(_EXPORTS)

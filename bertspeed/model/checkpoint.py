@@ -109,8 +109,8 @@ def normalize_keys(state: dict[str, torch.Tensor], model_keys: set[str]) -> dict
     ckpt_has_prefix = any(k.startswith(ENCODER_PREFIX) for k in state)
     if model_has_prefix and not ckpt_has_prefix:  # a bare BertModel checkpoint into a model with heads
         state = {ENCODER_PREFIX + k: v for k, v in state.items()}
-    elif not model_has_prefix and ckpt_has_prefix:  # a checkpoint with heads into a bare BertModel
-        state = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    elif not model_has_prefix and ckpt_has_prefix:  # a checkpoint with heads into a bare BertModel (heads unused)
+        state = {k.removeprefix(ENCODER_PREFIX): v for k, v in state.items()}
     for alias, source in TIED_KEYS.items():
         if alias in model_keys and alias not in state and source in state:
             state[alias] = state[source]
@@ -166,10 +166,15 @@ def from_pretrained(model_class, path, **config_changes):
     if config_changes:
         config = config.replace(**config_changes)
     model = model_class(config)
-    report = load_state_dict_into(model, read_state_dict(folder), str(folder))
+    return model, load_weights(model, read_state_dict(folder), str(folder))
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """load_state_dict_into, then the MLM decoder tied to the word embeddings again (models that have one)."""
+    report = load_state_dict_into(model, state, source)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    return model, report
+    return report
 
 
 def export_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,9 +1,11 @@
 """The two ops a custom kernel can replace: LayerNorm (+ residual add) and attention.
 
-`use_fused_kernels(True)` routes them through the fused ops of `kernels/`
-(implementation switch only: results and state-dict keys do not change).
-The default (None) is on for CUDA tensors when the extension builds, off
-otherwise; on CPU, switched on, the ops run their PyTorch reference path.
+By default they are PyTorch's own: F.layer_norm and F.scaled_dot_product_attention, on every device.
+`use_fused_kernels(True)` (the drivers' --fused_kernels) routes them through the fused ops of
+`bertspeed/kernels/` instead: results and state-dict keys do not change, but attention then materialises
+the (B, heads, T, T) score matrix for the fused masked softmax. On CUDA the ops use the compiled extension
+(the reference path, with a warning, when it cannot be built); on CPU they run their PyTorch reference path.
+The CUDA path has not been run on a GPU yet, hence opt-in.
 """
 from __future__ import annotations
 
@@ -15,25 +17,25 @@ from torch import nn
 
 from bertspeed.kernels import ops as fused_ops
 
-_FUSED = {"enabled": None}  # None: automatic (see module docstring)
+FUSED_KERNELS_HELP = ("use bertspeed's fused LayerNorm/softmax CUDA kernels (default: PyTorch's "
+                      "scaled_dot_product_attention and LayerNorm)")
+_FUSED = {"enabled": False}
 
 
-def use_fused_kernels(enabled: bool | None) -> None:
-    _FUSED["enabled"] = None if enabled is None else bool(enabled)
+def use_fused_kernels(enabled: bool) -> None:
+    """Route LayerNorm and attention through our fused ops (True) or PyTorch's (False, the default)."""
+    _FUSED["enabled"] = bool(enabled)
 
 
-def fused_kernels_enabled(tensor: torch.Tensor | None = None) -> bool:
-    """Whether the fused ops are used (for `tensor`'s device under the automatic default)."""
-    if _FUSED["enabled"] is not None:
-        return _FUSED["enabled"]
-    return tensor is not None and tensor.is_cuda and fused_ops.extension_available()
+def fused_kernels_enabled() -> bool:
+    return _FUSED["enabled"]
 
 
 class LayerNorm(nn.LayerNorm):
     """nn.LayerNorm whose forward can add a residual first: LayerNorm(x + residual)."""
 
     def forward(self, x, residual=None):
-        if fused_kernels_enabled(x) and len(self.normalized_shape) == 1 and self.elementwise_affine:
+        if fused_kernels_enabled() and len(self.normalized_shape) == 1 and self.elementwise_affine:
             return fused_ops.layer_norm(x, self.weight, self.bias, self.eps, residual=residual)
         if residual is not None:
             x = x + residual
@@ -45,7 +47,7 @@ def attention(q, k, v, key_mask, dropout_p: float):
     if key_mask is not None:
         # A sequence with no real token attends to everything (as an additive mask does).
         key_mask = key_mask | ~key_mask.any(dim=-1, keepdim=True)
-    if fused_kernels_enabled(q):
+    if fused_kernels_enabled():
         additive = None
         if key_mask is not None:
             additive = torch.zeros(key_mask.shape, device=q.device).masked_fill(~key_mask, -math.inf)

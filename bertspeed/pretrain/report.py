@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from bertspeed.data_prep.schema import MANIFEST, valid_predictions
-from bertspeed.training.atomic import write_json_atomic
+from bertspeed.training.atomic import write_json_atomic, write_text_atomic
 from bertspeed.training.hardware import host_label
 from bertspeed.training.metrics import read_metrics
 from bertspeed.training.plot import plot
@@ -94,7 +94,7 @@ def fmt(value, pattern="{:.3f}") -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
-def render(r: dict, minutes: float | None) -> str:
+def render(r: dict, minutes: float | None, curves: str = "![curves](curves.png)") -> str:
     learned = r["mlm_acc"] is not None and r["mlm_acc"] > 2 * r["unigram_mlm_acc"]
     verdict = (f"The model learned: held-out MLM accuracy {fmt(r['mlm_acc'])} is "
                f"{r['mlm_acc'] / max(r['unigram_mlm_acc'], 1e-9):.1f}x the unigram baseline "
@@ -136,17 +136,21 @@ def render(r: dict, minutes: float | None) -> str:
         lines.append("")
     lines += ["| measure | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
-    lines += ["", verdict, "", "![curves](curves.png)", ""]
+    lines += ["", verdict, "", curves, ""]
     return "\n".join(lines)
 
 
 def write_report(demo: Path, minutes: float | None = None) -> str:
     demo = Path(demo)
     results = collect(demo)
-    plot([str(demo / "phase1"), str(demo / "phase2")], str(demo / "curves.png"))
+    try:
+        plot([str(demo / "phase1"), str(demo / "phase2")], str(demo / "curves.png"))
+        curves = "![curves](curves.png)"
+    except ImportError as e:  # matplotlib is an extra
+        curves = f"(no curves: {e})"
     write_json_atomic(demo / "results.json", results)
-    text = render(results, minutes)
-    (demo / REPORT).write_text(text)
+    text = render(results, minutes, curves)
+    write_text_atomic(demo / REPORT, text)
     return text
 
 

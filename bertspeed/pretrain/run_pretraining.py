@@ -16,6 +16,7 @@ import torch
 from bertspeed.data_prep.schema import MASKED_LM_PROB, MAX_PREDICTIONS
 from bertspeed.model.checkpoint import load_state_dict_into, read_state_dict, resolve_model_dir
 from bertspeed.model.config import BertConfig
+from bertspeed.model.layers import use_fused_kernels
 from bertspeed.model.model import BertForPreTraining
 from bertspeed.model.tokenizer import SPECIAL_TOKENS, read_vocab
 from bertspeed.pretrain import checkpoint
@@ -31,6 +32,7 @@ from bertspeed.training.distributed import init_distributed
 from bertspeed.training.hardware import choose_precision, with_precision
 from bertspeed.training.metrics import MetricsWriter
 from bertspeed.training.params import param_groups
+from bertspeed.training.settings import as_dict
 
 
 def model_config(args: PretrainArgs) -> BertConfig:
@@ -43,6 +45,8 @@ def model_config(args: PretrainArgs) -> BertConfig:
 
 
 def build_model(args: PretrainArgs, config: BertConfig) -> BertForPreTraining:
+    if args.fused_kernels:  # only when asked: the model's default is PyTorch's own attention and LayerNorm
+        use_fused_kernels(True)
     torch.manual_seed(args.seed)
     model = BertForPreTraining(config)
     if args.init_checkpoint:  # phase 2: the phase-1 weights, a fresh optimizer and schedule
@@ -174,7 +178,7 @@ def main(argv=None) -> int:
     if rank == 0:
         print(f"precision: {setup['precision']}", flush=True)
         write_json_atomic(Path(args.output_dir) / "run_config.json", {"precision": setup["precision"].as_dict(),
-            "args": vars(args), "model_config": config.to_dict(), "deepspeed_config": setup["ds_config"],
+            "args": as_dict(args), "model_config": config.to_dict(), "deepspeed_config": setup["ds_config"],
             "optimizer": spec.kind, "optimizer_runtime": describe_optimizer(engine), "zero_stage": setup["zero_stage"], "world_size": world_size,
             "batch": {"micro": batch.micro, "accumulation": batch.accumulation, "global": batch.global_},
             "git_revision": git_revision(), "resumed_from_step": trainer.step if resumed else None}, default=str)

@@ -22,6 +22,11 @@ from functools import lru_cache
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_HELP = (
+    "auto: bf16 where it is native and faster (CUDA with bf16; a CPU where oneDNN reports native bf16 and a "
+    "timing probe confirms), fp16 on other CUDA devices, fp32 otherwise. An explicit value overrides the "
+    "DeepSpeed config's bf16/fp16 sections, which otherwise win over auto. Autocast without DeepSpeed (fp16 "
+    "with a gradient scaler), DeepSpeed's bf16/fp16 modes with it")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Tests force the capability probe's answer: "1" native bf16, "0" none (the timing still runs
 # when a slowdown has to be reported).

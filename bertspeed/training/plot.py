@@ -13,7 +13,10 @@ PANELS = (("train/loss", "eval/loss"), ("train/mlm_loss", "train/nsp_loss"),
 
 
 def plot(run_dirs: list[str], output: str) -> Path:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'bertspeed[plots]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -11,7 +11,8 @@
 
 The parser is generated from the fields (type from the annotation; bool fields are switches, with
 --no-NAME when the default is true; list fields take several values). Values come from the command
-line, else from a JSON file given with --settings_file, else the defaults. A ValueError from
+line, else from a JSON file given with --settings_file, else the defaults. (A bool field defaulting to
+None has both --NAME and --no-NAME and stays None when neither is given.) A ValueError from
 __post_init__ (or a missing required value) ends with argparse's usage message and exit code 2.
 """
 from __future__ import annotations
@@ -74,8 +75,8 @@ def add_settings(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParse
             text += f" (default: {default})"
         names = [f"--{field.name}", *meta["aliases"]]
         options = dict(dest=field.name, default=argparse.SUPPRESS, help=text)
-        if kind is bool:
-            action = argparse.BooleanOptionalAction if default is True else "store_true"
+        if kind is bool:  # a switch; with a default of True or None (unset), also --no-NAME
+            action = "store_true" if default is False else argparse.BooleanOptionalAction
             parser.add_argument(*names, action=action, **options)
             continue
         parser.add_argument(*names, type=kind, nargs="+" if is_list else None, choices=meta["choices"],

@@ -1,7 +1,7 @@
 """Fused LayerNorm(+residual) and masked softmax against the eager composition and torch.compile.
 
-    python bench/kernels.py                    # CPU here; on a GPU machine it runs on CUDA
-    python bench/kernels.py --device cuda --dtype bfloat16 --batch 32 --seq 512
+    python bench/kernel_speed.py                    # CPU here; on a GPU machine it runs on CUDA
+    python bench/kernel_speed.py --device cuda --dtype bfloat16 --batch 32 --seq 512
 
 Every variant is timed in the same run, interleaved, and reported as a
 ratio to eager. On CUDA it also prints the achieved GB/s (bytes a perfect
@@ -17,10 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-# `python bench/kernels.py` puts bench/ first on sys.path, where this file
-# would shadow the `kernels` package it measures.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bertspeed
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -1,6 +1,6 @@
 """Benchmark: create_pretraining_data throughput (MB/s per core) and peak RSS at two corpus sizes.
 
-    python bench/data_prep.py [--sizes_mb 10 50] [--work_dir /tmp/bertspeed-bench]
+    python bench/data_prep_speed.py [--sizes_mb 10 50] [--work_dir /tmp/bertspeed-bench]
 
 Corpus: the `context` paragraphs of SQuAD v1.1 train (real Wikipedia text, about 14 MB),
 one document per article, sentence-split once with data_prep's Punkt (trained offline on
@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
-    sys.path[0] = str(ROOT)  # this file is named like the data_prep package it measures
+sys.path.insert(0, str(ROOT))  # this checkout's bertspeed
 SHARED = Path(os.environ.get("BERTSPEED_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SQUAD_TRAIN = SHARED / "squad" / "v1.1" / "train-v1.1.json.gz"
 VOCAB = SHARED / "vocab" / "bert-base-uncased-vocab.txt"
@@ -76,7 +75,7 @@ def write_peak():
     with open(out, "w") as f:
         f.write(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 atexit.register(write_peak)
-runpy.run_module("data_prep.create_pretraining_data", run_name="__main__", alter_sys=True)
+runpy.run_module("bertspeed.data_prep.create_pretraining_data", run_name="__main__", alter_sys=True)
 """
 
 
