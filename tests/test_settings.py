@@ -77,3 +77,15 @@ class TriState:
 
 def test_a_bool_defaulting_to_none_has_both_switches_and_stays_unset():
     assert [parse(TriState, argv).lower for argv in ([], ["--lower"], ["--no-lower"])] == [None, True, False]
+
+
+@dataclass(kw_only=True)
+class OptionalValue:
+    deepspeed: str | None = setting(None, help="DeepSpeed JSON, or alone as the launcher's switch", optional_value="")
+    after: int = setting(1, help="a flag after it")
+
+
+def test_a_flag_with_an_optional_value_takes_it_or_stands_alone():
+    runs = [parse(OptionalValue, argv) for argv in ([], ["--deepspeed"], ["--deepspeed", "--after", "2"],
+                                                    ["--deepspeed", "ds.json"], ["--deepspeed=x.json"])]
+    assert [(s.deepspeed, s.after) for s in runs] == [(None, 1), ("", 1), ("", 2), ("ds.json", 1), ("x.json", 1)]

@@ -11,6 +11,7 @@ from pathlib import Path
 from bertspeed.training.atomic import write_lines_atomic
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"  # event files, same scalar names and steps as metrics.jsonl
 
 
 def json_value(value):
@@ -30,6 +31,8 @@ class MetricsWriter:
     def __init__(self, output_dir, enabled: bool, tensorboard: bool = False):
         self.enabled = enabled
         self.path = Path(output_dir) / METRICS_FILE
+        self.tensorboard_dir = Path(output_dir) / TENSORBOARD_DIR
+        self.records: int | None = None  # records in the file, known from the first truncation on
         self._file = None
         self._tb = None
         if not enabled:
@@ -39,18 +42,30 @@ class MetricsWriter:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise ImportError("TensorBoard needs the tensorboard package (pip install bertspeed[tensorboard])") from None
-            self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+            self._summary_writer = SummaryWriter
+            self._tb = SummaryWriter(str(self.tensorboard_dir))
         self._file = open(self.path, "a", encoding="utf-8")
 
     def truncate_after(self, step: int) -> None:
         """Drop the records of steps after `step`: 0 for a fresh run, the checkpoint's step on resume
         (those steps will be redone)."""
-        if not self.enabled:
-            return
+        if self.enabled:
+            self._rewrite([line for line in self._complete_lines() if json.loads(line).get("step", 0) <= step], step)
+
+    def truncate_to(self, records: int, step: int) -> None:
+        """Keep the first `records` records (a resumed run: those written before its checkpoint of
+        `step`, which may include lines of that step), and hide TensorBoard events after `step`."""
+        if self.enabled:
+            self._rewrite(self._complete_lines()[:records], step)
+
+    def _rewrite(self, kept: list[str], step: int) -> None:
         self._file.close()
-        kept = [line for line in self._complete_lines() if json.loads(line).get("step", 0) <= step]
         write_lines_atomic(self.path, kept)
+        self.records = len(kept)
         self._file = open(self.path, "a", encoding="utf-8")
+        if self._tb is not None:  # TensorBoard hides an earlier attempt's events from step + 1 on
+            self._tb.close()
+            self._tb = self._summary_writer(str(self.tensorboard_dir), purge_step=step + 1)
 
     def _complete_lines(self) -> list[str]:
         """The file's records; a torn last line (the process was killed mid-write) is dropped."""
@@ -70,6 +85,8 @@ class MetricsWriter:
         record = {"step": step, **{key: json_value(value) for key, value in values.items()}}
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
+        if self.records is not None:
+            self.records += 1
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):

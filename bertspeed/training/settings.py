@@ -12,7 +12,8 @@
 The parser is generated from the fields (type from the annotation; bool fields are switches, with
 --no-NAME when the default is true; list fields take several values). Values come from the command
 line, else from a JSON file given with --settings_file, else the defaults. (A bool field defaulting to
-None has both --NAME and --no-NAME and stays None when neither is given.) A ValueError from
+None has both --NAME and --no-NAME and stays None when neither is given; a field with
+`optional_value=X` takes `--NAME` alone as X.) A ValueError from
 __post_init__ (or a missing required value) ends with argparse's usage message and exit code 2.
 """
 from __future__ import annotations
@@ -28,10 +29,12 @@ SETTINGS_FILE = "settings_file"
 
 
 def setting(default=dataclasses.MISSING, *, help: str, choices=None, aliases: tuple[str, ...] = (),
-            metavar: str | None = None, hidden: bool = False):
+            metavar: str | None = None, hidden: bool = False, optional_value=dataclasses.MISSING):
     """A dataclass field that is also a command-line flag --NAME (plus `aliases`, e.g. NVIDIA's
-    spelling). Mutable defaults (lists) are copied per instance."""
-    metadata = {"help": help, "choices": choices, "aliases": aliases, "metavar": metavar, "hidden": hidden}
+    spelling). Mutable defaults (lists) are copied per instance. With `optional_value`, the flag's
+    value may be left out (`--NAME` alone gives `optional_value`, `--NAME VALUE` gives VALUE)."""
+    metadata = {"help": help, "choices": choices, "aliases": aliases, "metavar": metavar, "hidden": hidden,
+                "optional_value": optional_value}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -79,8 +82,12 @@ def add_settings(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParse
             action = "store_true" if default is False else argparse.BooleanOptionalAction
             parser.add_argument(*names, action=action, **options)
             continue
-        parser.add_argument(*names, type=kind, nargs="+" if is_list else None, choices=meta["choices"],
-                            metavar=meta["metavar"], **options)
+        bare = meta.get("optional_value", dataclasses.MISSING)
+        if bare is not dataclasses.MISSING:  # --NAME alone or --NAME VALUE
+            options.update(nargs="?", const=bare)
+        elif is_list:
+            options.update(nargs="+")
+        parser.add_argument(*names, type=kind, choices=meta["choices"], metavar=meta["metavar"], **options)
     return parser
 
 
