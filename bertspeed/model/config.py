@@ -10,6 +10,15 @@ from pathlib import Path
 from bertspeed.training.atomic import write_json_atomic
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
+NEZHA = "nezha"
+POSITION_EMBEDDING_TYPES = ("absolute", NEZHA)
+DEFAULT_MAX_RELATIVE_POSITION = 64  # NEZHA-base/large and the MindSpore seed
+
+
+def is_nezha_config(fields: dict) -> bool:
+    """A config.json of NEZHA in any of its published spellings (transformers' Nezha*, Huawei's)."""
+    return (fields.get("model_type") == NEZHA or fields.get("position_embedding_type") == NEZHA
+            or bool(fields.get("use_relative_position")))
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,10 @@ class BertConfig:
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
+    # "absolute" (BERT) or "nezha": NEZHA's relative positions clipped at max_relative_position,
+    # no position embeddings (bertspeed.model.nezha).
+    position_embedding_type: str = "absolute"
+    max_relative_position: int = DEFAULT_MAX_RELATIVE_POSITION
     classifier_dropout: float | None = None
     # Task heads (Hugging Face names): label count and task type.
     num_labels: int = 2
@@ -46,11 +59,21 @@ class BertConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"BertConfig.hidden_size ({self.hidden_size}) is not a multiple of "
                              f"num_attention_heads ({self.num_attention_heads})")
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(f"BertConfig.position_embedding_type {self.position_embedding_type!r} is not one of "
+                             f"{POSITION_EMBEDDING_TYPES}")
+        if not isinstance(self.max_relative_position, int) or self.max_relative_position <= 0:
+            raise ValueError("BertConfig.max_relative_position must be a positive integer, "
+                             f"got {self.max_relative_position!r}")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"BertConfig.hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"BertConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+
+    @property
+    def is_nezha(self) -> bool:
+        return self.position_embedding_type == NEZHA
 
     @property
     def head_dim(self) -> int:
@@ -59,8 +82,11 @@ class BertConfig:
     @classmethod
     def from_dict(cls, fields: dict) -> "BertConfig":
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        if fields.get("model_type", "bert") != "bert":
-            raise ValueError(f"config model_type is {fields['model_type']!r}, expected 'bert'")
+        if fields.get("model_type", "bert") not in ("bert", NEZHA):
+            raise ValueError(f"config model_type is {fields['model_type']!r}, expected 'bert' or 'nezha'")
+        if is_nezha_config(fields):
+            fields = {k: v for k, v in fields.items() if k not in ("use_relative_position", "model_type")}
+            fields["position_embedding_type"] = NEZHA
         kwargs = {k: v for k, v in fields.items() if k in known}
         if kwargs.get("id2label") is not None:
             kwargs["id2label"] = {int(k): v for k, v in kwargs["id2label"].items()}
@@ -102,7 +128,10 @@ class BertConfig:
             del out["id2label"]
         if out["problem_type"] is None:
             del out["problem_type"]
-        out.update(model_type="bert", architectures=out.get("architectures", ["BertForPreTraining"]))
+        if not self.is_nezha:
+            del out["max_relative_position"]
+        out.update(model_type=NEZHA if self.is_nezha else "bert",
+                   architectures=out.get("architectures", ["BertForPreTraining"]))
         return dict(sorted(out.items()))
 
     def to_json_file(self, path: str | os.PathLike) -> None:
@@ -111,7 +140,8 @@ class BertConfig:
     def num_parameters(self, with_heads: bool = True) -> int:
         """Parameter count of BertForPreTraining (decoder weight tied, so counted once)."""
         h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
-        embeddings = (v + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
+        positions = 0 if self.is_nezha else self.max_position_embeddings
+        embeddings = (v + positions + self.type_vocab_size) * h + 2 * h
         layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
         pooler = h * h + h
         heads = (h * h + h) + 2 * h + v + (2 * h + 2) if with_heads else 0

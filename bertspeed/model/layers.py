@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertspeed.kernels import ops as fused_ops
+from bertspeed.model.nezha import relative_attention
 
 FUSED_KERNELS_HELP = ("use bertspeed's fused LayerNorm/softmax CUDA kernels (default: PyTorch's "
                       "scaled_dot_product_attention and LayerNorm)")
@@ -42,11 +43,14 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
-def attention(q, k, v, key_mask, dropout_p: float):
-    """Softmax attention; q, k, v (B, heads, T, D); key_mask (B, T) bool, True = attend, or None."""
+def attention(q, k, v, key_mask, dropout_p: float, relative=None):
+    """Softmax attention; q, k, v (B, heads, T, D); key_mask (B, T) bool, True = attend, or None;
+    relative: NEZHA's (table, max_relative_position), or None for BERT."""
     if key_mask is not None:
         # A sequence with no real token attends to everything (as an additive mask does).
         key_mask = key_mask | ~key_mask.any(dim=-1, keepdim=True)
+    if relative is not None:
+        return relative_attention(q, k, v, key_mask, dropout_p, *relative)
     if fused_kernels_enabled():
         additive = None
         if key_mask is not None:

@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from bertspeed.model.config import BertConfig
 from bertspeed.model.layers import LayerNorm, attention
+from bertspeed.model.nezha import relative_table
 
 IGNORE_INDEX = -100  # label value that takes no part in a loss (as in transformers)
 
@@ -31,21 +32,23 @@ class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        # NEZHA has no absolute positions: they enter every attention layer instead.
+        self.position_embeddings = (None if config.is_nezha
+                                    else nn.Embedding(config.max_position_embeddings, config.hidden_size))
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids=None):
-        T = input_ids.shape[1]
-        if T > self.position_embeddings.num_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
-                             f"{self.position_embeddings.num_embeddings}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        positions = torch.arange(T, device=input_ids.device)
-        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-             + self.position_embeddings(positions))
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        if self.position_embeddings is not None:
+            T = input_ids.shape[1]
+            if T > self.position_embeddings.num_embeddings:
+                raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
+                                 f"{self.position_embeddings.num_embeddings}")
+            x = x + self.position_embeddings(torch.arange(T, device=input_ids.device))
         return self.dropout(self.LayerNorm(x))  # (B, T, H)
 
 
@@ -57,6 +60,10 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
+        self.max_relative_position = config.max_relative_position if config.is_nezha else None
+        if config.is_nezha:  # fixed sinusoids, recomputed rather than saved
+            table = relative_table(config.max_relative_position, config.head_dim)
+            self.register_buffer("relative_table", table, persistent=False)
 
     def forward(self, x, key_mask):
         B, T, H = x.shape
@@ -66,7 +73,8 @@ class BertSelfAttention(nn.Module):
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         dropout_p = self.dropout_p if self.training else 0.0
-        context = attention(q, k, v, key_mask, dropout_p)  # (B, heads, T, H / heads)
+        relative = None if self.max_relative_position is None else (self.relative_table, self.max_relative_position)
+        context = attention(q, k, v, key_mask, dropout_p, relative)  # (B, heads, T, H / heads)
         return context.transpose(1, 2).reshape(B, T, H)
 
 
