@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertspeed.model.layers import FUSED_KERNELS_HELP
+from bertspeed.pretrain.nvidia import add_nvidia_flags, alias_conflict, check_nvidia_flags, note, nvidia_flags
 from bertspeed.pretrain.optim import OPTIMIZERS
 from bertspeed.training.hardware import PRECISION_HELP, PRECISIONS
 from bertspeed.training.settings import from_namespace, parser_for, setting
 
+REPORT_TO = ("tensorboard", "none")
 DS_OPTIMIZER_NAMES = {"lamb": "lamb", "adamw": "adamw", "adam": "adamw"}
 DESCRIPTION = ("BERT pretraining (phase 1 or 2) with DeepSpeed: "
                "deepspeed [--num_gpus N | --hostfile H] pretrain/run_pretraining.py --deepspeed_config X.json ...")
@@ -27,7 +31,7 @@ class PretrainArgs:
                                    "summary.json")
     max_steps: int = setting(help="optimizer steps of this phase (also the length of the lr schedule)")
     # DeepSpeed's own flag (deepspeed.add_config_arguments adds --deepspeed_config), so no `setting`;
-    # required: __post_init__ refuses None.
+    # required unless NVIDIA's --train_batch_size is given (then a built-in config is used).
     deepspeed_config: str | None = None
     config_file: str | None = setting(None, help="model config.json (default: the --init_checkpoint's)")
     model_preset: str | None = setting(None, help="or a BertConfig preset: tiny, mini, small, medium, base, large "
@@ -39,15 +43,16 @@ class PretrainArgs:
     whole_word_mask: bool = setting(False, help="dynamic masking of whole words (uses the shards' word_starts)")
     init_checkpoint: str | None = setting(None, help="phase 2: start from these weights (a run folder or HF folder) "
                                                      "with a fresh optimizer and schedule")
-    resume: bool = setting(False, help="continue from OUTPUT_DIR/latest (same world size); start fresh if there "
-                                       "is none")
+    resume: bool = setting(False, aliases=("--resume_from_checkpoint",),
+                           help="continue from OUTPUT_DIR/latest (same world size); start fresh if there is none")
     eval_dir: str | None = setting(None, help="held-out HDF5 shards for MLM/NSP accuracy")
     eval_interval: int = setting(0, help="steps between evaluations (0: only at the end)")
     eval_samples: int = setting(2048, help="sequences per evaluation (over all ranks)")
-    checkpoint_interval: int = setting(1000, help="steps between checkpoints (one is also written at the end and "
-                                                  "on SIGTERM)")
+    checkpoint_interval: int = setting(1000, aliases=("--num_steps_per_checkpoint",),
+                                       help="steps between checkpoints (one is also written at the end and on "
+                                            "SIGTERM)")
     keep_checkpoints: int = setting(3, help="keep the newest K checkpoint folders")
-    log_interval: int = setting(1, help="steps between metrics.jsonl records")
+    log_interval: int = setting(1, aliases=("--log_freq",), help="steps between metrics.jsonl records")
     optimizer: str | None = setting(None, help="lamb or adamw (default: optimizer.type of the DeepSpeed config, "
                                                "else lamb)")
     learning_rate: float | None = setting(None, help="peak learning rate (default: optimizer.params.lr of the "
@@ -61,14 +66,32 @@ class PretrainArgs:
                                            "FusedLAMB use_nvlamb)")
     seed: int = setting(42, help="seed of initialisation, data order, masking and dropout")
     precision: str = setting("auto", help=PRECISION_HELP)
-    gradient_checkpointing: bool = setting(False, help="recompute encoder layers in backward (activation "
-                                                       "checkpointing)")
+    gradient_checkpointing: bool = setting(False, aliases=("--checkpoint_activations",),
+                                           help="recompute encoder layers in backward (activation checkpointing)")
     compile: bool = setting(False, help="torch.compile each encoder layer (state-dict names unchanged; dropout "
                                         "draws differ from eager)")
     fused_kernels: bool = setting(False, help=FUSED_KERNELS_HELP)
     peak_tflops: float = setting(0.0, help="peak TFLOP/s of one device, for the perf/mfu metric (0: no MFU)")
-    tensorboard: bool = setting(False, help="also write TensorBoard events to OUTPUT_DIR/tensorboard (needs the "
-                                            "tensorboard package)")
+    report_to: str | None = setting(None, choices=REPORT_TO, help="tensorboard: also write TensorBoard events "
+                                    "to OUTPUT_DIR/tensorboard, same scalar names and steps as metrics.jsonl (pip "
+                                    "install bertspeed[tensorboard]); none: metrics.jsonl only (the default)")
+    tensorboard: bool = setting(False, help="the same as --report_to tensorboard")
+    disable_progress_bar: bool = setting(False, help="no tqdm progress bar (NVIDIA's flag)")
+    # NVIDIA's batch and precision flags: they override the DeepSpeed config, with a printed note.
+    train_batch_size: int | None = setting(None, help="NVIDIA's meaning: sequences per GPU per optimizer step, "
+                                                      "split into --gradient_accumulation_steps micro-batches "
+                                                      "(global batch = this x ranks); overrides the DeepSpeed "
+                                                      "config's batch keys, whose train_batch_size is the global one")
+    gradient_accumulation_steps: int | None = setting(None, help="micro-batches per optimizer step; overrides "
+                                                                 "the DeepSpeed config's (alone, it keeps the "
+                                                                 "config's micro-batch)")
+    fp16: bool = setting(False, aliases=("--amp",), help="NVIDIA's mixed precision: the same as --precision fp16")
+    loss_scale: float | None = setting(None, help="fp16 loss scale, 0 for dynamic (NVIDIA's flag; overrides the "
+                                                  "DeepSpeed config's fp16.loss_scale)")
+    init_loss_scale: int | None = setting(None, help="initial dynamic fp16 loss scale, a power of 2 (NVIDIA's "
+                                                     "flag; overrides fp16.initial_scale_power)")
+    max_seq_length: int | None = setting(None, help="check that the shards have this sequence length (NVIDIA's "
+                                                    "flag; the shards decide it)")
     max_bad_steps: int = setting(20, help="stop (exit 3) after this many skipped or non-finite steps in a row "
                                           "(0: never)")
     dist_timeout: float = setting(600.0, help="seconds a collective may wait before the run fails instead of "
@@ -76,11 +99,20 @@ class PretrainArgs:
     local_rank: int = setting(-1, help="set by the deepspeed launcher")
 
     def __post_init__(self):
-        if not self.deepspeed_config:
-            raise ValueError("--deepspeed_config is required")
-        for name in ("max_steps", "checkpoint_interval", "keep_checkpoints", "log_interval", "eval_samples"):
-            if getattr(self, name) <= 0:
+        if not self.deepspeed_config and self.train_batch_size is None:
+            raise ValueError("--deepspeed_config is required (or NVIDIA's --train_batch_size, with a built-in "
+                             "ZeRO 0 config)")
+        for name in ("max_steps", "checkpoint_interval", "keep_checkpoints", "log_interval", "eval_samples",
+                     "train_batch_size", "gradient_accumulation_steps", "max_seq_length", "init_loss_scale"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("learning_rate", "weight_decay", "schedule_power", "peak_tflops"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name} must be a finite number >= 0, got {value}")
+        if self.learning_rate == 0:
+            raise ValueError("--learning_rate must be positive, got 0.0")
+        self._check_nvidia_flags()
         if self.max_bad_steps < 0:
             raise ValueError(f"--max_bad_steps must be >= 0, got {self.max_bad_steps}")
         if self.eval_interval < 0:
@@ -100,8 +132,25 @@ class PretrainArgs:
         if self.dist_timeout <= 0:
             raise ValueError(f"--dist_timeout must be positive, got {self.dist_timeout}")
         for name in ("input_dir", "deepspeed_config"):
-            if not Path(getattr(self, name)).exists():
+            if getattr(self, name) and not Path(getattr(self, name)).exists():
                 raise FileNotFoundError(f"--{name} {getattr(self, name)} does not exist")
+
+    def _check_nvidia_flags(self):
+        """Precision, loss-scale and reporting flags that two spellings can set; a conflict names both."""
+        if self.fp16 and self.precision not in ("auto", "fp16"):
+            raise ValueError(f"--fp16 and --precision {self.precision} disagree: give one of them")
+        if self.fp16:
+            self.precision = "fp16"
+        if self.loss_scale is not None and not (math.isfinite(self.loss_scale) and self.loss_scale >= 0):
+            raise ValueError(f"--loss_scale must be >= 0 (0: dynamic), got {self.loss_scale}")
+        if self.init_loss_scale is not None and self.init_loss_scale & (self.init_loss_scale - 1):
+            raise ValueError(f"--init_loss_scale must be a power of 2, got {self.init_loss_scale}")
+        if self.tensorboard and self.report_to == "none":
+            raise ValueError("--tensorboard and --report_to none disagree: give one of them")
+
+    @property
+    def use_tensorboard(self) -> bool:
+        return self.tensorboard or self.report_to == "tensorboard"
 
     @property
     def num_warmup_steps(self) -> int:
@@ -111,22 +160,35 @@ class PretrainArgs:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The flags of PretrainArgs (and --settings_file), plus DeepSpeed's own (--deepspeed, --deepspeed_config)."""
+    """The flags of PretrainArgs (and --settings_file), DeepSpeed's own (--deepspeed, --deepspeed_config)
+    and NVIDIA's that have no effect here."""
     import deepspeed
 
-    return deepspeed.add_config_arguments(parser_for(PretrainArgs, description=DESCRIPTION))
+    parser = deepspeed.add_config_arguments(parser_for(PretrainArgs, description=DESCRIPTION))
+    add_nvidia_flags(parser)
+    return parser
 
 
 def parse_args(argv=None) -> PretrainArgs:
-    """command line > --settings_file > defaults; bad values exit 2 with the usage line."""
+    """command line > --settings_file > defaults; bad values, and a flag and its alias that disagree,
+    exit 2 with the usage line. NVIDIA's no-op flags print a note."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     ns = parser.parse_args(argv)
+    conflict = alias_conflict(parser, argv)
+    if conflict:
+        parser.error(conflict)
     if ns.deepspeed_config is None:  # DeepSpeed's flag defaults to None: not given, so --settings_file may set it
         del ns.deepspeed_config
     try:
-        return from_namespace(PretrainArgs, ns)
+        nvidia = nvidia_flags(ns)
+        args = from_namespace(PretrainArgs, ns)
+        notes = check_nvidia_flags(nvidia, args.max_steps, args.init_checkpoint)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
+    for message in notes:
+        note(message)
+    return args
 
 
 @dataclass(frozen=True)

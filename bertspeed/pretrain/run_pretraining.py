@@ -24,6 +24,7 @@ from bertspeed.pretrain.args import PretrainArgs, optimizer_spec, parse_args, re
 from bertspeed.pretrain.data import MaskingSpec, PretrainingData, ShardError, list_shards
 from bertspeed.pretrain.guard import EXIT_DIVERGED, EXIT_SIGNALLED, TrainingDiverged
 from bertspeed.pretrain.lamb import Lamb, partition_layout
+from bertspeed.pretrain.nvidia import BUILTIN_DS_CONFIG, BUILTIN_SOURCE, batch_override, loss_scale_override, note
 from bertspeed.pretrain.optim import build_optimizer, build_schedule, use_deepspeed_fused_lamb
 from bertspeed.pretrain.trainer import Trainer
 from bertspeed.training import runs
@@ -114,18 +115,46 @@ def describe_optimizer(engine) -> dict:
     return info
 
 
+def fp16_supported() -> bool:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().is_fp16_supported()
+
+
+def read_batch_config(args: PretrainArgs, world_size: int) -> tuple[dict, str]:
+    """The DeepSpeed config (or the built-in one for NVIDIA's command line) with NVIDIA's batch flags
+    applied, and how to name it in messages."""
+    if args.deepspeed_config is None:
+        ds_config, source = dict(BUILTIN_DS_CONFIG), BUILTIN_SOURCE
+        note(f"no --deepspeed_config: using {BUILTIN_SOURCE}")
+    else:
+        source = f"--deepspeed_config {args.deepspeed_config}"
+        ds_config = read_ds_config(args.deepspeed_config)
+    has_batch = any(k in ds_config for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                                              "train_batch_size"))
+    try:
+        json_batch = resolve_batch(ds_config, world_size, source) if has_batch else None
+    except ValueError:  # e.g. sized for another world size: fine if both NVIDIA flags replace it
+        if args.train_batch_size is None or args.gradient_accumulation_steps is None:
+            raise
+        json_batch = None
+    return batch_override(ds_config, args, world_size, source, json_batch), source
+
+
 def prepare(args: PretrainArgs, world_size: int) -> dict:
     """Read and check every input before any training state exists; raises ValueError or
     FileNotFoundError naming the file, field or flag at fault."""
-    source = f"--deepspeed_config {args.deepspeed_config}"
-    ds_config = read_ds_config(args.deepspeed_config)
+    ds_config, source = read_batch_config(args, world_size)
     batch = resolve_batch(ds_config, world_size, source)
     ds_config = {"gradient_clipping": 0.0,  # DeepSpeed's default when absent would be 1.0
                  **ds_config, "train_micro_batch_size_per_gpu": batch.micro,
                  "gradient_accumulation_steps": batch.accumulation, "train_batch_size": batch.global_}
     precision = choose_precision(args.precision, ds_config, "cuda" if torch.cuda.is_available() else "cpu",
-                                 config_name=source)
-    ds_config = with_precision(ds_config, precision.name)
+                                 flag_name="--fp16" if args.fp16 else "--precision", config_name=source)
+    if precision.name == "fp16" and not fp16_supported():
+        raise ValueError(f"{precision.source} asks for fp16, which DeepSpeed does not support on this device: "
+                         "use --precision fp32 or bf16 (or auto)")
+    ds_config = loss_scale_override(with_precision(ds_config, precision.name), args, precision.name, source)
     spec = optimizer_spec(ds_config, args, source)
     zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
     if spec.kind == "lamb" and zero_stage == 3:
@@ -133,15 +162,19 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
                          "implemented for ZeRO 0-2; use ZeRO 1 or 2, or --optimizer adamw")
     config = model_config(args)
     shards = list_shards(args.input_dir)
+    if args.max_seq_length and args.max_seq_length != shards[0].seq_len:
+        raise ValueError(f"--max_seq_length {args.max_seq_length} disagrees with the shards in --input_dir "
+                         f"{args.input_dir}, whose sequence length is {shards[0].seq_len}")
     if shards[0].seq_len > config.max_position_embeddings:
         raise ValueError(f"shards in {args.input_dir} have sequence length {shards[0].seq_len} > "
                          f"max_position_embeddings {config.max_position_embeddings}")
     eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
-    if args.tensorboard:
+    if args.use_tensorboard:
         try:
             from torch.utils import tensorboard  # noqa: F401
         except ImportError:
-            raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+            raise ValueError("--report_to tensorboard needs the tensorboard package (pip install "
+                             "bertspeed[tensorboard])") from None
     latest = runs.read_latest(args.output_dir) if Path(args.output_dir).is_dir() else None
     if latest and not args.resume:
         raise ValueError(f"--output_dir {args.output_dir} already holds checkpoint {latest}: pass --resume "
@@ -165,7 +198,7 @@ def main(argv=None) -> int:
     config, batch, spec = setup["config"], setup["batch"], setup["spec"]
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     engine = build_engine(args, setup["model"], setup["ds_config"], setup["zero_stage"], spec, args.max_steps)
-    metrics = MetricsWriter(args.output_dir, enabled=rank == 0, tensorboard=args.tensorboard)
+    metrics = MetricsWriter(args.output_dir, enabled=rank == 0, tensorboard=args.use_tensorboard)
     trainer = Trainer(args, engine, config, batch, data, setup["eval_shards"], metrics, rank, world_size,
                       mask_id=setup["mask_id"])
     try:

@@ -175,8 +175,8 @@ class Trainer:
     def run(self) -> dict:
         args = self.args
         flops = self.model_config.flops_per_token(self.data.seq_len)
-        progress = tqdm(total=args.max_steps, initial=self.step, disable=self.rank != 0,
-                        desc="pretrain", dynamic_ncols=True)
+        progress = tqdm(total=args.max_steps, initial=self.step, desc="pretrain", dynamic_ncols=True,
+                        disable=self.rank != 0 or args.disable_progress_bar)
         stop, bad_steps = StopOnSignal(), BadStepCounter(args.max_bad_steps, self.engine.skipped_steps)
         first_step, started, last, stopped = self.step, time.perf_counter(), {}, False
         try:
