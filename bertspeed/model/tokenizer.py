@@ -15,6 +15,12 @@ def read_vocab(vocab_file: str | os.PathLike) -> dict[str, int]:
         lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise FileNotFoundError(f"vocab file not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, expected a vocab.txt file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text vocab (byte {e.start} is 0x{e.object[e.start]:02x})") from None
+    if any("\0" in line for line in lines):
+        raise ValueError(f"{path}: a binary file, expected a UTF-8 text vocab")
     if lines and lines[-1] == "":
         lines.pop()
     vocab = {}
