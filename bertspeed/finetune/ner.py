@@ -1,14 +1,20 @@
-"""NER data: CoNLL-2003 text files and CLUENER-style JSON lines, first-sub-token labelling.
+"""NER data: CoNLL-2003 text files, CLUENER-style JSON lines and MSRA, first-sub-token labelling.
 
 CoNLL: one token per line, the label in the last column, blank lines between sentences,
 `-DOCSTART-` lines skipped. CLUENER: one JSON object per line, {"text": ..., "label": {type:
 {entity text: [[first char, last char], ...]}}}; each character is a token, tagged B-/I-type.
+MSRA (`msra`): one character and its tag per line (BIO, BIOES or the MindSpore seed's S_/B_/M_/E_),
+blank lines between sentences; `msra_xml`: the seed's XML (sentences of phrases, entities as
+<NAMEX TYPE="PERSON">...</NAMEX> elements), tagged by character as the seed does. The seed's
+S_/B_/M_/E_ tags are read in seqeval's IOBES spelling S-/B-/I-/E- (M = inside), so that entity scores
+are seqeval's own.
 Only the first WordPiece of each word carries a label; the others (and words cut off by
 max_seq_length, or made of no WordPiece at all) take no part in the loss and are predicted "O".
 """
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,19 +28,29 @@ class Sentence:
     guid: str = ""
 
 
-FORMATS = ("conll", "cluener")  # CoNLL-2003 columns, CLUENER JSON lines
+FORMATS = ("conll", "cluener", "msra", "msra_xml")
+SEED_PREFIXES = ("S_", "B_", "M_", "E_")  # the MindSpore seed's BMES tags, in its label2id order
+IOBES_OF_SEED = {"S_": "S-", "B_": "B-", "M_": "I-", "E_": "E-"}
 
 
 def detect_format(path: Path) -> str:
-    return "cluener" if Path(path).suffix in (".json", ".jsonl") else "conll"
+    suffix = Path(path).suffix
+    return "cluener" if suffix in (".json", ".jsonl") else "msra_xml" if suffix == ".xml" else "conll"
 
 
-def read_sentences(path, fmt: str | None = None) -> list[Sentence]:
+def read_sentences(path, fmt: str | None = None, class_filter: list[str] | None = None) -> list[Sentence]:
+    """The sentences of an NER file; with `class_filter`, entities of other types are tagged O (for the
+    seed's XML an element name such as NAMEX also matches, as in the seed)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"NER file not found: {path}")
     fmt = fmt or detect_format(path)
-    sentences = read_cluener(path) if fmt == "cluener" else read_conll(path)
+    if fmt == "msra_xml":
+        sentences = read_msra_xml(path, class_filter)
+    else:
+        sentences = {"cluener": read_cluener, "msra": read_msra}.get(fmt, read_conll)(path)
+        if class_filter:
+            apply_class_filter(sentences, class_filter)
     if not sentences:
         raise ValueError(f"{path}: no sentences")
     return sentences
@@ -57,6 +73,78 @@ def read_conll(path: Path) -> list[Sentence]:
     if words:
         sentences.append(Sentence(words, labels, f"{path.name}:end"))
     return sentences
+
+
+def read_msra(path: Path) -> list[Sentence]:
+    """Character-per-line MSRA: exactly `char tag` on every non-blank line."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip() and len(line.split()) != 2:
+                raise ValueError(f"{path}:{line_no}: expected 'character tag', got {line.strip()!r}")
+    sentences = read_conll(path)
+    for sentence in sentences:
+        sentence.labels = [iobes_of_seed(tag) for tag in sentence.labels]
+    return sentences
+
+
+def iobes_of_seed(tag: str) -> str:
+    """S_PER -> S-PER, M_PER -> I-PER ...; any other tag unchanged."""
+    return IOBES_OF_SEED[tag[:2]] + tag[2:] if tag[:2] in IOBES_OF_SEED else tag
+
+
+def read_msra_xml(path: Path, class_filter: list[str] | None = None) -> list[Sentence]:
+    """The seed's MSRA XML: root > sentence > phrase; a phrase is plain text or holds entity elements
+    (element name = kind such as NAMEX, attribute TYPE = entity type)."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as e:
+        raise ValueError(f"{path}: not well-formed XML ({e})") from None
+    sentences = []
+    for n, element in enumerate(root):
+        chars, tags = [], []
+        for phrase in element:
+            parts = [(e.text or "", e.get("TYPE") or e.tag, e.tag) for e in phrase] or [(phrase.text or "", None, None)]
+            for text, kind, element_name in parts:
+                if kind and class_filter and kind not in class_filter and element_name not in class_filter:
+                    kind = None
+                chars += list(text)
+                tags += _bmes(len(text), kind)
+        sentences.append(Sentence(chars, tags, f"{path.name}:{n}"))
+    return sentences
+
+
+def _bmes(length: int, kind: str | None) -> list[str]:
+    if kind is None or length == 0:
+        return ["O"] * length
+    return [f"S-{kind}"] if length == 1 else [f"B-{kind}"] + [f"I-{kind}"] * (length - 2) + [f"E-{kind}"]
+
+
+def entity_type(tag: str) -> str | None:
+    """PER of B-PER, I-PER, S_PER, M_PER ...; None for O."""
+    return None if tag == "O" else tag[2:] if len(tag) > 2 and tag[1] in "-_" else tag
+
+
+def apply_class_filter(sentences: list[Sentence], keep: list[str]) -> None:
+    """Tags of entity types outside `keep` become O (the seed's --class_filter), in place."""
+    for sentence in sentences:
+        if sentence.labels is not None:
+            sentence.labels = [t if entity_type(t) in keep else "O" for t in sentence.labels]
+
+
+def read_label_file(path) -> list[str]:
+    """The seed's label2id list: one entity type per line -> O + S/B/M/E of each, in the seed's order
+    (spelled S-/B-/I-/E-); or, if the lines carry prefixes (B-PER, S_LOC, O ...), the tags as listed."""
+    path = Path(path)
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"--label_file {path}: no labels")
+    if "O" in lines or all(entity_type(line) != line for line in lines):
+        labels = ["O"] + [iobes_of_seed(t) for t in lines if t != "O"]
+    else:
+        labels = ["O"] + [IOBES_OF_SEED[prefix] + kind for kind in lines for prefix in SEED_PREFIXES]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--label_file {path}: duplicate labels in {labels}")
+    return labels
 
 
 def read_cluener(path: Path) -> list[Sentence]:
