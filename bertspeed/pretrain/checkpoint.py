@@ -23,7 +23,8 @@ from bertspeed.training.runs import list_tags, read_latest, tag_for, write_lates
 
 HF_FILES = ("config.json", "model.safetensors", "vocab.txt")
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                       "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps")
+                       "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps",
+                       "position_embedding_type", "max_relative_position")
 # Test-only fault injection (tests/test_faults*.py): "POINT@STEP" SIGKILLs the process at POINT of
 # the save of step STEP. Inert unless set. POINT is one of SAVE_POINTS.
 FAULT_KILL_IN_SAVE = "BERTSPEED_FAULT_KILL_IN_SAVE"

@@ -165,7 +165,7 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
     if args.max_seq_length and args.max_seq_length != shards[0].seq_len:
         raise ValueError(f"--max_seq_length {args.max_seq_length} disagrees with the shards in --input_dir "
                          f"{args.input_dir}, whose sequence length is {shards[0].seq_len}")
-    if shards[0].seq_len > config.max_position_embeddings:
+    if not config.is_nezha and shards[0].seq_len > config.max_position_embeddings:  # NEZHA: any length
         raise ValueError(f"shards in {args.input_dir} have sequence length {shards[0].seq_len} > "
                          f"max_position_embeddings {config.max_position_embeddings}")
     eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
