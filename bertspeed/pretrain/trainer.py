@@ -15,7 +15,7 @@ from bertspeed.model.model import IGNORE_INDEX
 from bertspeed.pretrain import checkpoint
 from bertspeed.pretrain.args import BatchSizes, PretrainArgs
 from bertspeed.pretrain.data import PretrainingData, eval_batches
-from bertspeed.pretrain.guard import BadStepCounter, StopOnSignal, TrainingDiverged
+from bertspeed.pretrain.guard import EXIT_SIGNALLED, BadStepCounter, StopOnSignal, TrainingDiverged
 from bertspeed.training.metrics import MetricsWriter, throughput
 
 # Test-only fault injection (tests/test_faults_fp16.py): comma-separated step numbers whose loss is
@@ -203,6 +203,9 @@ class Trainer:
                         self.save()
                     elif self.rank == 0:  # never let `latest` point at a non-finite state
                         print(f"step {self.step} was bad: no checkpoint written", flush=True)
+                if stopped and self.rank == 0:
+                    print(f"stopping at step {self.step} ({stop.reason}): exit {EXIT_SIGNALLED}; continue with "
+                          "--resume", flush=True)
                 progress.update(1)
                 progress.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{values['optim/lr']:.2e}")
                 last = values
@@ -213,6 +216,7 @@ class Trainer:
         steps = self.step - first_step
         checksums = self.parameter_checksums()
         summary = {"steps": self.step, "steps_this_run": steps, "stopped_by_signal": stopped,
+                   "stop_reason": stop.reason if stopped else None,
                    "seconds": elapsed, "seq_per_s": steps * self.batch.global_ / elapsed if steps else None,
                    **{k: float(v) for k, v in last.items() if v is not None},
                    "rank_param_checksums": checksums}

@@ -1,0 +1,191 @@
+"""Preemption however the signal arrives, on a 2-rank run through the deepspeed launcher: SIGTERM to
+the `deepspeed` launcher process alone (as a container runtime sends it to PID 1), to the whole
+process group (as a scheduler does), and to one rank. Each gives a checkpoint of the step the ranks
+stopped at, exit 143 (the ranks'; the launcher's own where it outlives them), no process left running,
+and the three stops are chained with --resume: the losses and final weights equal an uninterrupted
+run's bit for bit."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pretrain_helpers import ROOT, VENV_BIN, ds_config, env, losses, make_shards, run_pretraining, tiny_model_config
+from safetensors.torch import load_file
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+STEPS = 40
+SCRIPT = str(ROOT / "pretrain" / "run_pretraining.py")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def rank_pid(pgid: int, local_rank: int) -> int:
+    for pid in group_members(pgid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if SCRIPT.encode() in cmdline and f"--local_rank={local_rank}".encode() in cmdline:
+            return pid
+    raise AssertionError(f"rank {local_rank} not found in process group {pgid}")
+
+
+class Run:
+    """The deepspeed launcher with 2 ranks in a session of its own; all output in one file."""
+
+    def __init__(self, args: list[str], port: int):
+        self.log = tempfile.TemporaryFile("w+")
+        cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), SCRIPT, *args]
+        self.started = time.time()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=self.log, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+
+    def wait_for_step(self, out: Path, step: int, timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.proc.poll() is None:
+            config = out / "run_config.json"
+            if config.exists() and config.stat().st_mtime >= self.started and max(losses(out), default=0) >= step:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"step {step} not reached (exit {self.proc.poll()}):\n{self.output()[-3000:]}")
+
+    def finish(self, timeout: float = 90) -> tuple[int, str]:
+        """The launcher's exit code and the output, once every process of the group has ended."""
+        deadline = time.time() + timeout
+        try:
+            self.proc.wait(timeout=timeout)
+            while group_members(self.proc.pid) and time.time() < deadline:
+                time.sleep(0.1)
+            left = group_members(self.proc.pid)
+            assert not left, f"processes left running: {left}\n{self.output()[-3000:]}"
+        finally:
+            if group_members(self.proc.pid):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.returncode, self.output()
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, squad_dev, vocab_file):
+    tmp = tmp_path_factory.mktemp("launcher")
+    shards = make_shards(tmp / "shards", squad_dev, vocab_file, num_shards=2, paragraphs_per_shard=48)
+    model = tiny_model_config(tmp / "model.json")
+    ds = ds_config(tmp / "ds.json", micro=4, accumulation=1, world=2, stage=1)
+    return tmp, shards, model, ds
+
+
+def run_args(setup, name: str) -> list[str]:
+    tmp, shards, model, ds = setup
+    return ["--deepspeed_config", str(ds), "--input_dir", str(shards), "--config_file", str(model),
+            "--output_dir", str(tmp / name), "--max_steps", str(STEPS), "--checkpoint_interval", "1000",
+            "--keep_checkpoints", "10", "--warmup_steps", "2"]
+
+
+def assert_stopped_with_checkpoint(out: Path, after: int, output: str) -> int:
+    """The ranks stopped at step `after` or later, with a checkpoint of exactly that step."""
+    stopped = max(losses(out))
+    assert after <= stopped < STEPS, (after, stopped)
+    assert (out / "latest").read_text().strip() == f"global_step{stopped}", output[-3000:]
+    for rank in (0, 1):
+        assert (out / f"global_step{stopped}" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").is_file()
+    assert f"stopping at step {stopped} (" in output and "exit 143" in output, output[-3000:]
+    return stopped
+
+
+def test_sigterm_to_launcher_group_or_one_rank_checkpoints_and_resumes_exactly(setup):
+    reference = setup[0] / "reference"
+    run_pretraining(run_args(setup, "reference"), ranks=2, port=29761)
+    out, args = setup[0] / "chained", run_args(setup, "chained")
+
+    # 1. the launcher process alone: DeepSpeed's runner dies at once (no handler); the ranks notice
+    run = Run(args, port=29762)
+    run.wait_for_step(out, 3)
+    os.kill(run.proc.pid, signal.SIGTERM)
+    code, output = run.finish()
+    assert code == -signal.SIGTERM  # the shell's 143: it was killed by the signal
+    stopped = assert_stopped_with_checkpoint(out, 3, output)
+    assert "launcher process" in output and "exits with return code = 143" in output  # the ranks' exit
+
+    # 2. the process group: the ranks' handlers (and the per-node launcher forwarding it again)
+    run = Run([*args, "--resume"], port=29763)
+    run.wait_for_step(out, stopped + 3)
+    os.killpg(run.proc.pid, signal.SIGTERM)
+    code, output = run.finish()
+    assert code == -signal.SIGTERM
+    stopped = assert_stopped_with_checkpoint(out, stopped + 3, output)
+    assert "(SIGTERM)" in output
+
+    # 3. one rank: the others learn it through the per-step all-reduce; the launcher exits 143
+    run = Run([*args, "--resume"], port=29764)
+    run.wait_for_step(out, stopped + 3)
+    os.kill(rank_pid(run.proc.pid, 1), signal.SIGTERM)
+    code, output = run.finish()
+    assert code == 143, output[-3000:]
+    stopped = assert_stopped_with_checkpoint(out, stopped + 3, output)
+    assert "another rank was signalled" in output
+
+    run_pretraining([*args, "--resume"], ranks=2, port=29765)
+    assert losses(out) == losses(reference)  # every step, bit for bit
+    final = f"global_step{STEPS}/model.safetensors"
+    got, want = load_file(out / final), load_file(reference / final)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+RANK_PROGRAM = """
+import os, sys, time
+from bertspeed.training.signals import StopOnSignal, launcher_ancestors
+stop = StopOnSignal()
+print(" ".join(map(str, launcher_ancestors())), flush=True)
+sys.stdin.readline()  # the test kills the launcher, then writes a line
+deadline = time.time() + 30
+while not stop.agreed("cpu") and time.time() < deadline:
+    time.sleep(0.01)
+print(stop.flag, stop.reason, flush=True)
+"""
+
+
+def test_a_rank_notices_its_launchers_exit(tmp_path):
+    """A "runner" named like DeepSpeed's starts a per-node "launcher" (named like torchrun) that starts a
+    "rank": the rank lists both as its launchers and, once the runner alone is SIGKILLed (the launcher
+    lives on, as DeepSpeed's does), stops as on SIGTERM. Under pytest (no launcher) nothing is watched."""
+    spawn = "import subprocess, sys\nsubprocess.run([sys.executable, *sys.argv[1:]])\n"
+    for name in ("deepspeed", "torchrun"):
+        (tmp_path / name).write_text(spawn)
+    cmd = [str(VENV_BIN / "python"), str(tmp_path / "deepspeed"), str(tmp_path / "torchrun"), "-c", RANK_PROGRAM]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        ancestors = [int(pid) for pid in proc.stdout.readline().split()]
+        assert len(ancestors) == 2 and ancestors[1] == proc.pid
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == f"True launcher process {proc.pid} exited"
+    finally:
+        if group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    from bertspeed.training.signals import launcher_ancestors
+
+    assert launcher_ancestors() == []
