@@ -188,8 +188,10 @@ def export_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_hf_folder(output_dir, config: BertConfig, state: dict[str, torch.Tensor], vocab_file=None,
-                   architecture: str = "BertForPreTraining") -> Path:
-    """Write config.json, model.safetensors and vocab.txt; the folder appears whole or not at all."""
+                   architecture: str = "BertForPreTraining", do_lower_case: bool | None = None) -> Path:
+    """Write config.json, model.safetensors and, with a vocab, vocab.txt + tokenizer_config.json +
+    special_tokens_map.json; the folder appears whole or not at all. The casing is `do_lower_case`, else
+    that of the tokenizer_config.json beside `vocab_file`, else the vocab's own (bertspeed.model.tokenizer_config)."""
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
@@ -202,6 +204,7 @@ def save_hf_folder(output_dir, config: BertConfig, state: dict[str, torch.Tensor
                   metadata={"format": "pt"})
         if vocab_file is not None:
             shutil.copyfile(vocab_file, tmp / "vocab.txt")
+            _write_tokenizer_files(tmp, Path(vocab_file), do_lower_case, config.max_position_embeddings)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)
@@ -211,9 +214,17 @@ def save_hf_folder(output_dir, config: BertConfig, state: dict[str, torch.Tensor
     return output_dir
 
 
-def save_pretrained(model, output_dir, vocab_file=None) -> Path:
+def _write_tokenizer_files(folder: Path, vocab_file: Path, do_lower_case, max_length: int) -> None:
+    from bertspeed.model.tokenizer import read_vocab
+    from bertspeed.model.tokenizer_config import decide_do_lower_case, write_tokenizer_files
+    if do_lower_case is None:
+        do_lower_case = decide_do_lower_case(read_vocab(vocab_file), vocab_file, folder=vocab_file.parent)
+    write_tokenizer_files(folder, do_lower_case, max_length)
+
+
+def save_pretrained(model, output_dir, vocab_file=None, do_lower_case: bool | None = None) -> Path:
     return save_hf_folder(output_dir, model.config, export_state_dict(model), vocab_file,
-                          architecture=type(model).__name__)
+                          architecture=type(model).__name__, do_lower_case=do_lower_case)
 
 
 def find_vocab(folder) -> Path | None:

@@ -1,0 +1,257 @@
+"""Checkpoints other toolkits wrote, under our (= Hugging Face) parameter names.
+
+- Google BERT TensorFlow checkpoints (bert_model.ckpt.index + .data-*, bert_config.json, vocab.txt),
+  pretrained or finetuned (`cls/squad/output_*` = SQuAD, top-level `output_*` = run_classifier.py),
+  read by bertspeed.model.tf_checkpoint without TensorFlow. Adam slots and global_step are skipped and
+  reported. Google's "gelu" is the tanh approximation, so the config says gelu_new.
+- NVIDIA DeepLearningExamples `.pt` files ({"model": state_dict, "optimizer": ..., "files": ...}),
+  `dense_act` layer names, with or without DDP's `module.` prefix, read with weights_only or, when the file
+  holds other objects, with bertspeed.model.restricted_pickle (objects replaced unexecuted, reported).
+- Hugging Face folders and our run directories, as bertspeed.model.checkpoint reads them.
+
+open_checkpoint() gives any of these as an Opened: config, state dict, vocab and casing, notes.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bertspeed.model.checkpoint import TIED_KEYS, CheckpointError, find_vocab, read_state_dict, resolve_model_dir
+from bertspeed.model.config import BertConfig
+from bertspeed.model.tokenizer_config import read_do_lower_case
+
+TF_SKIPPED = re.compile(r"(^|/)(global_step|adam_m|adam_v)$")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+STATE_KEYS = ("model", "state_dict", "module")  # NVIDIA, Lightning-style, DeepSpeed mp_rank files
+
+
+@dataclass
+class Opened:
+    """A checkpoint read into memory under our names."""
+    source: str
+    config: BertConfig
+    state: dict[str, torch.Tensor]
+    vocab: Path | None = None
+    do_lower_case: bool | None = None  # from a tokenizer_config.json; None = not recorded
+    notes: list[str] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # our key -> the name in the source, where it differs
+    foreign: bool = False  # not a Hugging Face folder or one of our runs: every variable must fit (check_shapes)
+    name_for_missing: object = None  # our key -> the source's name for a variable it lacks
+
+    def name_of(self, key: str) -> str:
+        if key in self.names:
+            return self.names[key]
+        return self.name_for_missing(key) if self.name_for_missing else key
+
+
+# ---- Google TensorFlow names ----------------------------------------------------------------------
+TF_HEADS = {"cls/predictions/output_bias": "cls.predictions.bias",
+            "cls/seq_relationship/output_weights": "cls.seq_relationship.weight",
+            "cls/seq_relationship/output_bias": "cls.seq_relationship.bias",
+            "cls/squad/output_weights": "qa_outputs.weight", "cls/squad/output_bias": "qa_outputs.bias",
+            "output_weights": "classifier.weight", "output_bias": "classifier.bias"}
+TF_LEAVES = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}
+
+
+def tf_key(name: str) -> tuple[str, bool] | None:
+    """(our key, transpose?) for a TF variable name, None when it is not a BERT variable."""
+    if name in TF_HEADS:
+        return TF_HEADS[name], False
+    if not name.startswith(("bert/", "cls/predictions/transform/")):
+        return None
+    *path, leaf = name.split("/")
+    path = [f"layer.{p[6:]}" if re.fullmatch(r"layer_\d+", p) else p for p in path]
+    if leaf.endswith("_embeddings"):
+        return ".".join(path + [leaf, "weight"]), False
+    if leaf not in TF_LEAVES:
+        return None
+    return ".".join(path + [TF_LEAVES[leaf]]), leaf == "kernel"  # TF kernels are (in, out)
+
+
+def tf_name(key: str) -> str:
+    """The TF variable name of our key (the inverse of tf_key), for messages about missing variables."""
+    heads = {ours: name for name, ours in TF_HEADS.items()}
+    if key in heads:
+        return heads[key]
+    *path, leaf = key.split(".")
+    path = "/".join(path).replace("layer/", "layer_").split("/")
+    if path[-1].endswith("_embeddings"):
+        return "/".join(path)
+    names = {"weight": "gamma", "bias": "beta"} if path[-1] == "LayerNorm" else {"weight": "kernel", "bias": "bias"}
+    return "/".join(path + [names[leaf]])
+
+
+def read_tf(prefix: Path, config: BertConfig, config_path: Path) -> Opened:
+    from bertspeed.model.tf_checkpoint import BundleReader
+    reader = BundleReader(prefix)
+    state, names, skipped, unknown = {}, {}, [], []
+    for name in sorted(reader.entries):
+        mapped = None if TF_SKIPPED.search(name) else tf_key(name)
+        if TF_SKIPPED.search(name):
+            skipped.append(name)
+        elif mapped is None:
+            unknown.append(name)
+        else:
+            key, transpose = mapped
+            tensor = reader.tensor(name)
+            state[key], names[key] = (tensor.t().contiguous() if transpose else tensor), name
+    if unknown:
+        raise CheckpointError(f"{reader.index}: unknown variables {', '.join(unknown)} (not BERT variables we can map)")
+    notes = [f"skipped {len(skipped)} optimizer variables (Adam slots, global_step)"] if skipped else []
+    changes = {}
+    if config.hidden_act == "gelu":
+        changes["hidden_act"] = "gelu_new"
+        notes.append(f"{config_path}: hidden_act gelu -> gelu_new (Google's BERT computes gelu with the tanh "
+                     "approximation)")
+    if "classifier.weight" in state:
+        changes["num_labels"] = state["classifier.weight"].shape[0]
+    return Opened(str(reader.index), config.replace(**changes), state, notes=notes, names=names, foreign=True,
+                  name_for_missing=tf_name)
+
+
+# ---- NVIDIA DeepLearningExamples (and other torch.save) files -------------------------------------
+def read_torch_file(path: Path, config: BertConfig) -> Opened:
+    from bertspeed.model.restricted_pickle import restricted_load
+    notes = []
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - refused objects (or an unreadable file): the restricted loader decides
+        try:
+            obj, replaced = restricted_load(path)
+        except Exception as e:  # noqa: BLE001 - any failure of a foreign file is bad input
+            raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        notes.append(f"{path}: objects not loaded (never executed): {', '.join(replaced)}")
+    state = obj
+    if isinstance(obj, dict) and not _all_tensors(obj):
+        holder = next((k for k in STATE_KEYS if isinstance(obj.get(k), dict)), None)
+        if holder is None:
+            raise CheckpointError(f"{path}: no state dict of tensors (top-level keys {', '.join(map(str, obj))})")
+        state = obj[holder]
+        others = [str(k) for k in obj if k != holder]
+        notes.append(f"{path}: weights from {holder!r}; skipped {', '.join(others)}" if others else "")
+    if not isinstance(state, dict) or not _all_tensors(state):
+        bad = [str(k) for k, v in (state.items() if isinstance(state, dict) else []) if not torch.is_tensor(v)]
+        raise CheckpointError(f"{path}: not a mapping of parameter names to tensors ({', '.join(bad[:5])})")
+    renamed, names = {}, {}
+    for key, tensor in state.items():
+        ours = key.removeprefix("module.").replace(".dense_act.", ".dense.")
+        renamed[ours] = tensor.detach().clone() if isinstance(tensor, torch.nn.Parameter) else tensor
+        if ours != key:
+            names[ours] = key
+    config = _unpad_vocab(renamed, config, path, notes)
+    return Opened(str(path), config, renamed, notes=[n for n in notes if n], names=names, foreign=True)
+
+
+def _all_tensors(mapping: dict) -> bool:
+    return bool(mapping) and all(torch.is_tensor(v) for v in mapping.values())
+
+
+def _unpad_vocab(state, config: BertConfig, path: Path, notes: list[str]) -> BertConfig:
+    """NVIDIA's modeling.py pads the vocabulary to a multiple of 8 rows; rows past vocab.txt are dropped."""
+    key = next((k for k in state if k.endswith("word_embeddings.weight")), None)
+    rows = state[key].shape[0] if key else config.vocab_size
+    if rows % 8 or not 0 < rows - config.vocab_size < 8:
+        return config
+    for k in list(state):
+        if k.endswith(("word_embeddings.weight", "predictions.bias", "decoder.weight", "decoder.bias")):
+            state[k] = state[k][:config.vocab_size].clone()
+    notes.append(f"{path}: vocabulary padded to {rows} rows (a multiple of 8); rows past vocab_size "
+                 f"{config.vocab_size} dropped")
+    return config
+
+
+# ---- finding the parts --------------------------------------------------------------------------
+def _tf_prefix(path: Path) -> Path | None:
+    """The checkpoint prefix when PATH is a TF checkpoint (prefix, .index file, or folder holding one)."""
+    if path.name.endswith(".index") and path.is_file():
+        return path.with_name(path.name.removesuffix(".index"))
+    if not path.exists() and path.with_name(path.name + ".index").is_file():
+        return path
+    if path.is_dir():
+        state_file = path / "checkpoint"  # TF's own pointer to the newest checkpoint
+        if state_file.is_file():
+            match = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', state_file.read_text(), re.M)
+            if match and (path / (Path(match.group(1)).name + ".index")).is_file():
+                return path / Path(match.group(1)).name
+        indexes = sorted(path.glob("*.index"))
+        if len(indexes) > 1:
+            raise CheckpointError(f"{path}: several TensorFlow checkpoints ({', '.join(p.name for p in indexes)}); "
+                                  "name one (its prefix or .index file)")
+        if indexes:
+            return indexes[0].with_name(indexes[0].name.removesuffix(".index"))
+    return None
+
+
+def _torch_file(path: Path) -> Path | None:
+    if path.is_file() and path.suffix in TORCH_SUFFIXES:
+        return path
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".pt", ".pth"))
+        if len(files) == 1:
+            return files[0]
+    return None
+
+
+def _config_beside(folder: Path, config_file) -> tuple[BertConfig, Path]:
+    path = Path(config_file) if config_file else next(
+        (folder / n for n in ("config.json", "bert_config.json") if (folder / n).is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{folder}: no config.json or bert_config.json (pass --config_file)")
+    return BertConfig.from_json_file(path), path
+
+
+def is_foreign(path) -> bool:
+    """True for a TF checkpoint or a torch file/folder that is not a Hugging Face folder or run directory."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            resolve_model_dir(path)
+            return False
+        except (CheckpointError, FileNotFoundError):
+            pass
+    return _tf_prefix(path) is not None or _torch_file(path) is not None
+
+
+def open_checkpoint(path, config_file=None) -> Opened:
+    """Any checkpoint we read: a Hugging Face folder or run directory, a TF checkpoint, a torch file."""
+    path = Path(path)
+    if not path.exists() and _tf_prefix(path) is None:
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not is_foreign(path) and not path.is_file():
+        folder = resolve_model_dir(path)
+        config, _ = _config_beside(folder, config_file)
+        opened = Opened(str(folder), config, read_state_dict(folder))
+    else:
+        prefix = _tf_prefix(path)
+        folder = (prefix or path).parent if (prefix or path.is_file()) else path
+        config, config_path = _config_beside(folder, config_file)
+        if prefix is not None:
+            opened = read_tf(prefix, config, config_path)
+        elif path.is_file() and path.suffix in (".safetensors", ".json"):
+            opened = Opened(str(path), config, read_state_dict(path))
+        else:
+            torch_file = _torch_file(path)
+            if torch_file is None:
+                raise CheckpointError(f"{path}: neither a model folder nor a TensorFlow or PyTorch checkpoint")
+            opened = read_torch_file(torch_file, config)
+    opened.vocab = find_vocab(folder)
+    opened.do_lower_case = read_do_lower_case(folder)
+    return opened
+
+
+def check_shapes(opened: Opened, model: torch.nn.Module) -> None:
+    """Every tensor has the shape the config gives its parameter, and none the model needs is missing:
+    errors name the source's own variable and the config."""
+    target = model.state_dict()
+    for key, tensor in opened.state.items():
+        if key in target and tuple(tensor.shape) != tuple(target[key].shape):
+            raise CheckpointError(f"{opened.source}: variable {opened.name_of(key)!r} has shape {tuple(tensor.shape)}"
+                                  f" but the config gives {key} the shape {tuple(target[key].shape)}")
+    missing = [opened.name_of(k) for k in target if k not in opened.state and k not in TIED_KEYS]
+    if missing:
+        raise CheckpointError(f"{opened.source}: missing variables {', '.join(missing)} "
+                              f"(needed by {type(model).__name__})")
+
