@@ -80,17 +80,18 @@ def test_each_driver_has_its_defaults_and_accepts_the_launcher_flags():
     glue = run_glue.parse_args([*REQUIRED["glue"], *MODEL_AND_OUTPUT])
     squad = run_squad.parse_args([*REQUIRED["squad"], *MODEL_AND_OUTPUT])
     ner = run_ner.parse_args([*REQUIRED["ner"], *MODEL_AND_OUTPUT])
-    batch_settings = ("learning_rate", "num_train_epochs", "train_batch_size", "max_seq_length")
-    assert [getattr(glue, k) for k in batch_settings] == [2e-5, 3, 32, 128]
-    assert [getattr(squad, k) for k in batch_settings] == [3e-5, 2, 32, 384]
-    assert [getattr(ner, k) for k in batch_settings] == [5e-5, 3, 32, 128]
+    batch_settings = ("learning_rate", "num_train_epochs", "max_seq_length")
+    assert [getattr(glue, k) for k in batch_settings] == [2e-5, 3, 128]
+    assert [getattr(squad, k) for k in batch_settings] == [3e-5, 2, 384]
+    assert [getattr(ner, k) for k in batch_settings] == [5e-5, 3, 128]
+    assert [s.batch_sizes(1)["global"] for s in (glue, squad, ner)] == [32, 32, 32]
     assert (squad.doc_stride, squad.max_query_length, squad.n_best_size, squad.max_answer_length) == (128, 64, 20, 30)
     assert (glue.precision, glue.do_lower_case, glue.dist_timeout, glue.local_rank, glue.fused_kernels) == (
         "auto", None, 600.0, -1, False)
     launched = run_glue.parse_args([*REQUIRED["glue"], *MODEL_AND_OUTPUT, "--deepspeed", "--local_rank=1", "--bf16",
                                     "--no-do_lower_case", "--fused_kernels"])
-    assert (launched.deepspeed, launched.local_rank, launched.precision, launched.do_lower_case,
-            launched.fused_kernels) == (True, 1, "bf16", False, True)
+    assert (launched.deepspeed, launched.deepspeed_config, launched.local_rank, launched.precision,
+            launched.do_lower_case, launched.fused_kernels) == ("", None, 1, "bf16", False, True)
     other = run_ner.parse_args([*REQUIRED["ner"], *MODEL_AND_OUTPUT, "--local-rank", "0", "--fp16", "--do_lower_case"])
     assert (other.local_rank, other.precision, other.do_lower_case) == (0, "fp16", True)
     served = predict.parse_args(["--model_dir", "m", "--sentence", "s", "--precision", "fp32"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from bertspeed.finetune.checkpoint import prepare_output_dir
 from bertspeed.finetune.settings import FinetuneSettings, ModelSettings
 from bertspeed.finetune.trainer import Trainer, set_seed
 from bertspeed.model.checkpoint import from_pretrained, resolve_model_dir
@@ -17,6 +18,7 @@ from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.distributed import Runtime, setup_runtime, shutdown_distributed
 from bertspeed.training.hardware import Precision, choose_precision, host_info
 from bertspeed.training.settings import as_dict
+from bertspeed.training.signals import EXIT_SIGNALLED, StoppedBySignal
 
 
 def resolve_precision(flag: str, deepspeed_config: str | None, device: torch.device) -> Precision:
@@ -43,6 +45,9 @@ def load_tokenizer(folder: Path, vocab_file=None, do_lower_case=None) -> tuple[B
 def start(settings: FinetuneSettings, model_class, **config_changes):
     """Runtime, seed, model (task head created when absent, reported), tokenizer and trainer."""
     rt: Runtime = setup_runtime(settings.deepspeed_config, settings.dist_timeout, settings.local_rank)
+    settings.batch_sizes(rt.world_size)  # a batch that does not fit the ranks fails before anything is written
+    check_report_to(settings.report_to)
+    resume_from = prepare_output_dir(settings, rt.is_main)
     use_requested_kernels(settings)
     set_seed(settings.seed)
     folder = resolve_model_dir(settings.model_dir)
@@ -59,16 +64,30 @@ def start(settings: FinetuneSettings, model_class, **config_changes):
         write_json_atomic(output_dir / "run_config.json", {
             "args": as_dict(settings), "precision": precision.as_dict(), "host": host_info(precision.name),
             "world_size": rt.world_size, "deepspeed": rt.use_deepspeed})
-    trainer = Trainer(model, settings, rt, precision.name)
+    trainer = Trainer(model, settings, rt, precision.name, resume_from)
     return trainer, tokenizer, vocab
 
 
+def check_report_to(report_to: str) -> None:
+    if report_to == "tensorboard":
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ValueError("--report_to tensorboard needs the tensorboard package "
+                             "(pip install bertspeed[tensorboard])") from None
+
+
 def main_guard(main, argv=None) -> int:
-    """Run `main(argv)`; bad input (missing file, bad value) ends with a one-line error and exit code 2."""
+    """Run `main(argv)`; bad input (missing file, bad value) ends with a one-line error and exit code 2,
+    a stop by SIGTERM/SIGINT (after its checkpoint) with EXIT_SIGNALLED."""
     try:
         main(argv)
         shutdown_distributed()
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StoppedBySignal as e:
+        print(str(e), file=sys.stderr)
+        shutdown_distributed()
+        return EXIT_SIGNALLED
     return 0

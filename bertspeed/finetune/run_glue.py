@@ -1,11 +1,14 @@
 """Finetune and evaluate a BERT checkpoint on a GLUE task (all nine, glue_data layout).
 
     python finetune/run_glue.py --task_name RTE --data_dir GLUE_DIR/RTE --model_dir MODEL --output_dir OUT
+    python finetune/run_glue.py --task_name RTE --data_dir GLUE_DIR/RTE --model_name_or_path MODEL \\
+        --do_train --do_eval --per_device_train_batch_size 32 --output_dir OUT      # Hugging Face's spelling
     deepspeed --num_gpus 2 finetune/run_glue.py ... --deepspeed_config ds_configs/<x>.json
 
 Writes OUT/eval_results.json (mcc / acc / f1 / pearson / spearmanr, as the task reports; MNLI's
 mismatched scores end in _mm), OUT/metrics.jsonl, dev predictions (OUT/dev_predictions.tsv), GLUE
 submission files for the test set (OUT/submission/<Task>.tsv) and the finetuned model (OUT/model).
+--do_train / --do_eval (dev set) / --do_predict (test set) run only the steps given.
 """
 from __future__ import annotations
 
@@ -51,8 +54,9 @@ def main(argv=None):
     data_dir = Path(settings.data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"--data_dir {data_dir} is not a directory")
-    train_examples = glue.read_examples(task, data_dir / "train.tsv") if settings.num_train_epochs > 0 else []
-    dev_sets = [glue.read_examples(task, data_dir / name) for name in task.dev_files]
+    train, do_eval, do_predict = settings.steps(has_train_data=True)
+    train_examples = glue.read_examples(task, data_dir / "train.tsv") if train else []
+    dev_sets = [glue.read_examples(task, data_dir / name) for name in task.dev_files] if do_eval else []
     if settings.max_train_samples:
         train_examples = train_examples[: settings.max_train_samples]
     if settings.max_eval_samples:
@@ -66,15 +70,15 @@ def main(argv=None):
 
     dev = [(name, examples, glue.featurize(examples, tokenizer, settings.max_seq_length))
            for name, examples in zip(task.dev_files, dev_sets)]
-    if train_examples:
+    if train:
         features = glue.featurize(train_examples, tokenizer, settings.max_seq_length)
         trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features],
-                      evaluate=lambda: evaluate(settings, task, trainer, dev))
+                      evaluate=(lambda: evaluate(settings, task, trainer, dev)) if dev else None)
 
-    results = evaluate(settings, task, trainer, dev, write_predictions=True)
-    if not settings.no_test_predictions:
+    results = evaluate(settings, task, trainer, dev, write_predictions=True) if do_eval else None
+    if do_predict and not settings.no_test_predictions:
         write_test_predictions(settings, task, trainer, tokenizer)
-    if not settings.no_save_model and train_examples:
+    if not settings.no_save_model and train:
         trainer.save_model(Path(settings.output_dir) / "model", vocab)
     trainer.finish(results)
 

@@ -2,6 +2,8 @@
 
     python finetune/run_ner.py --train_file conll/train.txt --eval_file conll/dev.txt \\
         --model_dir MODEL --output_dir OUT [--test_file conll/test.txt] [--use_crf]
+    python finetune/run_ner.py --model_name_or_path MODEL --train_file conll/train.txt \\
+        --validation_file conll/dev.txt --do_train --do_eval --output_dir OUT   # Hugging Face's spelling
 
 The format follows the extension (.json/.jsonl = CLUENER-style, otherwise CoNLL) unless --format is
 given. Writes OUT/eval_results.json (entity-level precision / recall / f1, seqeval's definition),
@@ -30,7 +32,8 @@ from bertspeed.training.settings import setting
 @dataclass(kw_only=True)
 class NerSettings(FinetuneSettings):  # the common defaults: lr 5e-5, 3 epochs, batch 32, 128 tokens
     train_file: str | None = setting(None, help="labelled sentences to train on")
-    eval_file: str = setting(help="labelled sentences to score")
+    eval_file: str | None = setting(None, help="labelled sentences to score (required unless --do_train / "
+                                               "--do_predict without --do_eval)", aliases=("--validation_file",))
     test_file: str | None = setting(None, help="sentences to label (labels, if any, are ignored)")
     format: str | None = setting(None, help="conll or cluener (default: from the file extension)",
                                  choices=ner.FORMATS)
@@ -47,9 +50,9 @@ def parse_args(argv=None) -> NerSettings:
     return parse_settings(NerSettings, argv, __doc__)
 
 
-def model_labels(settings, sentence_sets) -> list[str]:
-    """Labels of the data; when only evaluating, those the finetuned model was saved with."""
-    if settings.train_file and settings.num_train_epochs > 0:
+def model_labels(settings, sentence_sets, train: bool) -> list[str]:
+    """Labels of the data; when not training, those the finetuned model was saved with."""
+    if train:
         return ner.label_list(*sentence_sets)
     config = BertConfig.from_json_file(resolve_model_dir(settings.model_dir) / "config.json")
     if not config.id2label:
@@ -94,15 +97,21 @@ def evaluate(settings, trainer, sentences, features, labels, write_to=None) -> d
 
 def main(argv=None):
     settings = parse_args(argv)
-    train = bool(settings.train_file) and settings.num_train_epochs > 0
-    fmt = settings.format or ner.detect_format(Path(settings.eval_file))
+    train, do_eval, do_predict = settings.steps(has_train_data=bool(settings.train_file))
+    do_predict = do_predict and bool(settings.test_file)
+    if settings.do_predict and not settings.test_file:
+        raise ValueError("--do_predict needs --test_file")
+    if do_eval and not settings.eval_file:
+        raise ValueError("--eval_file is required to evaluate (or give only --do_train / --do_predict)")
+    files = [f for f in (settings.eval_file, settings.train_file, settings.test_file) if f]
+    fmt = settings.format or (ner.detect_format(Path(files[0])) if files else None)
     train_sentences = ner.read_sentences(settings.train_file, fmt) if train else []
-    eval_sentences = ner.read_sentences(settings.eval_file, fmt)
+    eval_sentences = ner.read_sentences(settings.eval_file, fmt) if do_eval else []
     if any(s.labels is None for s in eval_sentences):
         raise ValueError(f"{settings.eval_file}: every sentence needs labels to be scored")
     train_sentences = train_sentences[: settings.max_train_samples] if settings.max_train_samples else train_sentences
     eval_sentences = eval_sentences[: settings.max_eval_samples] if settings.max_eval_samples else eval_sentences
-    labels = model_labels(settings, [train_sentences, eval_sentences])
+    labels = model_labels(settings, [train_sentences, eval_sentences], train)
     label2id = {label: i for i, label in enumerate(labels)}
     if saved_with_crf(settings.model_dir):
         settings = dataclasses.replace(settings, use_crf=True)
@@ -118,12 +127,12 @@ def main(argv=None):
     suffix = ".json" if fmt == "cluener" else ".txt"
     if train:
         features = features_of(train_sentences)
-        trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features],
-                      evaluate=lambda: evaluate(settings, trainer, eval_sentences, eval_features, labels),
+        evaluate_now = (lambda: evaluate(settings, trainer, eval_sentences, eval_features, labels)) if do_eval else None
+        trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features], evaluate=evaluate_now,
                       main_metric="f1")
     results = evaluate(settings, trainer, eval_sentences, eval_features, labels,
-                       write_to=(out / f"eval_predictions{suffix}", fmt))
-    if settings.test_file:
+                       write_to=(out / f"eval_predictions{suffix}", fmt)) if do_eval else None
+    if do_predict:
         test_sentences = ner.read_sentences(settings.test_file, fmt)
         test_sentences = test_sentences[: settings.max_eval_samples] if settings.max_eval_samples else test_sentences
         test_predictions = predict_tags(trainer, features_of(test_sentences, labelled=False), labels,

@@ -3,12 +3,16 @@
     python finetune/run_squad.py --train_file train-v1.1.json --predict_file dev-v1.1.json \\
         --model_dir MODEL --output_dir OUT [--version_2_with_negative]
     deepspeed --num_gpus 8 finetune/run_squad.py ... --deepspeed_config ds_configs/<x>.json
+    python finetune/run_squad.py --model_name_or_path MODEL --train_file train-v1.1.json \\
+        --validation_file dev-v1.1.json --do_train --do_predict --per_device_train_batch_size 8 \\
+        --deepspeed ds.json --output_dir OUT                                       # Hugging Face's spelling
 
 Writes OUT/predictions.json and OUT/nbest_predictions.json (official formats), for v2.0 also
 OUT/null_odds.json (no-answer score minus best answer score, per question), OUT/eval_results.json
 (exact_match and f1 as the official evaluation scripts compute them; v2.0 adds the HasAns/NoAns
 split and the best no-answer threshold on this file), OUT/metrics.jsonl and the model in OUT/model.
-Without --train_file (or with --num_train_epochs 0) the model is evaluated as loaded.
+Without --train_file (or with --num_train_epochs 0) the model is evaluated as loaded. --do_eval and
+--do_predict both mean: predict and score --predict_file; --do_train alone only trains.
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ from bertspeed.training.settings import setting
 @dataclass(kw_only=True)
 class SquadSettings(SpanSettings, FinetuneSettings):
     train_file: str | None = setting(None, help="SQuAD-format JSON to train on")
-    predict_file: str = setting(help="SQuAD-format JSON to predict and score")
+    predict_file: str | None = setting(None, help="SQuAD-format JSON to predict and score (required unless only "
+                                                  "--do_train)", aliases=("--validation_file",))
     version_2_with_negative: bool = setting(False, help="SQuAD v2.0: questions may have no answer")
     null_score_diff_threshold: float = setting(
         0.0, help="v2.0: answer '' when null score - best span score exceeds this")
@@ -44,11 +49,14 @@ def parse_args(argv=None) -> SquadSettings:
 
 def main(argv=None):
     settings = parse_args(argv)
-    train = settings.train_file and settings.num_train_epochs > 0
+    train, do_eval, do_predict = settings.steps(has_train_data=bool(settings.train_file))
+    scored = do_eval or do_predict  # both mean: predict and score --predict_file
+    if scored and not settings.predict_file:
+        raise ValueError("--predict_file is required to evaluate or predict (or give only --do_train)")
     trainer, tokenizer, vocab = start(settings, BertForQuestionAnswering)
     windows = dict(max_seq_length=settings.max_seq_length, doc_stride=settings.doc_stride,
                    max_query_length=settings.max_query_length)
-    dev = load_dev(settings, tokenizer, windows)
+    dev = load_dev(settings, tokenizer, windows) if scored else None
     if train:
         _, contexts, examples = squad.read_squad(settings.train_file)
         examples = examples[: settings.max_train_samples] if settings.max_train_samples else examples
@@ -60,9 +68,9 @@ def main(argv=None):
             print(f"train: {len(examples)} questions -> {len(features)} features "
                   f"({skipped} questions skipped: answer_start does not point at the answer text)")
         trainer.train(features, collate_padded, [len(f["input_ids"]) for f in features],
-                      evaluate=lambda: evaluate(settings, trainer, dev), main_metric="f1")
+                      evaluate=(lambda: evaluate(settings, trainer, dev)) if dev else None, main_metric="f1")
 
-    results = evaluate(settings, trainer, dev, write_predictions=True)
+    results = evaluate(settings, trainer, dev, write_predictions=True) if scored else None
     if train and not settings.no_save_model:
         trainer.save_model(Path(settings.output_dir) / "model", vocab)
     trainer.finish(results)

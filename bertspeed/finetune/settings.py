@@ -18,7 +18,11 @@ from pathlib import Path
 
 from bertspeed.model.layers import FUSED_KERNELS_HELP
 from bertspeed.training.hardware import PRECISION_HELP, PRECISIONS
+from bertspeed.training.runs import LATEST
 from bertspeed.training.settings import from_namespace, parser_for, setting
+
+DEFAULT_GLOBAL_BATCH = 32
+REPORT_TO = ("none", "tensorboard")
 
 
 def default_of(cls, name: str, value):
@@ -30,7 +34,8 @@ def default_of(cls, name: str, value):
 @dataclass(kw_only=True)
 class ModelSettings:
     model_dir: str = setting(
-        help="Hugging Face BERT folder, or one of our pretraining run dirs (its `latest` checkpoint)")
+        help="Hugging Face BERT folder, or one of our pretraining run dirs (its `latest` checkpoint)",
+        aliases=("--model_name_or_path",))
     vocab_file: str | None = setting(None, help="WordPiece vocab (default: vocab.txt of the model folder)")
     do_lower_case: bool | None = setting(
         None, help="lower-case input (default: tokenizer_config.json of the model folder, else yes)")
@@ -45,57 +50,119 @@ class ModelSettings:
 
 @dataclass(kw_only=True)
 class FinetuneSettings(ModelSettings):
+    # steps (Hugging Face's switches; none given: train when there is training data, then evaluate and predict)
+    do_train: bool = setting(False, help="train (on the driver's training data)")
+    do_eval: bool = setting(False, help="score the dev / evaluation set")
+    do_predict: bool = setting(False, help="predict the test set (SQuAD: same as --do_eval, on --predict_file)")
     # model and output
-    output_dir: str = setting(help="where eval_results.json, metrics.jsonl, model/ go")
+    output_dir: str = setting(help="where eval_results.json, metrics.jsonl, model/ and checkpoints go")
+    overwrite_output_dir: bool = setting(False, help="start over in an --output_dir holding another run's "
+                                                     "checkpoints (they are deleted)")
     no_save_model: bool = setting(False, help="do not write the finetuned model to OUT/model")
     # training
     num_train_epochs: float = setting(3.0, help="0 evaluates the model as loaded")
+    max_steps: int = setting(-1, help="optimizer steps to train; overrides --num_train_epochs (-1: off)")
     learning_rate: float = setting(5e-5, help="peak learning rate (linear warm-up, then linear decay to 0)")
-    train_batch_size: int = setting(32, help="global batch: micro batch x gradient accumulation x ranks")
-    eval_batch_size: int = setting(64, help="per-rank prediction batch")
+    train_batch_size: int | None = setting(
+        None, help=f"GLOBAL batch per optimizer step, all ranks together (DeepSpeed's train_batch_size; NVIDIA's "
+                   f"run_squad.py means per GPU): micro batch x --gradient_accumulation_steps x ranks "
+                   f"(default: {DEFAULT_GLOBAL_BATCH} unless --per_device_train_batch_size is given)")
+    per_device_train_batch_size: int | None = setting(
+        None, help="micro batch: sequences per rank per forward pass (Hugging Face's meaning); the global batch is "
+                   "this x --gradient_accumulation_steps x ranks")
+    eval_batch_size: int = setting(64, help="prediction batch per rank", aliases=("--per_device_eval_batch_size",))
     gradient_accumulation_steps: int = setting(1, help="micro batches per optimizer step")
-    warmup_proportion: float = setting(0.1, help="share of steps with linear warm-up")
+    warmup_proportion: float = setting(0.1, help="share of steps with linear warm-up", aliases=("--warmup_ratio",))
     weight_decay: float = setting(0.01, help="AdamW weight decay (not on biases and LayerNorm)")
     max_grad_norm: float = setting(1.0, help="gradient clipping; 0 disables")
     seed: int = setting(42, help="seed of initialisation, data order and dropout")
     no_group_by_length: bool = setting(False, help="plain shuffled batches")
+    max_train_samples: int | None = setting(None, help="use only the first N training examples")
+    max_eval_samples: int | None = setting(None, help="use only the first N evaluation (and test) examples")
+    # logging, evaluation, checkpoints
     logging_steps: int = setting(50, help="optimizer steps between metrics lines")
     eval_steps: int = setting(0, help="optimizer steps between evaluations during training, logged as eval/ "
                                       "metrics lines (0: evaluate only at the end)")
-    max_train_samples: int | None = setting(None, help="use only the first N training examples")
-    max_eval_samples: int | None = setting(None, help="use only the first N evaluation (and test) examples")
+    report_to: str = setting("none", help="also write the metrics as TensorBoard events to OUT/tensorboard",
+                             choices=REPORT_TO)
+    save_steps: int = setting(0, help="optimizer steps between checkpoints OUT/global_stepN (0: only when stopped "
+                                      "by SIGTERM/SIGINT)")
+    save_total_limit: int | None = setting(None, help="checkpoints kept (the oldest are deleted; default: all)")
+    resume: str | None = setting(
+        None, optional_value=LATEST, aliases=("--resume_from_checkpoint",), metavar="CHECKPOINT",
+        help="continue the run in --output_dir exactly (same data order, losses and weights): alone, from its "
+             "newest checkpoint (a fresh start if it has none yet); or from the checkpoint folder given")
     # distributed
     deepspeed_config: str | None = setting(None, help="DeepSpeed JSON; batch flags above override its batch keys")
-    deepspeed: bool = setting(False, help="accepted for launcher compatibility")
+    deepspeed: str | None = setting(
+        None, optional_value="", metavar="CONFIG.json",
+        help="Hugging Face's spelling of --deepspeed_config; alone, the launcher's switch (ignored)")
     dist_timeout: float = setting(
         600.0, help="seconds a collective may wait before the run fails instead of hanging")
     local_rank: int = setting(-1, help="set by the deepspeed launcher", aliases=("--local-rank",))
 
     def __post_init__(self):
         super().__post_init__()
-        if self.num_train_epochs < 0 or self.learning_rate <= 0 or self.train_batch_size <= 0:
-            raise ValueError("--num_train_epochs must be >= 0, --learning_rate and --train_batch_size > 0")
+        if self.deepspeed:  # one source: the config path lives in deepspeed_config
+            if self.deepspeed_config and self.deepspeed_config != self.deepspeed:
+                raise ValueError(f"--deepspeed {self.deepspeed} and --deepspeed_config {self.deepspeed_config} "
+                                 "name different files: give one")
+            self.deepspeed_config = self.deepspeed
+        if self.num_train_epochs < 0 or self.learning_rate <= 0:
+            raise ValueError("--num_train_epochs must be >= 0 and --learning_rate > 0")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be positive (or -1: off), got {self.max_steps}")
         for flag in ("gradient_accumulation_steps", "eval_batch_size", "logging_steps"):
             if getattr(self, flag) <= 0:
-                raise ValueError(f"--{flag} must be > 0")
+                raise ValueError(f"--{flag} must be > 0, got {getattr(self, flag)}")
         if not 0 <= self.warmup_proportion < 1:
-            raise ValueError("--warmup_proportion must be in [0, 1)")
-        if self.eval_steps < 0:
-            raise ValueError("--eval_steps must be >= 0")
-        for flag in ("max_train_samples", "max_eval_samples"):
+            raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        for flag in ("eval_steps", "save_steps"):
+            if getattr(self, flag) < 0:
+                raise ValueError(f"--{flag} must be >= 0, got {getattr(self, flag)}")
+        for flag in ("max_train_samples", "max_eval_samples", "save_total_limit", "train_batch_size",
+                     "per_device_train_batch_size"):
             if getattr(self, flag) is not None and getattr(self, flag) <= 0:
-                raise ValueError(f"--{flag} must be positive")
+                raise ValueError(f"--{flag} must be positive, got {getattr(self, flag)}")
         if self.dist_timeout <= 0:
             raise ValueError(f"--dist_timeout must be positive, got {self.dist_timeout}")
         if self.deepspeed_config and not Path(self.deepspeed_config).is_file():
             raise FileNotFoundError(f"--deepspeed_config {self.deepspeed_config} not found")
+        if self.resume and self.overwrite_output_dir:
+            raise ValueError("--resume and --overwrite_output_dir contradict each other: give one")
+        if self.resume not in (None, LATEST) and not Path(self.resume).is_dir():
+            raise FileNotFoundError(f"--resume {self.resume}: no such checkpoint folder")
+
+    def steps(self, has_train_data: bool) -> tuple[bool, bool, bool]:
+        """(train, evaluate, predict): the --do_* switches given, else train when there is training
+        data (and epochs or steps to run), evaluate and predict."""
+        if self.do_train or self.do_eval or self.do_predict:
+            if self.do_train and not has_train_data:
+                raise ValueError("--do_train needs training data (the driver's training file)")
+            return self.do_train, self.do_eval, self.do_predict
+        return has_train_data and (self.num_train_epochs > 0 or self.max_steps > 0), True, True
+
+    def batch_sizes(self, world_size: int) -> dict:
+        """micro (per rank), accumulation, world and global batch, from either batch flag; a pair that
+        disagrees, or a global batch that does not divide, is an error naming the flags."""
+        per_step = self.gradient_accumulation_steps * world_size
+        micro = self.per_device_train_batch_size
+        if micro is not None:
+            if self.train_batch_size is not None and self.train_batch_size != micro * per_step:
+                raise ValueError(f"--train_batch_size {self.train_batch_size} (global) disagrees with "
+                                 f"--per_device_train_batch_size {micro} x --gradient_accumulation_steps "
+                                 f"{self.gradient_accumulation_steps} x {world_size} ranks = {micro * per_step}")
+        else:
+            total = self.train_batch_size or DEFAULT_GLOBAL_BATCH
+            if total % per_step:
+                raise ValueError(f"--train_batch_size {total} is not a multiple of "
+                                 f"--gradient_accumulation_steps x ranks = {per_step}")
+            micro = total // per_step
+        return {"micro": micro, "accumulation": self.gradient_accumulation_steps, "world": world_size,
+                "global": micro * per_step}
 
     def micro_batch_size(self, world_size: int) -> int:
-        per_step = self.gradient_accumulation_steps * world_size
-        if self.train_batch_size % per_step:
-            raise ValueError(f"--train_batch_size {self.train_batch_size} is not a multiple of "
-                             f"--gradient_accumulation_steps x ranks = {per_step}")
-        return self.train_batch_size // per_step
+        return self.batch_sizes(world_size)["micro"]
 
 
 @dataclass(kw_only=True)

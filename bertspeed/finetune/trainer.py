@@ -18,12 +18,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bertspeed.finetune import checkpoint
 from bertspeed.finetune.settings import FinetuneSettings
 from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.distributed import Runtime
+from bertspeed.training.faults import kill_point
 from bertspeed.training.hardware import autocast, with_precision
 from bertspeed.training.metrics import MetricsWriter
 from bertspeed.training.params import param_groups
+from bertspeed.training.runs import tag_for
+from bertspeed.training.signals import StopOnSignal, StoppedBySignal
 
 
 def set_seed(seed: int) -> None:
@@ -85,11 +89,28 @@ def linear_schedule(total_steps: int, warmup_steps: int):
     return factor
 
 
-def _deepspeed_config(settings: FinetuneSettings, precision: str, micro: int) -> dict:
+def training_plan(settings: FinetuneSettings, n_features: int, world_size: int) -> dict:
+    """Batch sizes, batches per epoch and rank, micro and optimizer steps of the run (--max_steps, else
+    --num_train_epochs; a trailing partial accumulation is not stepped)."""
+    batch = settings.batch_sizes(world_size)
+    if n_features == 0:
+        raise ValueError("no training examples (check the training file and --max_train_samples)")
+    per_epoch = math.ceil(math.ceil(n_features / batch["micro"]) / world_size)
+    if settings.max_steps > 0:
+        micro_steps = settings.max_steps * batch["accumulation"]
+    else:
+        full_epochs, fraction = int(settings.num_train_epochs), settings.num_train_epochs % 1
+        micro_steps = full_epochs * per_epoch + int(fraction * per_epoch)
+    return {"batch": batch, "per_epoch": per_epoch, "micro_steps": micro_steps,
+            "total_steps": math.ceil(micro_steps / batch["accumulation"]),
+            "last_step": micro_steps // batch["accumulation"]}
+
+
+def _deepspeed_config(settings: FinetuneSettings, precision: str, batch: dict) -> dict:
     path = settings.deepspeed_config
     config = json.loads(Path(path).read_text()) if path else {}
-    config.update(train_batch_size=settings.train_batch_size, train_micro_batch_size_per_gpu=micro,
-                  gradient_accumulation_steps=settings.gradient_accumulation_steps)
+    config.update(train_batch_size=batch["global"], train_micro_batch_size_per_gpu=batch["micro"],
+                  gradient_accumulation_steps=batch["accumulation"])
     config.setdefault("gradient_clipping", settings.max_grad_norm)  # DeepSpeed's default would be 1.0
     config = with_precision(config, precision)
     if "optimizer" not in config:
@@ -101,17 +122,27 @@ def _deepspeed_config(settings: FinetuneSettings, precision: str, micro: int) ->
 class Trainer:
     """Wraps the model for training and prediction, on one process or under DeepSpeed."""
 
-    def __init__(self, model, settings: FinetuneSettings, rt: Runtime, precision: str):
-        """`precision`: fp32 | bf16 | fp16, as resolved from --precision (hardware.choose_precision)."""
+    def __init__(self, model, settings: FinetuneSettings, rt: Runtime, precision: str, resume_from: Path | None = None):
+        """`precision`: fp32 | bf16 | fp16, as resolved from --precision (hardware.choose_precision);
+        `resume_from`: the checkpoint folder to continue from (checkpoint.prepare_output_dir)."""
         self.model, self.settings, self.rt, self.precision = model, settings, rt, precision
         self.output_dir = Path(settings.output_dir)
+        self.resume_from = resume_from
         self.engine = None  # DeepSpeed engine, when running under DeepSpeed
-        self.log = MetricsWriter(self.output_dir, rt.is_main)
-        self.log.truncate_after(0)  # a fresh run
+        self.log = MetricsWriter(self.output_dir, rt.is_main, tensorboard=settings.report_to == "tensorboard")
+        if resume_from is None:
+            self.log.truncate_after(0)  # a fresh run
+        else:  # drop what an interrupted attempt logged after its checkpoint
+            state = checkpoint.read_state(resume_from)
+            self.log.truncate_to(state["metrics_records"] or 0, state["step"])
+            if rt.is_main and resume_from.parent.resolve() == self.output_dir.resolve():
+                checkpoint.discard_later(self.output_dir, state["step"])
+            rt.barrier()
         self.step = 0
         self.train_stats: dict = {}
         self.grad_norms: list[float] = []  # of the optimizer steps since the last metrics line
         self.eval_seconds = 0.0
+        self._start = time.perf_counter()  # of training, for the perf/ throughputs
         self.postfix: dict = {}
         # Without DeepSpeed, fp16 needs loss scaling (DeepSpeed's fp16 mode brings its own).
         self.scaler = torch.amp.GradScaler(rt.device.type) if precision == "fp16" and not rt.use_deepspeed else None
@@ -120,14 +151,14 @@ class Trainer:
     def _autocast(self):
         return autocast(self.precision if self.engine is None else "fp32", self.rt.device.type)
 
-    def _setup_optimizer(self, total_steps: int, micro: int):
+    def _setup_optimizer(self, total_steps: int, batch: dict):
         warmup = int(self.settings.warmup_proportion * total_steps)
         schedule = linear_schedule(total_steps, warmup)
         if not self.rt.use_deepspeed:
             optimizer = adamw(param_groups(self.model, self.settings.weight_decay), self.settings.learning_rate)
             return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         import deepspeed
-        config = _deepspeed_config(self.settings, self.precision, micro)
+        config = _deepspeed_config(self.settings, self.precision, batch)
         optimizer = None
         if "optimizer" not in config:
             optimizer = adamw(param_groups(self.model, self.settings.weight_decay), self.settings.learning_rate)
@@ -140,50 +171,90 @@ class Trainer:
 
     def train(self, features: list[dict], collate, lengths: list[int], evaluate=None,
               main_metric: str | None = None) -> dict:
-        """Train for --num_train_epochs over `features`; returns a summary of the run.
+        """Train for --max_steps optimizer steps, else --num_train_epochs over `features`; returns a
+        summary of the run. Resumes from the checkpoint given to the constructor; writes checkpoints
+        every --save_steps and, stopped by SIGTERM/SIGINT, one more before raising StoppedBySignal.
 
         `evaluate()` (every rank calls it; returns metric name -> number) runs every --eval_steps
         optimizer steps, except at the last step, which the caller's final evaluation covers. Each
         call logs a metrics line of `eval/<name>` keys; `main_metric` (default: the first) goes to
         the progress bar. Time spent evaluating is left out of the perf/ throughputs."""
         settings, rt = self.settings, self.rt
-        micro = settings.micro_batch_size(rt.world_size)
-        full_epochs, fraction = int(settings.num_train_epochs), settings.num_train_epochs % 1
-        per_epoch = math.ceil(math.ceil(len(features) / micro) / rt.world_size)
-        micro_steps = full_epochs * per_epoch + int(fraction * per_epoch)
-        total_steps = math.ceil(micro_steps / settings.gradient_accumulation_steps)
-        last_step = micro_steps // settings.gradient_accumulation_steps
-        optimizer, scheduler = self._setup_optimizer(max(1, total_steps), micro)
+        plan = training_plan(settings, len(features), rt.world_size)
+        if rt.is_main:
+            b = plan["batch"]
+            print(f"batch: micro {b['micro']} per rank x accumulation {b['accumulation']} x world {b['world']} "
+                  f"= global {b['global']} sequences per optimizer step; {plan['last_step']} optimizer steps", flush=True)
+        optimizer, scheduler = self._setup_optimizer(max(1, plan["total_steps"]), plan["batch"])
+        self._optimizer, self._scheduler = optimizer, scheduler
+        progress = self._restore(plan) if self.resume_from else {"micro_step": 0, "seen": 0, "tokens": 0,
+                                                                  "running": []}
         module = self.engine or self.model
         module.train()
-        start, seen, tokens, running = time.perf_counter(), 0, 0, []
-        bar = tqdm(total=micro_steps, desc="train", disable=not rt.is_main, dynamic_ncols=True)
-        for epoch in range(math.ceil(settings.num_train_epochs)):
-            for batch_ids in self._epoch_batches(lengths, micro, epoch)[: min(per_epoch, micro_steps - bar.n)]:
+        self._start = time.perf_counter()
+        running = progress["running"]
+        bar = tqdm(total=plan["micro_steps"], initial=progress["micro_step"], desc="train", disable=not rt.is_main,
+                   dynamic_ncols=True)
+        stop, batches, epoch = StopOnSignal(), None, -1
+        try:
+            for micro_step in range(progress["micro_step"], plan["micro_steps"]):
+                if micro_step // plan["per_epoch"] != epoch:
+                    epoch = micro_step // plan["per_epoch"]
+                    batches = self._epoch_batches(lengths, plan["batch"]["micro"], epoch)
+                batch_ids = batches[micro_step % plan["per_epoch"]]
                 batch = _to_device(collate([features[i] for i in batch_ids]), rt.device)
                 with self._autocast():
                     loss = module(**batch).loss
                 running.append(loss.item())
-                seen += len(batch_ids) * rt.world_size
-                tokens += int(batch["attention_mask"].sum()) * rt.world_size
-                self._backward_step(loss, optimizer, scheduler, bar.n + 1)
+                progress["seen"] += len(batch_ids) * rt.world_size
+                progress["tokens"] += int(batch["attention_mask"].sum()) * rt.world_size
+                self._backward_step(loss, optimizer, scheduler, micro_step + 1)
                 bar.update(1)
-                if not self._at_boundary(bar.n):
+                if not self._at_boundary(micro_step + 1):
                     continue
+                kill_point("step", self.step)
                 if running and self.step % settings.logging_steps == 0:
-                    self._log_train(running, scheduler, seen, tokens, start, epoch, bar)
-                    running = []
-                if evaluate and settings.eval_steps and self.step % settings.eval_steps == 0 and self.step < last_step:
+                    self._log_train(running, scheduler, progress, epoch, bar)
+                    running.clear()
+                if evaluate and settings.eval_steps and self.step % settings.eval_steps == 0 \
+                        and self.step < plan["last_step"]:
                     self._evaluate(evaluate, main_metric, bar)
-        bar.close()
+                signalled = stop.agreed(rt.device)
+                if signalled or (settings.save_steps and self.step % settings.save_steps == 0):
+                    self._save({**progress, "micro_step": micro_step + 1}, plan)
+                if signalled:
+                    raise StoppedBySignal(f"stopped by a signal at step {self.step}; checkpoint written to "
+                                          f"{self.output_dir / tag_for(self.step)} (continue with --resume)")
+        finally:
+            stop.restore()
+            bar.close()
         if running:
-            self._log_train(running, scheduler, seen, tokens, start, epoch, None)
-        elapsed = time.perf_counter() - start - self.eval_seconds
+            self._log_train(running, scheduler, progress, (plan["micro_steps"] - 1) // plan["per_epoch"], None)
+        elapsed = time.perf_counter() - self._start - self.eval_seconds
+        seen = progress["seen"]
         self.train_stats = {"train/steps": self.step, "train/examples": seen, "perf/train_seconds": elapsed,
                             "perf/train_seq_per_s": seen / elapsed if elapsed else 0.0}
         if self.eval_seconds:
             self.train_stats["perf/eval_seconds"] = self.eval_seconds
         return self.train_stats
+
+    def _save(self, progress: dict, plan: dict) -> None:
+        state = {**progress, "step": self.step, "grad_norms": self.grad_norms, "metrics_records": self.log.records,
+                 "batch": plan["batch"], "settings": checkpoint.trajectory_settings(self.settings)}
+        checkpoint.save(self.output_dir, self.step, state, self.rt, engine=self.engine, model=self.model,
+                        optimizer=self._optimizer, scheduler=self._scheduler, scaler=self.scaler,
+                        keep=self.settings.save_total_limit)
+
+    def _restore(self, plan: dict) -> dict:
+        """Weights, optimizer, schedule, RNG and the loop's counters from the checkpoint to resume."""
+        state = checkpoint.load(self.resume_from, self.rt, engine=self.engine, model=self.model,
+                                optimizer=self._optimizer, scheduler=self._scheduler, scaler=self.scaler)
+        if state["batch"] != plan["batch"]:
+            raise ValueError(f"--resume {self.resume_from}: batch {state['batch']} there, {plan['batch']} now")
+        self.step, self.grad_norms = state["step"], state["grad_norms"]
+        if self.rt.is_main:
+            print(f"resumed from {self.resume_from} at step {self.step}", flush=True)
+        return {k: state[k] for k in ("micro_step", "seen", "tokens", "running")}
 
     def _epoch_batches(self, lengths: list[int], micro: int, epoch: int) -> list:
         """This rank's batches of `epoch` (a new shuffle per epoch)."""
@@ -233,13 +304,13 @@ class Trainer:
         if norm is not None:
             self.grad_norms.append(float(norm))
 
-    def _log_train(self, losses, scheduler, seen, tokens, start, epoch, bar):
+    def _log_train(self, losses, scheduler, progress, epoch, bar):
         """A metrics line. optim/grad_norm is the mean over the optimizer steps since the previous
         line, of the finite norms only (null when every one overflowed, absent when none is known)."""
         lr = scheduler.get_last_lr()[0] if scheduler is not None else self.settings.learning_rate
-        elapsed = time.perf_counter() - start - self.eval_seconds
+        elapsed = max(1e-9, time.perf_counter() - self._start - self.eval_seconds)
         values = {"train/loss": float(np.mean(losses)), "optim/lr": lr, "train/epoch": epoch,
-                  "perf/seq_per_s": seen / elapsed, "perf/tokens_per_s": tokens / elapsed}
+                  "perf/seq_per_s": progress["seen"] / elapsed, "perf/tokens_per_s": progress["tokens"] / elapsed}
         if self.grad_norms:
             finite = [n for n in self.grad_norms if math.isfinite(n)]
             values["optim/grad_norm"] = float(np.mean(finite)) if finite else None
@@ -276,6 +347,7 @@ class Trainer:
             with self._autocast():
                 output = module(**batch)
             results.update(zip(batch_ids, extract(output, batch)))
+            kill_point("eval", self.step)
         results = rt.gather_dict(results)
         module.train()
         return [results[i] for i in range(len(features))]
@@ -297,12 +369,16 @@ class Trainer:
             return None
         return save_hf_folder(folder, self.model.config, state, vocab_file, type(self.model).__name__)
 
-    def finish(self, results: dict) -> None:
-        """Log the final metrics, write eval_results.json and print the summary."""
+    def finish(self, results: dict | None) -> None:
+        """Log the final metrics, write eval_results.json (when evaluated: `results` is not None) and
+        print the summary."""
+        results = {} if results is None else results
         if self.rt.is_main:
-            self.log.write(self.step, {f"eval/{k}": v for k, v in _numbers(results).items()})
-            write_json_atomic(self.output_dir / "eval_results.json", results, ensure_ascii=False)
-            self.log.write(self.step, self.train_stats)
+            if results:
+                self.log.write(self.step, {f"eval/{k}": v for k, v in _numbers(results).items()})
+                write_json_atomic(self.output_dir / "eval_results.json", results, ensure_ascii=False)
+            if self.train_stats:
+                self.log.write(self.step, self.train_stats)
             summary = {**results, **self.train_stats}
             print("summary:\n" + "\n".join(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}"
                                            for k, v in summary.items()))
