@@ -13,6 +13,12 @@ import pytest
 from pretrain_helpers import ROOT, env
 
 PACKAGES = ("bertspeed", "pretrain", "finetune", "data_prep", "kernels", "bench")
+# The one torch.load without weights_only: NVIDIA DeepLearningExamples checkpoints hold objects (a pickled
+# DataLoader) that weights_only refuses. Safe because its pickle_module resolves every global through
+# restricted_pickle.Unpickler.find_class: tensor-rebuild functions, dtypes and plain containers, and a
+# do-nothing Placeholder for any other name, so nothing named in the file is imported or called
+# (tests/test_foreign_checkpoints.py runs a payload through it).
+RESTRICTED_LOADER = ("bertspeed/model/restricted_pickle.py", "pickle_module=module, weights_only=False")
 
 
 def source_lines():
@@ -26,7 +32,8 @@ def test_no_loader_call_can_unpickle():
     unsafe = []
     for where, line in source_lines():
         code = line.split("#")[0]
-        if re.search(r"\btorch\.load\(", code) and "weights_only=True" not in code:
+        restricted = where.startswith(RESTRICTED_LOADER[0]) and RESTRICTED_LOADER[1] in code
+        if re.search(r"\btorch\.load\(", code) and "weights_only=True" not in code and not restricted:
             unsafe.append(where)
         if re.search(r"\bnp\.load\(", code) and "allow_pickle=False" not in code:
             unsafe.append(where)

@@ -1,4 +1,4 @@
-"""A pickle module for `torch.load(pickle_module=...)` that rebuilds tensors and plain containers only.
+"""A pickle module for torch's loader (pickle_module argument): rebuilds tensors and plain containers only.
 
 NVIDIA DeepLearningExamples checkpoints (`{"model": state_dict, "optimizer": ..., "files": [...],
 "data_loader": <pickled DataLoader>}`) hold objects that `torch.load(weights_only=True)` refuses. This
