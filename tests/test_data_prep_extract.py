@@ -113,7 +113,7 @@ def test_formats_jsonl_books_text(tmp_path, punkt_model):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--output_dir", "o", "--workers", "0"], "--num_shards, --workers, --docs_per_task and --checkpoint_every must be at least 1"),
+    (["--output_dir", "o", "--workers", "0"], "--workers must be at least 1, got 0"),
     (["--output_dir", "o", "--input_format", "pdf"], "argument --input_format: invalid choice: 'pdf'"),
     ([], "missing required setting(s) --output_dir"),
 ])

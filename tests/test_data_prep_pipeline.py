@@ -231,8 +231,9 @@ def test_bad_input_gives_clear_error_and_no_output(tmp_path, vocab_file, capsys,
 def test_bad_arguments(tmp_path, corpus, vocab_file, capsys):
     assert run(tmp_path / "missing.txt", vocab_file, tmp_path / "o") == 2
     assert "missing.txt: input not found" in capsys.readouterr().err
-    assert run(corpus, tmp_path / "nope.txt", tmp_path / "o") == 2
-    assert "--vocab_file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # checked with the arguments, before any work
+        run(corpus, tmp_path / "nope.txt", tmp_path / "o")
+    assert info.value.code == 2 and f"--vocab_file {tmp_path / 'nope.txt'}: does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run(corpus, vocab_file, tmp_path / "o", "--num_shards", "0")
     assert "--num_shards must be at least 1" in capsys.readouterr().err

@@ -47,6 +47,7 @@ from bertspeed.data_prep.shards import (
 from bertspeed.data_prep.storage import StorageError, check_bucket, is_s3, list_files, open_binary
 from bertspeed.model.tokenizer import BertTokenizer
 from bertspeed.training.atomic import open_atomic
+from bertspeed.training.pathcheck import check_input_file, check_output_dir, check_output_file
 from bertspeed.training.settings import as_dict, parse, setting
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.bz2")  # taken from folders and s3 prefixes
@@ -92,9 +93,22 @@ class CreateDataSettings:
             raise ValueError("--output_file writes a single shard: no --phases, --num_shards 1")
         for name in ("dupe_factor", "num_shards", "workers", "block_bytes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
-        if not 0 <= self.short_seq_prob <= 1 or not 0 < self.masked_lm_prob < 1:
-            raise ValueError("--short_seq_prob must be in [0, 1] and --masked_lm_prob in (0, 1)")
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.short_seq_prob <= 1:
+            raise ValueError(f"--short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+        if not 0 < self.masked_lm_prob < 1:
+            raise ValueError(f"--masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
+        self.check_paths()
+
+    def check_paths(self):
+        """The vocab is a text file; outputs are a folder (or a file) somewhere writable."""
+        check_input_file("--vocab_file", self.vocab_file, text=True)
+        if self.output_dir is not None:
+            check_output_dir("--output_dir", self.output_dir)
+        if self.output_file is not None:
+            check_output_file("--output_file", self.output_file)
+        if self.work_dir is not None:
+            check_output_dir("--work_dir", self.work_dir)
 
     @property
     def destination(self) -> str:

@@ -27,6 +27,7 @@ from bertspeed.data_prep import sentences
 from bertspeed.data_prep.readers import FORMATS, clean_document, input_files, iter_raw_documents
 from bertspeed.data_prep.shards import OutputDir, write_json_atomic
 from bertspeed.data_prep.storage import StorageError, check_bucket, is_s3
+from bertspeed.training.pathcheck import check_input_file, check_output_dir, check_output_file
 from bertspeed.training.settings import as_dict, parse, setting
 
 
@@ -47,8 +48,14 @@ class ExtractSettings:
     checkpoint_every: int = setting(64, help="tasks between resume checkpoints")
 
     def __post_init__(self):
-        if min(self.num_shards, self.workers, self.docs_per_task, self.checkpoint_every) < 1:
-            raise ValueError("--num_shards, --workers, --docs_per_task and --checkpoint_every must be at least 1")
+        for name in ("num_shards", "workers", "docs_per_task", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        check_output_dir("--output_dir", self.output_dir)
+        if self.punkt_model and Path(self.punkt_model).exists():
+            check_input_file("--punkt_model", self.punkt_model, text=True)
+        elif self.punkt_model:
+            check_output_file("--punkt_model", self.punkt_model)
 
     def output_config(self) -> dict:
         """The settings that determine the output (a resume must find the same), as JSON values."""
@@ -159,6 +166,8 @@ class ShardWriter:
 
 
 def run(args: ExtractSettings) -> dict:
+    for item in args.input:  # every input found and readable before anything is written
+        input_files([item], detect_format(str(item), args.input_format))
     out = OutputDir(args.output_dir)
     names = [f"text_{i:05d}.txt" for i in range(args.num_shards)]
     local_dir = Path(args.output_dir)

@@ -12,6 +12,8 @@ import io
 import os
 from pathlib import Path
 
+from bertspeed.training.pathcheck import check_input_file
+
 
 class StorageError(RuntimeError):
     pass
@@ -69,23 +71,27 @@ def _s3_call(uri, fn, **kwargs):
         raise StorageError(f"{uri}: upload failed ({err})") from None
 
 
-def list_files(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[str]:
-    """Expand directories and s3 prefixes (sorted, recursive); plain files pass through."""
+def list_files(inputs: list[str], suffixes: tuple[str, ...] = (), flag: str = "--input") -> list[str]:
+    """Expand directories and s3 prefixes (sorted, recursive); plain files pass through. Local files
+    not compressed (.gz, .bz2) must be UTF-8 text: a binary one is an error naming `flag` and the file."""
     out = []
     for item in inputs:
         item = str(item)
         if is_s3(item):
             out += _list_s3(item, suffixes)
-        elif os.path.isdir(item):
+            continue
+        if os.path.isdir(item):
             found = sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and p.name.endswith(suffixes or "")
                            and not p.name.startswith("."))
             if not found:
-                raise StorageError(f"{item}: directory holds no input files {suffixes or ''}")
-            out += found
+                raise StorageError(f"{flag} {item}: directory holds no input files {suffixes or ''}")
         elif os.path.isfile(item):
-            out.append(item)
+            found = [item]
         else:
-            raise StorageError(f"{item}: input not found")
+            raise StorageError(f"{flag} {item}: input not found")
+        for path in found:
+            check_input_file(flag, path, text=not path.endswith(COMPRESSED))
+        out += found
     return out
 
 
@@ -104,6 +110,9 @@ def _list_s3(uri: str, suffixes) -> list[str]:
     if not keys:
         raise StorageError(f"{uri}: no objects under this prefix")
     return [f"s3://{bucket}/{k}" for k in keys]
+
+
+COMPRESSED = (".gz", ".bz2")
 
 
 def open_binary(uri: str):

@@ -18,6 +18,7 @@ from bertspeed.data_prep.readers import iter_segmented_documents
 from bertspeed.data_prep.storage import StorageError, list_files
 from bertspeed.model.tokenizer import SPECIAL_TOKENS
 from bertspeed.training.atomic import write_lines_atomic
+from bertspeed.training.pathcheck import check_output_file
 from bertspeed.training.settings import parse, setting
 
 
@@ -65,7 +66,11 @@ class VocabSettings:
 
     def __post_init__(self):
         if self.vocab_size <= len(SPECIAL_TOKENS):
-            raise ValueError(f"--vocab_size must exceed {len(SPECIAL_TOKENS)}")
+            raise ValueError(f"--vocab_size must exceed {len(SPECIAL_TOKENS)}, got {self.vocab_size}")
+        for name in ("min_frequency", "limit_alphabet", "max_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        check_output_file("--output", self.output)
 
 
 def main(argv=None) -> int:

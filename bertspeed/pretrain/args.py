@@ -14,6 +14,7 @@ from bertspeed.model.layers import FUSED_KERNELS_HELP
 from bertspeed.pretrain.nvidia import add_nvidia_flags, alias_conflict, check_nvidia_flags, note, nvidia_flags
 from bertspeed.pretrain.optim import OPTIMIZERS
 from bertspeed.training.hardware import PRECISION_HELP, PRECISIONS
+from bertspeed.training.pathcheck import check_input_dir, check_input_file, check_output_dir
 from bertspeed.training.settings import from_namespace, parser_for, setting
 
 REPORT_TO = ("tensorboard", "none")
@@ -134,6 +135,17 @@ class PretrainArgs:
         for name in ("input_dir", "deepspeed_config"):
             if getattr(self, name) and not Path(getattr(self, name)).exists():
                 raise FileNotFoundError(f"--{name} {getattr(self, name)} does not exist")
+        self._check_paths()
+
+    def _check_paths(self):
+        """Folders are folders, text files are text, the output can be written: before anything starts."""
+        for name in ("input_dir", "eval_dir", "init_checkpoint"):
+            if getattr(self, name):
+                check_input_dir(f"--{name}", getattr(self, name))
+        for name in ("deepspeed_config", "config_file", "vocab_file"):
+            if getattr(self, name):
+                check_input_file(f"--{name}", getattr(self, name), text=True)
+        check_output_dir("--output_dir", self.output_dir)
 
     def _check_nvidia_flags(self):
         """Precision, loss-scale and reporting flags that two spellings can set; a conflict names both."""
