@@ -98,7 +98,7 @@ def read_examples(path, text_fields: list[str] | None, label_field: str | None, 
         texts = [_field(record, name, path, line_no) for name in fields]
         label = None if label_field is None else _label(_field(record, label_field, path, line_no), regression,
                                                         path, line_no, label_field)
-        guid = next((str(record[name]) for name in ID_FIELDS if name in record), str(len(examples)))
+        guid = next((record[name] for name in ID_FIELDS if name in record), len(examples))  # JSON type kept
         examples.append(Record(guid, texts[0], texts[1] if len(texts) > 1 else None, label, line_no))
     return examples
 

@@ -218,10 +218,10 @@ def featurize(sentences: list[Sentence], tokenizer, max_seq_length: int, label2i
 
 
 def write_predictions(path: Path, sentences: list[Sentence], predictions: list[list[str]], fmt: str) -> None:
-    """CoNLL: `word<space>label` lines, blank between sentences. CLUENER: JSON lines with label spans."""
+    """CoNLL and MSRA: `word<space>label` lines, blank between sentences. CLUENER: JSON lines with label spans."""
     with open_atomic(path) as f:
         for sentence, tags in zip(sentences, predictions):
-            if fmt == "conll":
+            if fmt != "cluener":
                 f.write("".join(f"{w} {t}\n" for w, t in zip(sentence.words, tags)) + "\n")
             else:
                 f.write(json.dumps({"id": sentence.guid, "text": "".join(sentence.words),

@@ -35,8 +35,13 @@ class NerSettings(FinetuneSettings):  # the common defaults: lr 5e-5, 3 epochs, 
     eval_file: str | None = setting(None, help="labelled sentences to score (required unless --do_train / "
                                                "--do_predict without --do_eval)", aliases=("--validation_file",))
     test_file: str | None = setting(None, help="sentences to label (labels, if any, are ignored)")
-    format: str | None = setting(None, help="conll or cluener (default: from the file extension)",
-                                 choices=ner.FORMATS)
+    format: str | None = setting(None, help="conll, cluener, msra (character per line) or msra_xml (the MindSpore "
+                                            "seed's XML) (default: from the file extension)", choices=ner.FORMATS)
+    label_file: str | None = setting(None, help="the labels, one per line: entity types (the MindSpore seed's "
+                                                "label2id list: O + S/B/M/E of each) or whole tags (default: those "
+                                                "of the training data)")
+    class_filter: list[str] | None = setting(None, help="keep only these entity types (or seed XML element names "
+                                                        "such as NAMEX); others are tagged O")
     use_crf: bool = setting(False, help="a CRF layer over the word-level tags (kept by default for a model "
                                         "saved with one)")
 
@@ -52,6 +57,8 @@ def parse_args(argv=None) -> NerSettings:
 
 def model_labels(settings, sentence_sets, train: bool) -> list[str]:
     """Labels of the data; when not training, those the finetuned model was saved with."""
+    if settings.label_file:
+        return ner.read_label_file(settings.label_file)
     if train:
         return ner.label_list(*sentence_sets)
     config = BertConfig.from_json_file(resolve_model_dir(settings.model_dir) / "config.json")
@@ -105,8 +112,8 @@ def main(argv=None):
         raise ValueError("--eval_file is required to evaluate (or give only --do_train / --do_predict)")
     files = [f for f in (settings.eval_file, settings.train_file, settings.test_file) if f]
     fmt = settings.format or (ner.detect_format(Path(files[0])) if files else None)
-    train_sentences = ner.read_sentences(settings.train_file, fmt) if train else []
-    eval_sentences = ner.read_sentences(settings.eval_file, fmt) if do_eval else []
+    train_sentences = ner.read_sentences(settings.train_file, fmt, settings.class_filter) if train else []
+    eval_sentences = ner.read_sentences(settings.eval_file, fmt, settings.class_filter) if do_eval else []
     if any(s.labels is None for s in eval_sentences):
         raise ValueError(f"{settings.eval_file}: every sentence needs labels to be scored")
     train_sentences = train_sentences[: settings.max_train_samples] if settings.max_train_samples else train_sentences
