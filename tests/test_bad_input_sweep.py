@@ -19,6 +19,12 @@ UNWRITABLE = "/proc/bertspeed-sweep/out"  # no one, root included, can create an
 # Failures in files other helpers are editing now (finetune drivers, convert, predict, shared settings):
 # marked here, to be fixed there.
 SETTINGS_FILE = "bertspeed/training/settings.py: read_settings_file lets UnicodeDecodeError through unnamed"
+R_MODEL = "finetune/predict: a missing or non-folder --model_dir is named without the flag"
+R_OUTPUT = "finetune/convert: an --output_dir that is a file or unwritable ends in a traceback or an unnamed OSError"
+R_VOCAB = "finetune/convert: a binary --vocab_file is named without the flag"
+R_RANGE = "finetune settings: the range error does not give the value"
+R_DATA = "finetune data files (and --deepspeed_config): missing/binary/folder named without the flag"
+R_SRC = "convert: a missing or binary SRC is named without saying it is SRC"
 
 
 def case(name: str, argv: list[str], flag: str, culprit: str, xfail: str | None = None):
@@ -155,3 +161,50 @@ DATA_AND_PRETRAIN = [
 @pytest.mark.parametrize("argv, flag, culprit", DATA_AND_PRETRAIN)
 def test_data_prep_and_pretraining(ws, capfd, request, argv, flag, culprit):
     check(ws, capfd, argv, flag, culprit, paths(ws, request.node.callspec.id))
+
+
+# Finetuning (--do_eval is the eval path), convert/export and predict, from the real MiniLM checkpoint.
+GLUE = ["glue", "--task_name", "MRPC", "--data_dir", "{glue}", "--model_dir", "{minilm}", "--output_dir", "{out}",
+        "--do_eval", "--max_eval_samples", "4"]
+SQUAD = ["squad", "--predict_file", "{squad}", "--model_dir", "{minilm}", "--output_dir", "{out}", "--do_eval",
+         "--max_eval_samples", "2"]
+NER = ["ner", "--eval_file", "{train_conll}", "--model_dir", "{minilm}", "--output_dir", "{out}", "--do_eval"]
+CONVERT = ["convert", "{minilm}", "--output_dir", "{out}"]
+PREDICT = ["predict", "--model_dir", "{minilm}", "--sentence", "a fine day"]
+
+FINETUNE_CONVERT_PREDICT = [
+    bad("glue-model-missing", GLUE, "--model_dir", "{missing}", R_MODEL),
+    bad("glue-model-is-file", GLUE, "--model_dir", "{a_file_txt}", R_MODEL),
+    bad("glue-data-missing", GLUE, "--data_dir", "{missing}"),
+    bad("glue-data-is-file", GLUE, "--data_dir", "{a_file_txt}"),
+    bad("glue-output-is-file", GLUE, "--output_dir", "{a_file_txt}", R_OUTPUT),
+    bad("glue-output-unwritable", GLUE, "--output_dir", "{unwritable}", R_OUTPUT),
+    bad("glue-vocab-binary", GLUE, "--vocab_file", "{binary_bin}", R_VOCAB),
+    bad("glue-seq-len-0", GLUE, "--max_seq_length", "0"),
+    bad("glue-lr-negative", GLUE, "--learning_rate", "-1", R_RANGE),
+    bad("glue-ds-binary", GLUE, "--deepspeed_config", "{binary_bin}", R_DATA),
+    bad("squad-predict-missing", SQUAD, "--predict_file", "{missing}", R_DATA),
+    bad("squad-predict-binary", SQUAD, "--predict_file", "{binary_bin}", R_DATA),
+    bad("squad-predict-folder", SQUAD, "--predict_file", "{a_folder}", R_DATA),
+    bad("squad-doc-stride-0", SQUAD, "--doc_stride", "0", R_RANGE),
+    bad("squad-output-unwritable", SQUAD, "--output_dir", "{unwritable}", R_OUTPUT),
+    bad("ner-eval-missing", NER, "--eval_file", "{missing}", R_DATA),
+    bad("ner-eval-binary", NER, "--eval_file", "{binary_bin}", R_DATA),
+    bad("ner-eval-folder", NER, "--eval_file", "{a_folder}", R_DATA),
+    case("convert-src-missing", replace(CONVERT, "convert", "{missing}"), "src", "{missing}", R_SRC),
+    case("convert-src-binary", replace(CONVERT, "convert", "{binary_bin}"), "src", "{binary_bin}", R_SRC),
+    bad("convert-output-is-file", CONVERT, "--output_dir", "{a_file_txt}", R_OUTPUT),
+    bad("convert-output-unwritable", CONVERT, "--output_dir", "{unwritable}", R_OUTPUT),
+    bad("convert-vocab-binary", CONVERT, "--vocab_file", "{binary_bin}", R_VOCAB),
+    bad("export-output-is-file", ["export", *CONVERT[1:]], "--output_dir", "{a_file_txt}", R_OUTPUT),
+    bad("predict-model-missing", PREDICT, "--model_dir", "{missing}", R_MODEL),
+    bad("predict-model-is-file", PREDICT, "--model_dir", "{a_file_txt}", R_MODEL),
+    bad("predict-seq-len-0", PREDICT, "--max_seq_length", "0"),
+]
+
+
+@pytest.mark.parametrize("argv, flag, culprit", FINETUNE_CONVERT_PREDICT)
+def test_finetuning_convert_and_predict(ws, capfd, request, minilm_dir, glue_dir, squad_dev, argv, flag, culprit):
+    values = paths(ws, request.node.callspec.id, minilm_dir)
+    values.update(glue=str(glue_dir / "MRPC"), squad=str(squad_dev))
+    check(ws, capfd, argv, flag, culprit, values)
