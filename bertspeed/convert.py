@@ -22,11 +22,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from bertspeed.model.architectures import build_model, model_class_for
+from bertspeed.model.architectures import build_model
 from bertspeed.model.checkpoint import CheckpointError, resolve_model_dir, save_pretrained
-from bertspeed.model.foreign import Opened, check_shapes, open_checkpoint
+from bertspeed.model.foreign import Opened, check_complete, open_checkpoint
 from bertspeed.model.tokenizer import read_vocab
 from bertspeed.model.tokenizer_config import decide_do_lower_case
 from bertspeed.training.runs import list_tags
@@ -55,11 +53,8 @@ def open_source(src: Path, config_file, tag) -> Opened:
 def build(opened: Opened):
     """(model, LoadReport): the class config.json names (else the keys suggest); a foreign checkpoint must
     fill it exactly (errors name the source's variable)."""
-    model_class = model_class_for(opened.config, opened.state, opened.source)
-    if opened.foreign:
-        with torch.device("meta"):
-            check_shapes(opened, model_class(opened.config))
-    return build_model(opened.config, opened.state, opened.source, model_class)
+    check_complete(opened)
+    return build_model(opened.config, opened.state, opened.source)
 
 
 def convert(src, output_dir, config_file=None, vocab_file=None, tag=None, do_lower_case=None) -> str:

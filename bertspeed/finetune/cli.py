@@ -11,9 +11,10 @@ import torch
 from bertspeed.finetune.checkpoint import prepare_output_dir
 from bertspeed.finetune.settings import FinetuneSettings, ModelSettings
 from bertspeed.finetune.trainer import Trainer, set_seed
-from bertspeed.model.checkpoint import from_pretrained, resolve_model_dir
+from bertspeed.model.foreign import from_opened, open_checkpoint
 from bertspeed.model.layers import use_fused_kernels
-from bertspeed.model.tokenizer import BertTokenizer
+from bertspeed.model.tokenizer import BertTokenizer, read_vocab
+from bertspeed.model.tokenizer_config import decide_do_lower_case
 from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.distributed import Runtime, setup_runtime, shutdown_distributed
 from bertspeed.training.hardware import Precision, choose_precision, host_info
@@ -33,13 +34,13 @@ def use_requested_kernels(settings: ModelSettings) -> None:
 
 
 def load_tokenizer(folder: Path, vocab_file=None, do_lower_case=None) -> tuple[BertTokenizer, Path]:
+    """The model folder's vocab.txt (or --vocab_file) with its casing: --do_lower_case, else the folder's
+    tokenizer_config.json, else the vocab's own (a cased vocab stays cased); a contradiction is warned about."""
     vocab = Path(vocab_file) if vocab_file else folder / "vocab.txt"
     if not vocab.is_file():
         raise FileNotFoundError(f"vocab file not found: {vocab} (pass --vocab_file)")
-    if do_lower_case is None:
-        tok_config = folder / "tokenizer_config.json"
-        do_lower_case = json.loads(tok_config.read_text()).get("do_lower_case", True) if tok_config.is_file() else True
-    return BertTokenizer.from_vocab_file(vocab, do_lower_case=do_lower_case), vocab
+    tokens = read_vocab(vocab)
+    return BertTokenizer(tokens, decide_do_lower_case(tokens, vocab, do_lower_case, folder)), vocab
 
 
 def start(settings: FinetuneSettings, model_class, **config_changes):
@@ -50,16 +51,16 @@ def start(settings: FinetuneSettings, model_class, **config_changes):
     resume_from = prepare_output_dir(settings, rt.is_main)
     use_requested_kernels(settings)
     set_seed(settings.seed)
-    folder = resolve_model_dir(settings.model_dir)
-    tokenizer, vocab = load_tokenizer(folder, settings.vocab_file, settings.do_lower_case)
-    model, report = from_pretrained(model_class, folder, **config_changes)
+    source = open_checkpoint(settings.model_dir)  # any checkpoint we read, converted in memory
+    tokenizer, vocab = load_tokenizer(source.folder, settings.vocab_file, settings.do_lower_case)
+    model, report = from_opened(model_class, source, **config_changes)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"{vocab} has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
     output_dir = Path(settings.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(settings.precision, settings.deepspeed_config, rt.device)
     if rt.is_main:
-        print(report.summary())
+        print("\n".join([*source.notes, report.summary()]))
         print(f"precision: {precision}", flush=True)
         write_json_atomic(output_dir / "run_config.json", {
             "args": as_dict(settings), "precision": precision.as_dict(), "host": host_info(precision.name),

@@ -22,10 +22,10 @@ from bertspeed.finetune import ner, squad
 from bertspeed.finetune.cli import load_tokenizer, main_guard, resolve_precision, use_requested_kernels
 from bertspeed.finetune.settings import SpanSettings, default_of, parse_settings
 from bertspeed.finetune.trainer import collate_padded
-from bertspeed.model.architectures import TASK_ARCHITECTURES, architecture_name, build_model
-from bertspeed.model.checkpoint import CheckpointError, read_state_dict, resolve_model_dir
-from bertspeed.model.config import BertConfig
+from bertspeed.model.architectures import TASK_ARCHITECTURES, architecture_name, build_model, model_class_for
+from bertspeed.model.checkpoint import CheckpointError
 from bertspeed.model.crf import BertCRFForTokenClassification
+from bertspeed.model.foreign import check_complete, open_checkpoint
 from bertspeed.model.heads import BertForQuestionAnswering, BertForSequenceClassification
 from bertspeed.training.hardware import autocast
 from bertspeed.training.settings import setting
@@ -49,19 +49,21 @@ def parse_args(argv=None) -> PredictSettings:
 
 
 def load(model_dir, vocab_file=None, do_lower_case=None):
+    """A finetuned task model (our folder, OUT of a driver, or a foreign checkpoint with a task head such as
+    a Google SQuAD/classifier TF checkpoint or NVIDIA's bert_large_qa.pt) and its tokenizer."""
     folder = Path(model_dir)
     if (folder / "model").is_dir() and not (folder / "config.json").is_file():
         folder = folder / "model"  # a driver's output directory
-    folder = resolve_model_dir(folder)
-    config = BertConfig.from_json_file(folder / "config.json")
-    name = architecture_name(config) or ""
+    source = open_checkpoint(folder)
+    name = architecture_name(source.config) or model_class_for(source.config, source.state, source.source).__name__
     if name not in MODELS:
-        raise ValueError(f"{folder}/config.json: architectures {name!r} is not a finetuned task model "
+        raise ValueError(f"{source.source}: architectures {name!r} is not a finetuned task model "
                          f"({', '.join(MODELS)})")
-    model, report = build_model(config, read_state_dict(folder), str(folder), MODELS[name])
+    check_complete(source)
+    model, report = build_model(source.config, source.state, source.source, MODELS[name])
     if report.initialized:
-        raise CheckpointError(f"{folder}: no weights for {', '.join(report.initialized)}: not a finetuned {name}")
-    tokenizer, _ = load_tokenizer(folder, vocab_file, do_lower_case)
+        raise CheckpointError(f"{source.source}: no weights for {', '.join(report.initialized)}: not a finetuned {name}")
+    tokenizer, _ = load_tokenizer(source.folder, vocab_file, do_lower_case)
     return model.eval(), tokenizer
 
 

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import torch
 
-from bertspeed.model.checkpoint import TIED_KEYS, CheckpointError, find_vocab, read_state_dict, resolve_model_dir
+from bertspeed.model.architectures import model_class_for
+from bertspeed.model.checkpoint import (
+    TIED_KEYS,
+    CheckpointError,
+    find_vocab,
+    load_weights,
+    read_state_dict,
+    resolve_model_dir,
+)
 from bertspeed.model.config import BertConfig
 from bertspeed.model.tokenizer_config import read_do_lower_case
 
@@ -34,6 +42,7 @@ class Opened:
     source: str
     config: BertConfig
     state: dict[str, torch.Tensor]
+    folder: Path | None = None  # where vocab.txt and tokenizer_config.json are looked for
     vocab: Path | None = None
     do_lower_case: bool | None = None  # from a tokenizer_config.json; None = not recorded
     notes: list[str] = field(default_factory=list)
@@ -237,9 +246,24 @@ def open_checkpoint(path, config_file=None) -> Opened:
             if torch_file is None:
                 raise CheckpointError(f"{path}: neither a model folder nor a TensorFlow or PyTorch checkpoint")
             opened = read_torch_file(torch_file, config)
-    opened.vocab = find_vocab(folder)
-    opened.do_lower_case = read_do_lower_case(folder)
+    opened.folder, opened.vocab, opened.do_lower_case = folder, find_vocab(folder), read_do_lower_case(folder)
     return opened
+
+
+def check_complete(opened: Opened) -> None:
+    """A foreign checkpoint must fill the architecture its config or keys name exactly (check_shapes);
+    checked on the meta device, so no memory is spent."""
+    if opened.foreign:
+        with torch.device("meta"):
+            check_shapes(opened, model_class_for(opened.config, opened.state, opened.source)(opened.config))
+
+
+def from_opened(model_class, opened: Opened, **config_changes):
+    """`model_class` built from the checkpoint's config (with changes) and loaded with its weights; heads
+    it lacks are created and reported, as in checkpoint.from_pretrained. Returns (model, LoadReport)."""
+    check_complete(opened)
+    model = model_class(opened.config.replace(**config_changes) if config_changes else opened.config)
+    return model, load_weights(model, opened.state, opened.source)
 
 
 def check_shapes(opened: Opened, model: torch.nn.Module) -> None:

@@ -21,7 +21,8 @@ from bertspeed.model.checkpoint import TIED_KEYS, CheckpointError, save_hf_folde
 from bertspeed.model.config import BertConfig
 from bertspeed.training.runs import list_tags, read_latest, tag_for, write_latest
 
-HF_FILES = ("config.json", "model.safetensors", "vocab.txt")
+# The Hugging Face files of a checkpoint; the tokenizer files carry the vocab's casing (save_hf_folder).
+HF_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                        "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps",
                        "position_embedding_type", "max_relative_position")
@@ -74,7 +75,7 @@ def gather_fp32_state_dict(engine) -> dict[str, torch.Tensor] | None:
 
 
 def write_weights(folder: Path, config: BertConfig, state: dict, vocab_file=None) -> None:
-    """Add config.json, model.safetensors, vocab.txt to an existing folder (each file appears whole)."""
+    """Add the HF_FILES to an existing folder (each file appears whole)."""
     staging = Path(tempfile.mkdtemp(prefix=".hf.", dir=folder))
     try:
         written = save_hf_folder(staging / "hf", config, state, vocab_file)
