@@ -55,6 +55,14 @@ def test_bad_values_exit_2_naming_the_flag(tmp_path, required, capsys, extra, me
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_report_to_tensorboard_and_its_old_switch(tmp_path, required):
+    ds = str(ds_config(tmp_path / "ds.json"))
+    assert not parse_args([*required, "--deepspeed_config", ds]).use_tensorboard
+    for flags in (["--report_to", "tensorboard"], ["--tensorboard"]):
+        assert parse_args([*required, "--deepspeed_config", ds, *flags]).use_tensorboard
+    assert not parse_args([*required, "--deepspeed_config", ds, "--report_to", "none"]).use_tensorboard
+
+
 def test_help_lists_every_field_with_its_text():
     text = " ".join(build_parser().format_help().split())
     names = [name for name in PretrainArgs.__dataclass_fields__ if name != "deepspeed_config"]

@@ -27,7 +27,8 @@ def phase_runs(tmp_path_factory, squad_dev, vocab_file):
     common = ["--deepspeed_config", str(ds), "--vocab_file", str(vocab_file), "--warmup_proportion", "0.1"]
     run_pretraining(["--input_dir", str(shards1), "--config_file", str(model), "--output_dir", str(tmp / "p1"),
                      "--max_steps", "60", "--checkpoint_interval", "30", "--learning_rate", "0.03",
-                     "--eval_dir", str(shards2), "--eval_interval", "30", "--eval_samples", "64", *common],
+                     "--eval_dir", str(shards2), "--eval_interval", "30", "--eval_samples", "64",
+                     "--report_to", "tensorboard", *common],
                     ranks=0)
     run_pretraining(["--input_dir", str(shards2), "--init_checkpoint", str(tmp / "p1"),
                      "--output_dir", str(tmp / "p2"), "--max_steps", "10", "--checkpoint_interval", "10",
@@ -47,6 +48,28 @@ def test_loss_falls_on_real_text(phase_runs):
     assert {"optim/lr", "optim/grad_norm", "perf/seq_per_s", "perf/tokens_per_s"} <= set(records[0])
     summary = json.loads((phase_runs / "p1" / "summary.json").read_text())
     assert summary["steps"] == 60 and summary["ranks_identical"]
+
+
+def test_tensorboard_events_match_metrics_jsonl(phase_runs):
+    """--report_to tensorboard: the event files, read back by TensorBoard's own reader, hold every
+    numeric value of metrics.jsonl under the same name and step (as float32)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    records = [json.loads(line) for line in (phase_runs / "p1" / "metrics.jsonl").read_text().splitlines()]
+    expected = {}
+    for record in records:
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                expected.setdefault(key, {})[record["step"]] = value
+    events = EventAccumulator(str(phase_runs / "p1" / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    assert set(events.Tags()["scalars"]) == set(expected)
+    assert {"train/loss", "optim/lr", "eval/mlm_acc", "perf/seq_per_s"} <= set(expected)
+    for key, by_step in expected.items():
+        scalars = events.Scalars(key)
+        assert [s.step for s in scalars] == list(by_step), key
+        assert [s.value for s in scalars] == pytest.approx([float(torch.tensor(v, dtype=torch.float32))
+                                                            for v in by_step.values()], rel=1e-6, abs=0), key
+    assert len(expected["train/loss"]) == 60 and sorted(expected["eval/mlm_acc"]) == [30, 60]
 
 
 def test_phase2_starts_from_phase1(phase_runs):
