@@ -8,6 +8,7 @@
 #   MODEL [large]          model preset: tiny mini small medium base large (or MODEL_CONFIG=config.json)
 #   DS_CONFIG              [ds_configs/bert_${MODEL}_phase1_zero2_fp16.json, zero1 for base]
 #   HOSTFILE               multi-node: a deepspeed hostfile ("host slots=8" per line); else one node
+#   LAUNCHER_ARGS          more deepspeed launcher flags, e.g. "--master_addr HOST --master_port 29500"
 #   NUM_GPUS [8]           ranks on one node (on a CPU machine: CPU ranks)
 #   MAX_STEPS [7038]  LR [6e-3]  WARMUP [0.2843]  CKPT_INTERVAL [200]  KEEP [3]
 #   VOCAB_FILE             copied into checkpoints (needed for dynamic-masking shards)
@@ -34,6 +35,8 @@ if [[ -n ${HOSTFILE:-} ]]; then
 else
   LAUNCH=(deepspeed --num_gpus "${NUM_GPUS:-8}")
 fi
+read -r -a LAUNCHER <<< "${LAUNCHER_ARGS:-}"  # extra deepspeed launcher flags, e.g. --master_addr HOST
+LAUNCH+=("${LAUNCHER[@]}")
 MODEL_ARGS=(--model_preset "$MODEL")
 [[ -n ${MODEL_CONFIG:-} ]] && MODEL_ARGS=(--config_file "$MODEL_CONFIG")
 EXTRA=()

@@ -4,8 +4,8 @@
 #
 # Usage: bash pretrain/run_phase2.sh SHARDS_512 PHASE1_OUT OUT_DIR [more run_pretraining.py flags]
 #
-# Environment: as run_phase1.sh (MODEL, DS_CONFIG, HOSTFILE, NUM_GPUS, MAX_STEPS [1563], LR [4e-3],
-# WARMUP [0.128], CKPT_INTERVAL [200], KEEP, VOCAB_FILE, EVAL_DIR, EVAL_INTERVAL).
+# Environment: as run_phase1.sh (MODEL, DS_CONFIG, HOSTFILE, LAUNCHER_ARGS, NUM_GPUS, MAX_STEPS [1563],
+# LR [4e-3], WARMUP [0.128], CKPT_INTERVAL [200], KEEP, VOCAB_FILE, EVAL_DIR, EVAL_INTERVAL).
 # The model config comes from the phase-1 checkpoint. Re-running resumes from OUT_DIR/latest.
 set -euo pipefail
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then  # the comment block above, as usage
@@ -28,6 +28,8 @@ if [[ -n ${HOSTFILE:-} ]]; then
 else
   LAUNCH=(deepspeed --num_gpus "${NUM_GPUS:-8}")
 fi
+read -r -a LAUNCHER <<< "${LAUNCHER_ARGS:-}"  # extra deepspeed launcher flags, e.g. --master_addr HOST
+LAUNCH+=("${LAUNCHER[@]}")
 EXTRA=()
 [[ -n ${VOCAB_FILE:-} ]] && EXTRA+=(--vocab_file "$VOCAB_FILE")
 [[ -n ${EVAL_DIR:-} ]] && EXTRA+=(--eval_dir "$EVAL_DIR" --eval_interval "${EVAL_INTERVAL:-500}")
