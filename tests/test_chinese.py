@@ -72,7 +72,7 @@ def test_tokenizer_matches_bert_tokenizer_fast_on_real_mixed_text(zh, tmp_path):
 
 def test_chinese_text_to_nezha_to_tnews_and_cluener(zh, tmp_path):
     vocab = tmp_path / "vocab.txt"
-    assert vocab_main(["--input", str(zh / "corpus.txt"), str(zh / "tnews" / "train.json"), "--output", str(vocab),
+    assert vocab_main(["--input", str(zh / "corpus.txt"), str(zh / "reviews.txt"), "--output", str(vocab),
                        "--vocab_size", "3000"]) == 0
     shards = tmp_path / "shards"
     assert create_main(["--input", str(zh / "corpus.txt"), "--vocab_file", str(vocab), "--output_dir", str(shards),

@@ -9,7 +9,8 @@ Written, from those (every file checked against its md5 first):
 - `corpus.txt`: the newspaper's text without tags, one paragraph per line, a blank line after every
   `--paragraphs_per_document` paragraphs (pretraining input for data_prep);
 - `tnews/{train,dev,test}.json`: the reviews in CLUE TNEWS's JSON-lines format
-  (`label`, `label_desc`, `sentence`, `keywords`; test has `id` and no label), for run_classify;
+  (`label`, `label_desc`, `sentence`, `keywords`; test has `id` and no label), for run_classify, and
+  `reviews.txt`: the training reviews as plain text, one document each (vocab and pretraining input);
 - `ner/{train,dev}.json` (CLUENER JSON lines) and `ner/{train,dev}.txt` (MSRA character-per-line,
   BIO tags): PER (consecutive nr words), LOC (ns), ORG (nt), for run_ner.
 The newspaper's last `--heldout_paragraphs` paragraphs are the NER dev set and never enter the corpus.
@@ -131,8 +132,12 @@ def prepare(folder: Path, max_paragraphs: int, heldout_paragraphs: int, paragrap
             for line in sources[name].read_text(encoding="utf-8").splitlines() if line.strip()]
     random.Random(seed).shuffle(rows)
     rows = rows[:reviews]
-    write_tnews(rows, folder / "tnews", dev=len(rows) // 10, test=len(rows) // 10)
-    return {"corpus": folder / "corpus.txt", "ner": folder / "ner", "tnews": folder / "tnews"}
+    dev = test = len(rows) // 10
+    write_tnews(rows, folder / "tnews", dev=dev, test=test)
+    with open_atomic(folder / "reviews.txt") as f:  # the training reviews as plain text (vocab, pretraining)
+        f.write("\n\n".join(sentence for _, _, sentence in rows[dev + test:]) + "\n")
+    return {"corpus": folder / "corpus.txt", "reviews": folder / "reviews.txt", "ner": folder / "ner",
+            "tnews": folder / "tnews"}
 
 
 @dataclass(kw_only=True)
