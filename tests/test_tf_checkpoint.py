@@ -173,3 +173,36 @@ def test_unknown_variables_and_corrupt_index_are_named(checkpoints, tmp_path):
     with pytest.raises(CheckpointError, match=f"{index}: checksum mismatch in the block"):
         convert(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_index_pointing_past_the_data(checkpoints, tmp_path):
+    src = copy_of(checkpoints, tmp_path)
+    index, data = src / "bert_model.ckpt.index", src / "bert_model.ckpt.data-00000-of-00001"
+    ref.rewrite_index(index, lambda name, entry: None, masked_crc)  # unchanged entries: TF and we still read it
+    assert np.array_equal(tf.train.load_checkpoint(str(src / "bert_model.ckpt")).get_tensor("cls/squad/output_bias"),
+                          checkpoints["squad"][1]["cls/squad/output_bias"])
+    convert(src, tmp_path / "ok")
+
+    def past_the_end(name, entry):
+        if name == "bert/encoder/layer_0/attention/self/key/bias":
+            entry.offset = data.stat().st_size + 64
+    ref.rewrite_index(index, past_the_end, masked_crc)
+    with pytest.raises(CheckpointError, match=f"{data}: variable 'bert/encoder/layer_0/attention/self/key/bias' lies "
+                                              "at bytes .* \\(truncated file, or an index pointing past it\\)"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def masked_crc(data: bytes) -> int:
+    from bertspeed.model.crc32c import mask
+    return mask(crc32c(data))
+
+
+def test_predict_takes_a_google_squad_checkpoint_directly(checkpoints):
+    from bertspeed.finetune import predict
+    model, tokenizer = predict.load(checkpoints["squad"][0])
+    assert type(model).__name__ == "BertForQuestionAnswering" and not tokenizer.do_lower_case
+    settings = predict.parse_args(["--model_dir", str(checkpoints["squad"][0]), "--question", "What is good?",
+                                   "--context", "The Apple pie is good."])
+    [result] = predict.predict(model, tokenizer, settings)
+    assert result["nbest"] and result["answer"] in "The Apple pie is good."

@@ -117,3 +117,49 @@ def forward(prefix, input_ids, token_type_ids, attention_mask, head: str, config
     else:
         out["logits"] = (tf.matmul(pooled, w("output_weights"), transpose_b=True) + w("output_bias")).numpy()
     return out
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _block(entries, crc32c_masked) -> bytes:
+    body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in entries)
+    body += (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # one restart point, at 0
+    return body + b"\x00" + crc32c_masked(body + b"\x00").to_bytes(4, "little")
+
+
+def rewrite_index(path, change, crc32c_masked):
+    """Rewrite a checkpoint .index as one uncompressed data block (a layout TensorFlow reads) after
+    `change(name, BundleEntryProto)` edits entries; the old entries are parsed with TF's own protobuf."""
+    from tensorflow.core.protobuf import tensor_bundle_pb2
+
+    from bertspeed.model.tf_checkpoint import _block_entries  # raw (key, value) pairs
+    from bertspeed.model.tf_checkpoint import _varint as read_varint
+    data = path.read_bytes()
+    footer = data[-48:]
+    _, pos = read_varint(footer, read_varint(footer, 0)[1])
+    index_offset, pos = read_varint(footer, pos)
+    index_size, _ = read_varint(footer, pos)
+    items = []
+    for _, handle in _block_entries(data[index_offset:index_offset + index_size]):
+        offset, pos = read_varint(handle, 0)
+        items += _block_entries(data[offset:offset + read_varint(handle, pos)[0]])
+    entries = []
+    for key, value in items:
+        if key:
+            entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
+            change(key.decode(), entry)
+            value = entry.SerializeToString()
+        entries.append((key, value))
+    block = _block(entries, crc32c_masked)
+    meta = _block([], crc32c_masked)
+    index = _block([(entries[-1][0], _varint(0) + _varint(len(block) - 5))], crc32c_masked)
+    handles = _varint(len(block)) + _varint(len(meta) - 5) + _varint(len(block) + len(meta)) + _varint(len(index) - 5)
+    magic = (0xDB4775248B80FB57).to_bytes(8, "little")
+    path.write_bytes(block + meta + index + handles.ljust(40, b"\x00") + magic)
