@@ -116,3 +116,30 @@ def test_bad_files_name_file_line_and_field(tmp_path, tiny_model, capsys):
     regression.write_text("text\tscore\nfine\t4.5\nmeh\thigh\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"scores.tsv:3: field 'score' = 'high' is not a number"):
         labelled.read_examples(regression, None, "score", True)
+
+
+def test_two_ranks_through_the_launcher(tmp_path, glue_dir, tiny_model):
+    """`deepspeed --num_gpus 2`: every dev row predicted once, in order, and scored as scikit-learn does."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pretrain_helpers import ROOT, env
+    out = tmp_path / "out"
+    dev = glue_dir / "SST-2" / "dev.tsv"
+    launcher = Path(sys.executable).parent / "deepspeed"
+    result = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(29400 + os.getpid() % 500),
+                             str(ROOT / "finetune" / "run_classify.py"), "--train_file", str(glue_dir / "SST-2" / "train.tsv"),
+                             "--max_train_samples", "64", "--validation_file", str(dev), "--max_eval_samples", "51",
+                             "--model_dir", str(tiny_model), "--output_dir", str(out), "--max_steps", "2",
+                             "--per_device_train_batch_size", "8", "--max_seq_length", "48"],
+                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world 2" in result.stdout
+    gold = [int(e.label) for e in labelled.read_examples(dev, None, "label", False)][:51]
+    predicted = [int(p) for p in predictions(out / "eval_predictions.jsonl")]
+    assert len(predicted) == 51
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["acc"] == pytest.approx(accuracy_score(gold, predicted), abs=1e-12)
+    assert results["mcc"] == pytest.approx(matthews_corrcoef(gold, predicted), abs=1e-12)
