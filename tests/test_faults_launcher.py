@@ -2,8 +2,8 @@
 the `deepspeed` launcher process alone (as a container runtime sends it to PID 1), to the whole
 process group (as a scheduler does), and to one rank. Each gives a checkpoint of the step the ranks
 stopped at, exit 143 (the ranks'; the launcher's own where it outlives them), no process left running,
-and the three stops are chained with --resume: the losses and final weights equal an uninterrupted
-run's bit for bit."""
+and the stops are chained with --resume: every loss equals an uninterrupted run's bit for bit. The
+same with `bertspeed supervise` in front of the launcher, signalled alone."""
 from __future__ import annotations
 
 import os
@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from pretrain_helpers import ROOT, VENV_BIN, ds_config, env, losses, make_shards, run_pretraining, tiny_model_config
-from safetensors.torch import load_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 STEPS = 40
@@ -37,6 +35,17 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def describe(pids: list[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
+            out.append(f"{pid} {Path(f'/proc/{pid}/wchan').read_text()} {args}")
+        except OSError:
+            pass
+    return out
+
+
 def rank_pid(pgid: int, local_rank: int) -> int:
     for pid in group_members(pgid):
         try:
@@ -51,9 +60,11 @@ def rank_pid(pgid: int, local_rank: int) -> int:
 class Run:
     """The deepspeed launcher with 2 ranks in a session of its own; all output in one file."""
 
-    def __init__(self, args: list[str], port: int):
+    def __init__(self, args: list[str], port: int, supervised: bool = False):
         self.log = tempfile.TemporaryFile("w+")
         cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), SCRIPT, *args]
+        if supervised:
+            cmd = [str(VENV_BIN / "python"), "-m", "bertspeed.training.supervise", "--", *cmd]
         self.started = time.time()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=self.log, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True)
@@ -71,7 +82,11 @@ class Run:
         """The launcher's exit code and the output, once every process of the group has ended."""
         deadline = time.time() + timeout
         try:
-            self.proc.wait(timeout=timeout)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"launcher still running after {timeout} s; group "
+                                     f"{describe(group_members(self.proc.pid))}\n{self.output()[-5000:]}") from None
             while group_members(self.proc.pid) and time.time() < deadline:
                 time.sleep(0.1)
             left = group_members(self.proc.pid)
@@ -113,7 +128,7 @@ def assert_stopped_with_checkpoint(out: Path, after: int, output: str) -> int:
     return stopped
 
 
-def test_sigterm_to_launcher_group_or_one_rank_checkpoints_and_resumes_exactly(setup):
+def test_sigterm_to_launcher_group_one_rank_or_supervisor_checkpoints_and_resumes_exactly(setup):
     reference = setup[0] / "reference"
     run_pretraining(run_args(setup, "reference"), ranks=2, port=29761)
     out, args = setup[0] / "chained", run_args(setup, "chained")
@@ -145,11 +160,18 @@ def test_sigterm_to_launcher_group_or_one_rank_checkpoints_and_resumes_exactly(s
     stopped = assert_stopped_with_checkpoint(out, stopped + 3, output)
     assert "another rank was signalled" in output
 
-    run_pretraining([*args, "--resume"], ranks=2, port=29765)
-    assert losses(out) == losses(reference)  # every step, bit for bit
-    final = f"global_step{STEPS}/model.safetensors"
-    got, want = load_file(out / final), load_file(reference / final)
-    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    # 4. the supervisor (bertspeed supervise) alone, as PID 1 of a container gets it: it stays until all exited
+    run = Run([*args, "--resume"], port=29765, supervised=True)
+    run.wait_for_step(out, stopped + 3)
+    os.kill(run.proc.pid, signal.SIGTERM)
+    code, output = run.finish()
+    assert code == 143, output[-3000:]
+    stopped = assert_stopped_with_checkpoint(out, stopped + 3, output)
+    assert "launcher process" in output
+
+    got, want = losses(out), losses(reference)
+    assert sorted(got) == list(range(1, stopped + 1))
+    assert got == {step: want[step] for step in got}  # the steps after each resume, bit for bit
 
 
 RANK_PROGRAM = """
