@@ -64,8 +64,7 @@ def convert(src, output_dir, config_file=None, vocab_file=None, tag=None, do_low
     model, report = build(opened)
     vocab = Path(vocab_file) if vocab_file else opened.vocab
     if vocab is not None:
-        flag = do_lower_case if do_lower_case is not None else opened.do_lower_case
-        do_lower_case = decide_do_lower_case(read_vocab(vocab), vocab, flag)
+        do_lower_case = decide_do_lower_case(read_vocab(vocab), vocab, do_lower_case, opened.folder)
     save_pretrained(model, output_dir, vocab, do_lower_case)
     lines = [*opened.notes, report.summary(), f"wrote {type(model).__name__} to {output_dir}"
              + (f" (do_lower_case {str(do_lower_case).lower()})" if vocab else " (no vocab.txt found)")]

@@ -9,7 +9,7 @@
   holds other objects, with bertspeed.model.restricted_pickle (objects replaced unexecuted, reported).
 - Hugging Face folders and our run directories, as bertspeed.model.checkpoint reads them.
 
-open_checkpoint() gives any of these as an Opened: config, state dict, vocab and casing, notes.
+open_checkpoint() gives any of these as an Opened: config, state dict, the folder of its vocab, notes.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from bertspeed.model.checkpoint import (
     resolve_model_dir,
 )
 from bertspeed.model.config import BertConfig
-from bertspeed.model.tokenizer_config import read_do_lower_case
 
 TF_SKIPPED = re.compile(r"(^|/)(global_step|adam_m|adam_v)$")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -44,7 +43,6 @@ class Opened:
     state: dict[str, torch.Tensor]
     folder: Path | None = None  # where vocab.txt and tokenizer_config.json are looked for
     vocab: Path | None = None
-    do_lower_case: bool | None = None  # from a tokenizer_config.json; None = not recorded
     notes: list[str] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # our key -> the name in the source, where it differs
     foreign: bool = False  # not a Hugging Face folder or one of our runs: every variable must fit (check_shapes)
@@ -212,41 +210,41 @@ def _config_beside(folder: Path, config_file) -> tuple[BertConfig, Path]:
     return BertConfig.from_json_file(path), path
 
 
-def is_foreign(path) -> bool:
-    """True for a TF checkpoint or a torch file/folder that is not a Hugging Face folder or run directory."""
-    path = Path(path)
+def _is_model_dir(path: Path) -> bool:
+    """A Hugging Face folder with weights, or one of our run directories."""
+    try:
+        return path.is_dir() and resolve_model_dir(path) is not None
+    except (CheckpointError, FileNotFoundError):
+        return False
+
+
+def _read(path: Path, config_file) -> tuple[Opened, Path]:
+    """(the checkpoint, the folder its vocab.txt and tokenizer_config.json are looked for in)."""
+    if _is_model_dir(path):
+        folder = resolve_model_dir(path)
+        return Opened(str(folder), _config_beside(folder, config_file)[0], read_state_dict(folder)), folder
+    prefix = _tf_prefix(path)
+    if prefix is not None:
+        return read_tf(prefix, *_config_beside(prefix.parent, config_file)), prefix.parent
+    if path.is_file() and path.name.endswith((".safetensors", ".index.json")):
+        return Opened(str(path), _config_beside(path.parent, config_file)[0], read_state_dict(path)), path.parent
+    torch_file = _torch_file(path)
+    if torch_file is not None:
+        return read_torch_file(torch_file, _config_beside(torch_file.parent, config_file)[0]), torch_file.parent
     if path.is_dir():
-        try:
-            resolve_model_dir(path)
-            return False
-        except (CheckpointError, FileNotFoundError):
-            pass
-    return _tf_prefix(path) is not None or _torch_file(path) is not None
+        resolve_model_dir(path)  # raises, naming the weights files it looked for
+    raise CheckpointError(f"{path}: neither a model folder nor a TensorFlow or PyTorch checkpoint")
 
 
 def open_checkpoint(path, config_file=None) -> Opened:
-    """Any checkpoint we read: a Hugging Face folder or run directory, a TF checkpoint, a torch file."""
+    """Any checkpoint we read: a Hugging Face folder or run directory, a TF checkpoint (prefix, .index or
+    folder), a torch.save file (or a folder holding one .pt), a weights file; config.json or
+    bert_config.json beside it unless `config_file` names one."""
     path = Path(path)
     if not path.exists() and _tf_prefix(path) is None:
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if not is_foreign(path) and not path.is_file():
-        folder = resolve_model_dir(path)
-        config, _ = _config_beside(folder, config_file)
-        opened = Opened(str(folder), config, read_state_dict(folder))
-    else:
-        prefix = _tf_prefix(path)
-        folder = (prefix or path).parent if (prefix or path.is_file()) else path
-        config, config_path = _config_beside(folder, config_file)
-        if prefix is not None:
-            opened = read_tf(prefix, config, config_path)
-        elif path.is_file() and path.suffix in (".safetensors", ".json"):
-            opened = Opened(str(path), config, read_state_dict(path))
-        else:
-            torch_file = _torch_file(path)
-            if torch_file is None:
-                raise CheckpointError(f"{path}: neither a model folder nor a TensorFlow or PyTorch checkpoint")
-            opened = read_torch_file(torch_file, config)
-    opened.folder, opened.vocab, opened.do_lower_case = folder, find_vocab(folder), read_do_lower_case(folder)
+    opened, folder = _read(path, config_file)
+    opened.folder, opened.vocab = folder, find_vocab(folder)
     return opened
 
 
