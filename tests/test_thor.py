@@ -149,3 +149,32 @@ def test_bad_settings_name_the_setting(setting, value, message):
     model = Tiny()
     with pytest.raises(ValueError, match=message):
         Thor(model, param_groups(model, 0.0), **{"split_dim": 4, setting: value})
+
+
+def test_momentum_matches_torch_sgd_step_for_step():
+    from bertspeed.training.thor import Momentum
+    torch.manual_seed(0)
+    ours, theirs = Tiny(), Tiny()
+    theirs.load_state_dict(ours.state_dict())
+    optimizers = [Momentum(param_groups(ours, 0.01), lr=0.1, momentum=0.9),
+                  torch.optim.SGD(param_groups(theirs, 0.01), lr=0.1, momentum=0.9)]
+    for seed in range(6):
+        for model, optimizer in zip((ours, theirs), optimizers):
+            optimizer.zero_grad()
+            model(batch(seed)).backward()
+            optimizer.step()
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def test_end_learning_rate_matches_the_closed_form():
+    from bertspeed.pretrain.optim import warmup_poly_lambda
+    peak, end, total, warmup, power = 1e-3, 1e-5, 50, 5, 2.0
+    factor = warmup_poly_lambda(total, warmup, power, end_ratio=end / peak)
+    for step in range(total):
+        if step < warmup:
+            want = peak * (step + 1) / warmup
+        else:
+            want = end + (peak - end) * (1 - (step - warmup + 1) / (total - warmup + 1)) ** power
+        assert peak * factor(step) == pytest.approx(want, rel=1e-12)
+    assert peak * factor(total - 1) == pytest.approx(end + (peak - end) * (1 / (total - warmup + 1)) ** power)

@@ -28,18 +28,19 @@ def build_optimizer(model, optimizer_type: str, lr: float, weight_decay: float, 
     raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {optimizer_type!r}")
 
 
-def warmup_poly_lambda(total_steps: int, warmup_steps: int, power: float = 0.5):
-    """Linear warmup to the peak over warmup_steps, then polynomial decay towards 0 at
-    total_steps (NVIDIA's PolyWarmUpScheduler: degree 0.5). Step s (0-based) gets this multiplier
-    of the peak lr: (s + 1) / W during warmup, then (1 - (s - W + 1) / (T - W + 1)) ** power,
-    strictly decreasing and never 0 within the phase."""
+def warmup_poly_lambda(total_steps: int, warmup_steps: int, power: float = 0.5, end_ratio: float = 0.0):
+    """Linear warmup to the peak over warmup_steps, then polynomial decay towards end_ratio x peak at
+    total_steps (NVIDIA's PolyWarmUpScheduler: degree 0.5, end 0; MindSpore's end_learning_rate). Step s
+    (0-based) gets this multiplier of the peak lr: (s + 1) / W during warmup, then
+    e + (1 - e) (1 - (s - W + 1) / (T - W + 1)) ** power, strictly decreasing within the phase."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         decay_steps = max(1, total_steps - warmup_steps + 1)
-        return max(0.0, 1.0 - (step - warmup_steps + 1) / decay_steps) ** power
+        return end_ratio + (1.0 - end_ratio) * max(0.0, 1.0 - (step - warmup_steps + 1) / decay_steps) ** power
     return factor
 
 
-def build_schedule(optimizer, total_steps: int, warmup_steps: int, power: float = 0.5) -> LambdaLR:
-    return LambdaLR(optimizer, warmup_poly_lambda(total_steps, warmup_steps, power))
+def build_schedule(optimizer, total_steps: int, warmup_steps: int, power: float = 0.5,
+                   end_ratio: float = 0.0) -> LambdaLR:
+    return LambdaLR(optimizer, warmup_poly_lambda(total_steps, warmup_steps, power, end_ratio))

@@ -153,15 +153,38 @@ class Thor(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                update = self.precondition(p, p.grad, damping)
-                if group["weight_decay"]:
-                    update = update + group["weight_decay"] * p
-                state = self.state[p]
-                if "momentum" not in state:
-                    state["momentum"] = torch.zeros_like(p)
-                state["momentum"].mul_(group["momentum"]).add_(update)
-                p.add_(state["momentum"], alpha=-group["lr"])
+                momentum_update(p, self.precondition(p, p.grad, damping), group, self.state[p])
         thor["step"] += 1
+        return loss
+
+
+def momentum_update(p: torch.Tensor, update: torch.Tensor, group: dict, state: dict) -> None:
+    """MindSpore's ApplyMomentum with L2 decay: u += wd * w;  m = momentum * m + u;  w -= lr * m."""
+    if group["weight_decay"]:
+        update = update + group["weight_decay"] * p
+    if "momentum" not in state:
+        state["momentum"] = torch.zeros_like(p)
+    state["momentum"].mul_(group["momentum"]).add_(update)
+    p.add_(state["momentum"], alpha=-group["lr"])
+
+
+class Momentum(torch.optim.Optimizer):
+    """SGD with momentum as MindSpore's Momentum optimizer (its BERT recipes' third choice): the rule of
+    `momentum_update` on the plain gradient."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+        if not lr > 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(f"Momentum: lr must be > 0, momentum in [0, 1), weight_decay >= 0; got {lr}, {momentum}, "
+                             f"{weight_decay}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    momentum_update(p, p.grad, group, self.state[p])
         return loss
 
 
