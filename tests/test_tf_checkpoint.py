@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertspeed.convert import convert
+from bertspeed.convert import convert, main
 from bertspeed.model.architectures import build_model
 from bertspeed.model.checkpoint import CheckpointError, read_state_dict
 from bertspeed.model.config import BertConfig
@@ -116,7 +116,7 @@ def copy_of(checkpoints, tmp_path, head="squad"):
     return shutil.copytree(checkpoints[head][0], tmp_path / "src")
 
 
-def test_truncated_data_file_names_file_and_variable(checkpoints, tmp_path):
+def test_truncated_data_file_names_file_and_variable(checkpoints, tmp_path, capsys):
     src = copy_of(checkpoints, tmp_path)
     data = src / "bert_model.ckpt.data-00000-of-00001"
     entries = BundleReader(src / "bert_model.ckpt").entries
@@ -126,6 +126,8 @@ def test_truncated_data_file_names_file_and_variable(checkpoints, tmp_path):
     victim = next(n for n in weights if entries[n].offset + entries[n].size > cut)  # the first one read
     with pytest.raises(CheckpointError, match=f"{data}: variable '{victim}' lies at bytes .* but the file has {cut}"):
         convert(src, tmp_path / "out")
+    assert main([str(src), "--output_dir", str(tmp_path / "out")]) == 2  # the command: one line, exit 2
+    assert capsys.readouterr().err.startswith(f"error: {data}: variable '{victim}'")
     assert not (tmp_path / "out").exists()
 
 

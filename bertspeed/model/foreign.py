@@ -14,6 +14,7 @@ open_checkpoint() gives any of these as an Opened: config, state dict, the folde
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class Opened:
     notes: list[str] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # our key -> the name in the source, where it differs
     foreign: bool = False  # not a Hugging Face folder or one of our runs: every variable must fit (check_shapes)
-    name_for_missing: object = None  # our key -> the source's name for a variable it lacks
+    name_for_missing: Callable[[str], str] | None = None  # our key -> the source's name for one it lacks
 
     def name_of(self, key: str) -> str:
         if key in self.names:
@@ -121,53 +122,62 @@ def read_tf(prefix: Path, config: BertConfig, config_path: Path) -> Opened:
 
 # ---- NVIDIA DeepLearningExamples (and other torch.save) files -------------------------------------
 def read_torch_file(path: Path, config: BertConfig) -> Opened:
-    from bertspeed.model.restricted_pickle import restricted_load
-    notes = []
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - refused objects (or an unreadable file): the restricted loader decides
-        try:
-            obj, replaced = restricted_load(path)
-        except Exception as e:  # noqa: BLE001 - any failure of a foreign file is bad input
-            raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
-        notes.append(f"{path}: objects not loaded (never executed): {', '.join(replaced)}")
-    state = obj
-    if isinstance(obj, dict) and not _all_tensors(obj):
-        holder = next((k for k in STATE_KEYS if isinstance(obj.get(k), dict)), None)
-        if holder is None:
-            raise CheckpointError(f"{path}: no state dict of tensors (top-level keys {', '.join(map(str, obj))})")
-        state = obj[holder]
-        others = [str(k) for k in obj if k != holder]
-        notes.append(f"{path}: weights from {holder!r}; skipped {', '.join(others)}" if others else "")
-    if not isinstance(state, dict) or not _all_tensors(state):
-        bad = [str(k) for k, v in (state.items() if isinstance(state, dict) else []) if not torch.is_tensor(v)]
-        raise CheckpointError(f"{path}: not a mapping of parameter names to tensors ({', '.join(bad[:5])})")
+    obj, notes = _load_torch(path)
+    state = _state_dict_in(obj, path, notes)
     renamed, names = {}, {}
     for key, tensor in state.items():
         ours = key.removeprefix("module.").replace(".dense_act.", ".dense.")
         renamed[ours] = tensor.detach().clone() if isinstance(tensor, torch.nn.Parameter) else tensor
         if ours != key:
             names[ours] = key
-    config = _unpad_vocab(renamed, config, path, notes)
-    return Opened(str(path), config, renamed, notes=[n for n in notes if n], names=names, foreign=True)
+    _unpad_vocab(renamed, config.vocab_size, path, notes)
+    return Opened(str(path), config, renamed, notes=notes, names=names, foreign=True)
+
+
+def _load_torch(path: Path) -> tuple[object, list[str]]:
+    """weights_only first; a file it refuses goes through the restricted unpickler (objects reported)."""
+    from bertspeed.model.restricted_pickle import restricted_load
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), []
+    except Exception:  # noqa: BLE001 - refused objects (or an unreadable file): the restricted loader decides
+        pass
+    try:
+        obj, replaced = restricted_load(path)
+    except Exception as e:  # noqa: BLE001 - any failure of a foreign file is bad input
+        raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    return obj, [f"{path}: objects not loaded (never executed): {', '.join(replaced)}"] if replaced else []
+
+
+def _state_dict_in(obj, path: Path, notes: list[str]) -> dict:
+    """The mapping of names to tensors: the object itself, or its "model" / "state_dict" / "module" entry."""
+    if isinstance(obj, dict) and not _all_tensors(obj):
+        holder = next((k for k in STATE_KEYS if isinstance(obj.get(k), dict)), None)
+        if holder is None:
+            raise CheckpointError(f"{path}: no state dict of tensors (top-level keys {', '.join(map(str, obj))})")
+        others = [str(k) for k in obj if k != holder]
+        if others:
+            notes.append(f"{path}: weights from {holder!r}; skipped {', '.join(others)}")
+        obj = obj[holder]
+    if not isinstance(obj, dict) or not _all_tensors(obj):
+        bad = [str(k) for k, v in (obj.items() if isinstance(obj, dict) else []) if not torch.is_tensor(v)]
+        raise CheckpointError(f"{path}: not a mapping of parameter names to tensors ({', '.join(bad[:5])})")
+    return obj
 
 
 def _all_tensors(mapping: dict) -> bool:
     return bool(mapping) and all(torch.is_tensor(v) for v in mapping.values())
 
 
-def _unpad_vocab(state, config: BertConfig, path: Path, notes: list[str]) -> BertConfig:
-    """NVIDIA's modeling.py pads the vocabulary to a multiple of 8 rows; rows past vocab.txt are dropped."""
+def _unpad_vocab(state: dict, vocab_size: int, path: Path, notes: list[str]) -> None:
+    """NVIDIA's modeling.py pads the vocabulary to a multiple of 8 rows; the rows past vocab_size go."""
     key = next((k for k in state if k.endswith("word_embeddings.weight")), None)
-    rows = state[key].shape[0] if key else config.vocab_size
-    if rows % 8 or not 0 < rows - config.vocab_size < 8:
-        return config
+    rows = state[key].shape[0] if key else vocab_size
+    if rows % 8 or not 0 < rows - vocab_size < 8:
+        return
     for k in list(state):
         if k.endswith(("word_embeddings.weight", "predictions.bias", "decoder.weight", "decoder.bias")):
-            state[k] = state[k][:config.vocab_size].clone()
-    notes.append(f"{path}: vocabulary padded to {rows} rows (a multiple of 8); rows past vocab_size "
-                 f"{config.vocab_size} dropped")
-    return config
+            state[k] = state[k][:vocab_size].clone()
+    notes.append(f"{path}: vocabulary padded to {rows} rows (a multiple of 8); rows past vocab_size {vocab_size} dropped")
 
 
 # ---- finding the parts --------------------------------------------------------------------------
