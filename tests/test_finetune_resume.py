@@ -1,7 +1,8 @@
 """A finetuning run (run_glue.py, plain PyTorch, one process) SIGKILLed mid-epoch, inside a checkpoint
 save and during an evaluation, and stopped by SIGTERM, each time continued with --resume, ends with
 the uninterrupted run's weights bit for bit, its eval_results.json and every logged loss, learning
-rate, gradient norm and evaluation (only the perf/ timings differ). Kill points are injected with
+rate, gradient norm and evaluation (only the perf/ timings differ), and TensorBoard events that match
+metrics.jsonl (an attempt's events after its checkpoint are purged). Kill points are injected with
 BERTSPEED_FAULT_KILL_AT (bertspeed/training/faults.py)."""
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 from pretrain_helpers import ROOT, env
 from safetensors.torch import load_file
+from tensorboard_helpers import tensorboard_matches_metrics
 
 from bertspeed.finetune import run_glue
 from bertspeed.model import BertConfig, BertForPreTraining
@@ -64,7 +66,7 @@ def latest(out) -> str | None:
 def test_killed_three_ways_and_stopped_by_sigterm_then_resumed_equals_uninterrupted(setup, reference):
     root, args = setup
     out = root / "interrupted"
-    resumed = [*args, "--output_dir", str(out), "--resume"]
+    resumed = [*args, "--output_dir", str(out), "--resume", "--report_to", "tensorboard"]
     # (kill point, expected exit code, the checkpoint `latest` names afterwards)
     for kill_at, code, after in [("step@5", -signal.SIGKILL, "global_step3"),  # mid-epoch
                                  ("save@6", -signal.SIGKILL, "global_step3"),  # inside the save of step 6
@@ -81,6 +83,7 @@ def test_killed_three_ways_and_stopped_by_sigterm_then_resumed_equals_uninterrup
 
     assert without_perf(out) == without_perf(reference)
     assert [r["step"] for r in read_metrics(out) if "eval/acc" in r] == [4, 8, 10]
+    assert {"train/loss", "eval/acc"} <= tensorboard_matches_metrics(out)  # redone steps' events purged
     assert json.loads((out / "eval_results.json").read_text()) == json.loads(
         (reference / "eval_results.json").read_text())
     ours, theirs = load_file(out / "model" / "model.safetensors"), load_file(reference / "model" / "model.safetensors")

@@ -18,6 +18,7 @@ from bertspeed.model.tokenizer_config import decide_do_lower_case
 from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.distributed import Runtime, setup_runtime, shutdown_distributed
 from bertspeed.training.hardware import Precision, choose_precision, host_info
+from bertspeed.training.metrics import summary_writer_class
 from bertspeed.training.settings import as_dict
 from bertspeed.training.signals import EXIT_SIGNALLED, StoppedBySignal
 
@@ -72,7 +73,7 @@ def start(settings: FinetuneSettings, model_class, **config_changes):
 def check_report_to(report_to: str) -> None:
     if report_to == "tensorboard":
         try:
-            import torch.utils.tensorboard  # noqa: F401
+            summary_writer_class()
         except ImportError:
             raise ValueError("--report_to tensorboard needs the tensorboard package "
                              "(pip install bertspeed[tensorboard])") from None

@@ -239,6 +239,7 @@ class Trainer:
         return self.train_stats
 
     def _save(self, progress: dict, plan: dict) -> None:
+        self.log.flush()  # the records up to this step survive a kill after the checkpoint
         state = {**progress, "step": self.step, "grad_norms": self.grad_norms, "metrics_records": self.log.records,
                  "batch": plan["batch"], "settings": checkpoint.trajectory_settings(self.settings)}
         checkpoint.save(self.output_dir, self.step, state, self.rt, engine=self.engine, model=self.model,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import sys
+import types
 from pathlib import Path
 
 from bertspeed.training.atomic import write_lines_atomic
@@ -27,6 +29,18 @@ def json_value(value):
     return value if math.isfinite(value) else None
 
 
+def summary_writer_class():
+    """torch's TensorBoard SummaryWriter, kept from importing TensorFlow: where TensorFlow is installed,
+    tensorboard loads all of it (about 7 s per process, and its log noise) for file I/O the event files
+    do not need, unless its `tensorboard.compat.notf` marker module exists."""
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("TensorBoard needs the tensorboard package (pip install bertspeed[tensorboard])") from None
+    return SummaryWriter
+
+
 class MetricsWriter:
     def __init__(self, output_dir, enabled: bool, tensorboard: bool = False):
         self.enabled = enabled
@@ -38,10 +52,7 @@ class MetricsWriter:
         if not enabled:
             return
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ImportError("TensorBoard needs the tensorboard package (pip install bertspeed[tensorboard])") from None
+            SummaryWriter = summary_writer_class()
             self._summary_writer = SummaryWriter
             self._tb = SummaryWriter(str(self.tensorboard_dir))
         self._file = open(self.path, "a", encoding="utf-8")
@@ -91,6 +102,14 @@ class MetricsWriter:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, step)
+
+    def flush(self) -> None:
+        """Make everything written so far durable against a kill (TensorBoard buffers events): a
+        checkpoint calls it, so a resume finds every record up to its step in both outputs."""
+        if self._file is not None:
+            self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
 
     def close(self) -> None:
         if self._file is not None:
