@@ -98,6 +98,9 @@ def test_a_casing_that_contradicts_the_vocab_is_warned_about(tmp_path, vocab_fil
     with pytest.warns(UserWarning, match="do_lower_case is true .* is a cased vocab \\('Apple', 'The', 'What'"):
         tokenizer, _ = load_tokenizer(tmp_path / "cased", do_lower_case=True)
     assert tokenizer.tokenize("Apple") == tokenizer.tokenize("apple")  # the flag wins
+    assert not BertTokenizer.from_vocab_file(tmp_path / "cased" / "vocab.txt").do_lower_case  # data prep's loader
+    with pytest.warns(UserWarning, match="is a cased vocab"):
+        BertTokenizer.from_vocab_file(tmp_path / "cased" / "vocab.txt", do_lower_case=True)
     (tmp_path / "uncased").mkdir()
     (tmp_path / "uncased" / "vocab.txt").write_bytes(vocab_file.read_bytes())
     (tmp_path / "uncased" / "tokenizer_config.json").write_text('{"do_lower_case": false}')

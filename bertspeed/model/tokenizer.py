@@ -51,8 +51,12 @@ class BertTokenizer:
         self.backend = tok
 
     @classmethod
-    def from_vocab_file(cls, vocab_file, do_lower_case: bool = True) -> "BertTokenizer":
-        return cls(read_vocab(vocab_file), do_lower_case)
+    def from_vocab_file(cls, vocab_file, do_lower_case: bool | None = None) -> "BertTokenizer":
+        """do_lower_case None: the tokenizer_config.json beside the vocab, else the vocab's own casing (a cased
+        vocab stays cased); a value that contradicts the vocab is warned about."""
+        from bertspeed.model.tokenizer_config import decide_do_lower_case
+        vocab = read_vocab(vocab_file)
+        return cls(vocab, decide_do_lower_case(vocab, vocab_file, do_lower_case, Path(vocab_file).parent))
 
     @property
     def vocab_size(self) -> int:
