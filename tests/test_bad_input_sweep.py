@@ -25,6 +25,8 @@ R_VOCAB = "finetune/convert: a binary --vocab_file is named without the flag"
 R_RANGE = "finetune settings: the range error does not give the value"
 R_DATA = "finetune data files (and --deepspeed_config): missing/binary/folder named without the flag"
 R_SRC = "convert: a missing or binary SRC is named without saying it is SRC"
+R_TOOLS = ("check-config, plot, report (not in this change): raw OSError/UnicodeDecodeError text, or the path "
+           "without the argument's name")
 
 
 def case(name: str, argv: list[str], flag: str, culprit: str, xfail: str | None = None):
@@ -155,6 +157,11 @@ DATA_AND_PRETRAIN = [
     bad("pretrain-batch-0", PRETRAIN, "--train_batch_size", "0"),
     bad("pretrain-accumulation-0", PRETRAIN, "--gradient_accumulation_steps", "0"),
     bad("pretrain-settings-binary", PRETRAIN, "--settings_file", "{binary_bin}", SETTINGS_FILE),
+    case("check-config-missing", ["check-config", "{missing}"], "files", "{missing}", R_TOOLS),
+    case("check-config-binary", ["check-config", "{binary_bin}"], "files", "{binary_bin}", R_TOOLS),
+    case("plot-run-missing", ["plot", "{missing}", "--output", "{out}/curves.png"], "run_dirs", "{missing}",
+         R_TOOLS),
+    case("report-missing", ["report", "{missing}"], "demo_dir", "{missing}", R_TOOLS),
 ]
 
 

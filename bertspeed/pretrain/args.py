@@ -14,7 +14,7 @@ from bertspeed.model.layers import FUSED_KERNELS_HELP
 from bertspeed.pretrain.nvidia import add_nvidia_flags, alias_conflict, check_nvidia_flags, note, nvidia_flags
 from bertspeed.pretrain.optim import OPTIMIZERS
 from bertspeed.training.hardware import PRECISION_HELP, PRECISIONS
-from bertspeed.training.pathcheck import check_input_dir, check_input_file, check_output_dir
+from bertspeed.training.pathcheck import PathError, check_input_dir, check_input_file, check_output_dir
 from bertspeed.training.settings import from_namespace, parser_for, setting
 
 REPORT_TO = ("tensorboard", "none")
@@ -139,6 +139,10 @@ class PretrainArgs:
 
     def _check_paths(self):
         """Folders are folders, text files are text, the output can be written: before anything starts."""
+        if self.init_checkpoint and Path(self.init_checkpoint).is_file():  # e.g. NVIDIA's ckpt_7038.pt
+            raise PathError(f"--init_checkpoint {self.init_checkpoint}: is a file, expected a run folder or a "
+                            "Hugging Face folder (bertspeed convert FILE --config_file CONFIG --output_dir FOLDER "
+                            "makes one from a weights file)")
         for name in ("input_dir", "eval_dir", "init_checkpoint"):
             if getattr(self, name):
                 check_input_dir(f"--{name}", getattr(self, name))
