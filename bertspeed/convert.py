@@ -30,10 +30,8 @@ from bertspeed.model.tokenizer_config import decide_do_lower_case
 from bertspeed.training.runs import list_tags
 
 
-def checkpoint_folder(src: Path, tag: str | None) -> Path:
-    """The folder holding the weights: SRC resolved (a run directory's latest), or SRC/TAG."""
-    if tag is None:
-        return resolve_model_dir(src)
+def checkpoint_folder(src: Path, tag: str) -> Path:
+    """The folder holding the weights of the run directory's checkpoint TAG."""
     if not tag or Path(tag).name != tag:
         raise CheckpointError(f"--tag {tag!r}: expected the name of a checkpoint folder such as global_step1000")
     if not (src / tag).is_dir():
@@ -73,10 +71,11 @@ def convert(src, output_dir, config_file=None, vocab_file=None, tag=None, do_low
 
 def main(argv=None, prog: str = "python -m bertspeed.convert", error_prefix: str = "error") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="Hugging Face folder, pretraining run directory, or weights file")
+    parser.add_argument("src", help="Hugging Face folder, pretraining run directory, Google TF checkpoint, NVIDIA .pt, "
+                                    "or weights file")
     parser.add_argument("--output_dir", required=True, help="Hugging Face folder to write")
     parser.add_argument("--tag", help="a run directory's checkpoint such as global_step1000 (default: latest)")
-    parser.add_argument("--config_file", help="config.json, when SRC is a bare weights file")
+    parser.add_argument("--config_file", help="config.json or bert_config.json (default: the one beside SRC)")
     parser.add_argument("--vocab_file", help="vocab.txt to copy (default: the one beside SRC)")
     parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None,
                         help="casing to record (default: the source's tokenizer_config.json, else the vocab's)")
