@@ -89,7 +89,7 @@ def test_uncased_folders_and_pretraining_checkpoints_carry_their_casing(tmp_path
     (tmp_path / "ckpt").mkdir()
     write_weights(tmp_path / "ckpt", model.config, export_state_dict(model), vocab_file)
     assert json.loads((tmp_path / "ckpt" / "tokenizer_config.json").read_text())["do_lower_case"] is True
-    assert (tmp_path / "ckpt" / "special_tokens_map.json").is_file()
+    assert_autotokenizer_agrees(tmp_path / "ckpt", "Café Déjà Vu in the APPLE store")
 
 
 def test_a_casing_that_contradicts_the_vocab_is_warned_about(tmp_path, vocab_file):
