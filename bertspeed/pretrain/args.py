@@ -103,8 +103,15 @@ class PretrainArgs:
         if not self.deepspeed_config and self.train_batch_size is None:
             raise ValueError("--deepspeed_config is required (or NVIDIA's --train_batch_size, with a built-in "
                              "ZeRO 0 config)")
+        self._check_numbers()
+        self._check_nvidia_flags()
+        self._check_choices()
+        self._check_paths()
+
+    def _check_numbers(self):
         for name in ("max_steps", "checkpoint_interval", "keep_checkpoints", "log_interval", "eval_samples",
-                     "train_batch_size", "gradient_accumulation_steps", "max_seq_length", "init_loss_scale"):
+                     "train_batch_size", "gradient_accumulation_steps", "max_seq_length", "init_loss_scale",
+                     "dist_timeout"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         for name in ("learning_rate", "weight_decay", "schedule_power", "peak_tflops"):
@@ -113,32 +120,29 @@ class PretrainArgs:
                 raise ValueError(f"--{name} must be a finite number >= 0, got {value}")
         if self.learning_rate == 0:
             raise ValueError("--learning_rate must be positive, got 0.0")
-        self._check_nvidia_flags()
-        if self.max_bad_steps < 0:
-            raise ValueError(f"--max_bad_steps must be >= 0, got {self.max_bad_steps}")
-        if self.eval_interval < 0:
-            raise ValueError(f"--eval_interval must be >= 0, got {self.eval_interval}")
+        for name in ("max_bad_steps", "eval_interval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_proportion < 1.0:
+            raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.max_steps:
+            raise ValueError(f"--warmup_steps must be in [0, max_steps], got {self.warmup_steps}")
+
+    def _check_choices(self):
         if (self.config_file is None) == (self.model_preset is None) and self.init_checkpoint is None:
             raise ValueError("give exactly one of --config_file and --model_preset (or --init_checkpoint)")
         if self.config_file and self.model_preset:
             raise ValueError("give only one of --config_file and --model_preset")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not 0.0 <= self.warmup_proportion < 1.0:
-            raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
-        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.max_steps:
-            raise ValueError(f"--warmup_steps must be in [0, max_steps], got {self.warmup_steps}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.dist_timeout <= 0:
-            raise ValueError(f"--dist_timeout must be positive, got {self.dist_timeout}")
-        for name in ("input_dir", "deepspeed_config"):
-            if getattr(self, name) and not Path(getattr(self, name)).exists():
-                raise FileNotFoundError(f"--{name} {getattr(self, name)} does not exist")
-        self._check_paths()
 
     def _check_paths(self):
         """Folders are folders, text files are text, the output can be written: before anything starts."""
+        for name in ("input_dir", "deepspeed_config"):
+            if getattr(self, name) and not Path(getattr(self, name)).exists():
+                raise FileNotFoundError(f"--{name} {getattr(self, name)} does not exist")
         if self.init_checkpoint and Path(self.init_checkpoint).is_file():  # e.g. NVIDIA's ckpt_7038.pt
             raise PathError(f"--init_checkpoint {self.init_checkpoint}: is a file, expected a run folder or a "
                             "Hugging Face folder (bertspeed convert FILE --config_file CONFIG --output_dir FOLDER "
