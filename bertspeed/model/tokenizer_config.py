@@ -10,12 +10,13 @@ import json
 import warnings
 from pathlib import Path
 
+from bertspeed.model.tokenizer import SPECIAL_TOKENS
 from bertspeed.training.atomic import write_json_atomic
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
-SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-                  "mask_token": "[MASK]"}
+# transformers' names for our special tokens: pad_token "[PAD]", unk_token "[UNK]", ...
+SPECIAL_TOKEN_NAMES = {f"{token[1:-1].lower()}_token": token for token in SPECIAL_TOKENS}
 
 
 def capitalised_tokens(vocab) -> list[str]:
@@ -63,8 +64,8 @@ def decide_do_lower_case(vocab, vocab_path, flag: bool | None = None, folder=Non
 def tokenizer_files(do_lower_case: bool, model_max_length: int) -> dict[str, dict]:
     """File name -> JSON content of the tokenizer files beside vocab.txt."""
     config = {"tokenizer_class": "BertTokenizer", "do_lower_case": do_lower_case, "tokenize_chinese_chars": True,
-              "strip_accents": None, "model_max_length": model_max_length, **SPECIAL_TOKENS}
-    return {TOKENIZER_CONFIG: config, SPECIAL_TOKENS_MAP: dict(SPECIAL_TOKENS)}
+              "strip_accents": None, "model_max_length": model_max_length, **SPECIAL_TOKEN_NAMES}
+    return {TOKENIZER_CONFIG: config, SPECIAL_TOKENS_MAP: dict(SPECIAL_TOKEN_NAMES)}
 
 
 def write_tokenizer_files(folder, do_lower_case: bool, model_max_length: int) -> None:

@@ -19,10 +19,11 @@ import torch.distributed as dist
 
 from bertspeed.model.checkpoint import TIED_KEYS, CheckpointError, save_hf_folder
 from bertspeed.model.config import BertConfig
+from bertspeed.model.tokenizer_config import SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG
 from bertspeed.training.runs import list_tags, read_latest, tag_for, write_latest
 
 # The Hugging Face files of a checkpoint; the tokenizer files carry the vocab's casing (save_hf_folder).
-HF_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+HF_FILES = ("config.json", "model.safetensors", "vocab.txt", TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP)
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                        "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps",
                        "position_embedding_type", "max_relative_position")
