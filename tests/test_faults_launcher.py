@@ -78,7 +78,7 @@ class Run:
             time.sleep(0.01)
         raise AssertionError(f"step {step} not reached (exit {self.proc.poll()}):\n{self.output()[-3000:]}")
 
-    def finish(self, timeout: float = 90) -> tuple[int, str]:
+    def finish(self, timeout: float = 150) -> tuple[int, str]:
         """The launcher's exit code and the output, once every process of the group has ended."""
         deadline = time.time() + timeout
         try:
