@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from bertspeed.finetune import predict, run_glue, run_ner, run_squad
+from bertspeed.finetune.batches import length_grouped_batches, shard_batches
 from bertspeed.finetune.metrics import squad_v1_evaluate, squad_v2_evaluate
-from bertspeed.finetune.trainer import length_grouped_batches, linear_schedule, shard_batches
+from bertspeed.finetune.trainer import linear_schedule
 from bertspeed.model import BertConfig, BertForPreTraining
 from bertspeed.model.checkpoint import save_pretrained
 from bertspeed.model.layers import fused_kernels_enabled, use_fused_kernels

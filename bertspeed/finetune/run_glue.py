@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from bertspeed.finetune import glue
+from bertspeed.finetune.batches import collate_padded
 from bertspeed.finetune.cli import main_guard, start
 from bertspeed.finetune.metrics import glue_metrics
 from bertspeed.finetune.settings import FinetuneSettings, default_of, parse_settings
-from bertspeed.finetune.trainer import collate_padded
 from bertspeed.model.heads import BertForSequenceClassification
 from bertspeed.training.settings import setting
 

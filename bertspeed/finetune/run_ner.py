@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertspeed.finetune import ner
+from bertspeed.finetune.batches import collate_padded
 from bertspeed.finetune.cli import main_guard, start
 from bertspeed.finetune.metrics import entity_scores
 from bertspeed.finetune.settings import FinetuneSettings, parse_settings
-from bertspeed.finetune.trainer import collate_padded
 from bertspeed.model.architectures import architecture_name
 from bertspeed.model.checkpoint import resolve_model_dir
 from bertspeed.model.config import BertConfig

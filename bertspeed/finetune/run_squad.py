@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertspeed.finetune import squad
+from bertspeed.finetune.batches import collate_padded
 from bertspeed.finetune.cli import main_guard, start
 from bertspeed.finetune.metrics import squad_v1_evaluate, squad_v2_evaluate
 from bertspeed.finetune.settings import FinetuneSettings, SpanSettings, default_of, parse_settings
-from bertspeed.finetune.trainer import collate_padded
 from bertspeed.model.heads import BertForQuestionAnswering
 from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.settings import setting

@@ -19,6 +19,12 @@ import torch
 from tqdm import tqdm
 
 from bertspeed.finetune import checkpoint
+from bertspeed.finetune.batches import (
+    collate_padded,  # noqa: F401 (other modules import it from here too)
+    length_grouped_batches,
+    shard_batches,
+    to_device,
+)
 from bertspeed.finetune.settings import FinetuneSettings
 from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.distributed import Runtime
@@ -38,31 +44,6 @@ def set_seed(seed: int) -> None:
 
 def _numbers(results: dict) -> dict:
     return {k: v for k, v in results.items() if isinstance(v, (int, float))}
-
-
-def length_grouped_batches(lengths, batch_size: int, seed: int, group_by_length: bool = True):
-    """Shuffled batches of indices; with grouping, each batch holds examples of similar length
-    (sorted within shuffled windows of 50 batches), so dynamic padding wastes little."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(lengths))
-    if group_by_length:
-        window = 50 * batch_size
-        order = np.concatenate([sorted(order[i:i + window], key=lambda j: -lengths[j])
-                                for i in range(0, len(order), window)]) if len(order) else order
-    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def shard_batches(batches: list, rank: int, world_size: int) -> list:
-    """Rank `rank`'s share; the list is wrapped around so every rank gets the same count."""
-    per_rank = math.ceil(len(batches) / world_size)
-    padded = batches + batches[: per_rank * world_size - len(batches)]
-    return padded[rank::world_size]
-
-
-def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _total_norm(parameters) -> torch.Tensor:
@@ -184,7 +165,8 @@ class Trainer:
         if rt.is_main:
             b = plan["batch"]
             print(f"batch: micro {b['micro']} per rank x accumulation {b['accumulation']} x world {b['world']} "
-                  f"= global {b['global']} sequences per optimizer step; {plan['last_step']} optimizer steps", flush=True)
+                  f"= global {b['global']} sequences per optimizer step; {plan['last_step']} optimizer steps",
+                  flush=True)
         optimizer, scheduler = self._setup_optimizer(max(1, plan["total_steps"]), plan["batch"])
         self._optimizer, self._scheduler = optimizer, scheduler
         progress = self._restore(plan) if self.resume_from else {"micro_step": 0, "seen": 0, "tokens": 0,
@@ -202,7 +184,7 @@ class Trainer:
                     epoch = micro_step // plan["per_epoch"]
                     batches = self._epoch_batches(lengths, plan["batch"]["micro"], epoch)
                 batch_ids = batches[micro_step % plan["per_epoch"]]
-                batch = _to_device(collate([features[i] for i in batch_ids]), rt.device)
+                batch = to_device(collate([features[i] for i in batch_ids]), rt.device)
                 with self._autocast():
                     loss = module(**batch).loss
                 running.append(loss.item())
@@ -344,7 +326,7 @@ class Trainer:
         results = {}
         for batch_ids in tqdm(shard_batches(batches, rt.rank, rt.world_size), desc="predict",
                               disable=not rt.is_main, dynamic_ncols=True):
-            batch = _to_device(collate([features[i] for i in batch_ids]), rt.device)
+            batch = to_device(collate([features[i] for i in batch_ids]), rt.device)
             with self._autocast():
                 output = module(**batch)
             results.update(zip(batch_ids, extract(output, batch)))
@@ -384,31 +366,3 @@ class Trainer:
             print("summary:\n" + "\n".join(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}"
                                            for k, v in summary.items()))
         self.log.close()
-
-
-def collate_padded(features: list[dict], pad_id: int = 0) -> dict:
-    """Pad a batch to its longest sequence (dynamic padding). Token-level `labels` lists are padded
-    with -100; scalar fields are stacked; keys starting with "_" are metadata and left out."""
-    T = max(len(f["input_ids"]) for f in features)
-    B = len(features)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    token_type_ids = torch.zeros((B, T), dtype=torch.long)
-    attention_mask = torch.zeros((B, T), dtype=torch.long)
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        input_ids[i, :n] = torch.tensor(f["input_ids"])
-        token_type_ids[i, :n] = torch.tensor(f["token_type_ids"])
-        attention_mask[i, :n] = 1
-    batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
-    for key in features[0]:
-        if key in batch or key.startswith("_"):
-            continue
-        values = [f[key] for f in features]
-        if isinstance(values[0], list):
-            padded = torch.full((B, T), -100, dtype=torch.long)
-            for i, v in enumerate(values):
-                padded[i, :len(v)] = torch.tensor(v, dtype=torch.long)
-            batch[key] = padded
-        else:
-            batch[key] = torch.tensor(values, dtype=torch.float if isinstance(values[0], float) else torch.long)
-    return batch
