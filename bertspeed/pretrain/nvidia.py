@@ -50,7 +50,7 @@ NAMES = tuple(f.name for f in fields(NvidiaFlags))
 
 
 def add_nvidia_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("NVIDIA run_pretraining.py flags without an effect here")
+    group = parser.add_argument_group("NVIDIA run_pretraining.py flags that are ignored or refused here")
     add_settings(group, NvidiaFlags)
 
 
@@ -62,7 +62,7 @@ def nvidia_flags(ns: argparse.Namespace) -> NvidiaFlags:
     return NvidiaFlags(**given)
 
 
-def flag(name: str) -> str:
+def _flag_name(name: str) -> str:
     return "--json-summary" if name == "json_summary" else f"--{name}"
 
 
@@ -82,7 +82,7 @@ def check_nvidia_flags(flags: NvidiaFlags, max_steps: int, init_checkpoint: str 
                          "starts from the phase-1 weights with a fresh optimizer and schedule")
     defaults = NvidiaFlags()
     refused = ("skip_checkpoint", "resume_step", "steps_this_run")
-    return [f"NVIDIA's {flag(name)}: {NvidiaFlags.__dataclass_fields__[name].metadata['help']}"
+    return [f"NVIDIA's {_flag_name(name)}: {NvidiaFlags.__dataclass_fields__[name].metadata['help']}"
             for name in NAMES if name not in refused and getattr(flags, name) != getattr(defaults, name)]
 
 
@@ -92,6 +92,7 @@ def alias_conflict(parser: argparse.ArgumentParser, argv: list[str]) -> str | No
     seen: dict[str, tuple[str, object]] = {}
     for i, token in enumerate(argv):
         name, equals, inline = token.partition("=")
+        # argparse's own table of option strings (no public equivalent); aliases share one action
         action = parser._option_string_actions.get(name) if token.startswith("--") else None
         if action is None or len(action.option_strings) < 2:
             continue
