@@ -42,7 +42,8 @@ PARTIAL_SUFFIX = ".partial"
 MAY_CHANGE = frozenset({
     "output_dir", "resume", "overwrite_output_dir", "save_steps", "save_total_limit", "report_to", "logging_steps",
     "eval_steps", "local_rank", "dist_timeout", "deepspeed", "eval_batch_size", "max_eval_samples", "do_eval",
-    "do_predict", "no_save_model", "no_test_predictions", "test_file", "predict_file", "eval_file", "n_best_size",
+    "do_predict", "no_save_model", "no_test_predictions", "test_file", "predict_file", "eval_file", "validation_file",
+    "n_best_size",
     "max_answer_length", "null_score_diff_threshold"})
 
 
