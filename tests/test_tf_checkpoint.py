@@ -17,7 +17,7 @@ from bertspeed.model.crc32c import _update, crc32c
 from bertspeed.model.foreign import tf_key, tf_name
 from bertspeed.model.tf_checkpoint import BundleReader
 
-tf = pytest.importorskip("tensorflow", reason="tensorflow-cpu (requirements-test.txt) is not installed: "
+tf = pytest.importorskip("tensorflow", reason="tensorflow-cpu (requirements-tf.txt) is not installed: "
                                                 "no TensorFlow reference for the TF checkpoint reader")
 transformers = pytest.importorskip("transformers")
 import tf_reference as ref  # noqa: E402  (needs tensorflow)
