@@ -17,25 +17,35 @@ from bertspeed.model.crc32c import _update, crc32c
 from bertspeed.model.foreign import tf_key, tf_name
 from bertspeed.model.tf_checkpoint import BundleReader
 
-tf = pytest.importorskip("tensorflow", reason="tensorflow-cpu (requirements-tf.txt) is not installed: "
-                                                "no TensorFlow reference for the TF checkpoint reader")
 transformers = pytest.importorskip("transformers")
-import tf_reference as ref  # noqa: E402  (needs tensorflow)
 
 HF_CLASSES = {"pretraining": "BertForPreTraining", "squad": "BertForQuestionAnswering",
               "classifier": "BertForSequenceClassification"}
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def tf():
+    """TensorFlow, imported only when a test needs it (it takes seconds and stays in memory)."""
+    return pytest.importorskip("tensorflow", reason="tensorflow-cpu (requirements-tf.txt) is not installed: "
+                                                    "no TensorFlow reference for the TF checkpoint reader")
+
+
+@pytest.fixture(scope="module")
+def ref(tf):
+    import tf_reference
+    return tf_reference
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, ref):
     """One Google-style folder per head, written once by TensorFlow."""
     root = tmp_path_factory.mktemp("tf")
     return {head: (root / head, ref.write_checkpoint(root / head, head, seed=i)) for i, head in enumerate(HF_CLASSES)}
 
 
-def inputs():
+def inputs(vocab_size: int):
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, len(ref.VOCAB), (2, 11), generator=g)
+    ids = torch.randint(5, vocab_size, (2, 11), generator=g)
     types = torch.zeros_like(ids)
     types[:, 6:] = 1
     mask = torch.ones_like(ids)
@@ -52,7 +62,7 @@ def test_crc32c_matches_the_plain_loop_and_known_values():
         assert crc32c(data) == _update(0xFFFFFFFF, data) ^ 0xFFFFFFFF, n
 
 
-def test_reader_gives_the_tensors_tensorflow_saved(checkpoints):
+def test_reader_gives_the_tensors_tensorflow_saved(checkpoints, tf):
     folder, values = checkpoints["pretraining"]
     reader = BundleReader(folder / "bert_model.ckpt")
     tf_reader = tf.train.load_checkpoint(str(folder / "bert_model.ckpt"))
@@ -64,13 +74,13 @@ def test_reader_gives_the_tensors_tensorflow_saved(checkpoints):
 
 
 @pytest.mark.parametrize("head", list(HF_CLASSES))
-def test_conversion_matches_tensorflow_forward_pass(checkpoints, tmp_path, head):
+def test_conversion_matches_tensorflow_forward_pass(checkpoints, tmp_path, head, ref):
     folder, _ = checkpoints[head]
     message = convert(folder, tmp_path / "hf")
     assert "skipped" in message and "Adam slots" in message and "gelu_new" in message
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == [HF_CLASSES[head]] and config["hidden_act"] == "gelu_new"
-    ids, types, mask = inputs()
+    ids, types, mask = inputs(len(ref.VOCAB))
     expected = ref.forward(folder / "bert_model.ckpt", ids.numpy(), types.numpy(), mask.numpy(), head)
     ours, report = build_model(BertConfig.from_json_file(tmp_path / "hf"), read_state_dict(tmp_path / "hf"), "hf")
     assert not report.initialized
@@ -157,7 +167,7 @@ def test_config_that_disagrees_with_the_tensors(checkpoints, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_variables_and_corrupt_index_are_named(checkpoints, tmp_path):
+def test_unknown_variables_and_corrupt_index_are_named(checkpoints, tmp_path, tf):
     src = copy_of(checkpoints, tmp_path)
     with tf.Graph().as_default():
         variables = {"bert/embeddings/word_embeddings": tf.compat.v1.Variable(np.zeros((3, 2), np.float32)),
@@ -177,7 +187,7 @@ def test_unknown_variables_and_corrupt_index_are_named(checkpoints, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_index_pointing_past_the_data(checkpoints, tmp_path):
+def test_index_pointing_past_the_data(checkpoints, tmp_path, tf, ref):
     src = copy_of(checkpoints, tmp_path)
     index, data = src / "bert_model.ckpt.index", src / "bert_model.ckpt.data-00000-of-00001"
     ref.rewrite_index(index, lambda name, entry: None, masked_crc)  # unchanged entries: TF and we still read it
