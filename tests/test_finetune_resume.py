@@ -100,15 +100,14 @@ def test_killed_three_ways_and_stopped_by_sigterm_then_resumed_equals_uninterrup
     assert sorted(p.name for p in out.iterdir()) == before
 
 
-def test_save_total_limit_keeps_the_newest(setup, reference, capsys):
-    """--save_total_limit 2 keeps global_step6 and global_step9; --overwrite_output_dir starts over."""
+def test_save_total_limit_keeps_the_newest_and_overwrite_starts_over(setup, capsys):
+    """--save_total_limit 2 keeps global_step6 and global_step9; --overwrite_output_dir starts over
+    (in this process: no need for a fresh interpreter here)."""
     root, args = setup
     out = root / "limited"
-    done = run([*args, "--output_dir", str(out), "--save_total_limit", "2", "--eval_steps", "0"])
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_glue.main([*args, "--output_dir", str(out), "--save_total_limit", "2", "--eval_steps", "0"])
     assert sorted(p.name for p in out.glob("global_step*")) == ["global_step6", "global_step9"]
     assert latest(out) == "global_step9"
-    assert "micro 4 per rank x accumulation 1 x world 1 = global 4" in done.stdout
-    done = run([*args, "--output_dir", str(out), "--overwrite_output_dir", "--max_steps", "2"])
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert "micro 4 per rank x accumulation 1 x world 1 = global 4" in capsys.readouterr().out
+    run_glue.main([*args, "--output_dir", str(out), "--overwrite_output_dir", "--max_steps", "2"])
     assert not list(out.glob("global_step*")) and latest(out) is None
