@@ -143,3 +143,15 @@ def test_a_bad_report_to_is_refused_by_the_parser(data, capsys):
         run_glue.entry([*base, "--output_dir", str(root / "out"), "--report_to", "wandb"])
     assert exit_info.value.code == 2 and "--report_to: invalid choice: 'wandb'" in capsys.readouterr().err
     assert not (root / "out").exists()
+
+
+@pytest.mark.parametrize("driver, argv, message", [
+    (run_squad, ["--do_train", "--predict_file", "p"], "--do_train needs training data"),
+    (run_squad, ["--train_file", "t"], "--predict_file is required to evaluate or predict"),
+    (run_ner, ["--do_predict", "--eval_file", "e"], "--do_predict needs --test_file"),
+    (run_ner, ["--do_eval", "--train_file", "t"], "--eval_file is required to evaluate"),
+])
+def test_a_step_without_its_data_is_named(driver, argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert driver.entry([*argv, "--model_dir", "m", "--output_dir", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

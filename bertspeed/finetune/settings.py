@@ -4,6 +4,12 @@
     FinetuneSettings    + output, training and distributed settings (run_glue / run_squad / run_ner)
     SpanSettings        + how answer spans are searched (run_squad, predict.py)
 
+Hugging Face's run_glue / run_qa / run_ner spellings are accepted in one style: where a setting exists
+in both, our name is primary and HF's an alias (--model_name_or_path, --per_device_eval_batch_size,
+--warmup_ratio, --validation_file); settings new here take HF's names (--do_train, --max_steps,
+--save_steps, --report_to, ...). --train_batch_size is the global batch, --per_device_train_batch_size
+the micro batch (`batch_sizes`).
+
 A driver extends these with its own fields and its own defaults (`default_of`), and parses its
 command line with `parse_settings`: command line > --settings_file JSON > defaults. Bad values raise
 ValueError (FileNotFoundError for a missing file) naming the flag; the drivers' `entry` turns them
