@@ -150,6 +150,7 @@ def test_a_bad_report_to_is_refused_by_the_parser(data, capsys):
     (run_squad, ["--train_file", "t"], "--predict_file is required to evaluate or predict"),
     (run_ner, ["--do_predict", "--eval_file", "e"], "--do_predict needs --test_file"),
     (run_ner, ["--do_eval", "--train_file", "t"], "--eval_file is required to evaluate"),
+    (run_ner, ["--do_eval", "--eval_file", "e", "--resume"], "--resume continues training, and this run does not"),
 ])
 def test_a_step_without_its_data_is_named(driver, argv, message, tmp_path, capsys):
     out = tmp_path / "out"

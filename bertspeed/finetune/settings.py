@@ -145,8 +145,13 @@ class FinetuneSettings(ModelSettings):
         if self.do_train or self.do_eval or self.do_predict:
             if self.do_train and not has_train_data:
                 raise ValueError("--do_train needs training data (the driver's training file)")
-            return self.do_train, self.do_eval, self.do_predict
-        return has_train_data and (self.num_train_epochs > 0 or self.max_steps > 0), True, True
+            steps = self.do_train, self.do_eval, self.do_predict
+        else:
+            steps = has_train_data and (self.num_train_epochs > 0 or self.max_steps > 0), True, True
+        if self.resume and not steps[0]:
+            raise ValueError("--resume continues training, and this run does not train (to score a finished "
+                             "run, point --model_name_or_path at its OUT/model)")
+        return steps
 
     def batch_sizes(self, world_size: int) -> dict:
         """micro (per rank), accumulation, world and global batch, from either batch flag; a pair that
