@@ -137,6 +137,25 @@ def check_config(folder: Path, config: BertConfig) -> None:
             f"{k} {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differ))
 
 
+def saved_world_size(folder: Path) -> int | None:
+    """How many ranks wrote a checkpoint whose optimizer state is partitioned (ZeRO 1-3, DeepSpeed's
+    bf16 optimizer): one zero_pp_rank_R file per rank. None when it is not partitioned (ZeRO 0)."""
+    ranks = {path.name.split("zero_pp_rank_")[1].split("_")[0]
+             for path in folder.glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")}
+    return len(ranks) or None
+
+
+def check_world_size(folder: Path, world_size: int) -> None:
+    """A partitioned checkpoint resumes only on the world size that wrote it (DeepSpeed re-partitions
+    optimizer state only through its offline universal-checkpoint conversion)."""
+    saved = saved_world_size(folder)
+    if saved is not None and saved != world_size:
+        raise CheckpointError(f"{folder} was written by world size {saved} (optimizer state partitioned over "
+                              f"its ranks); this run has world size {world_size}: resume it with {saved} ranks, or "
+                              f"start a new run from its weights (--init_checkpoint {folder}: new optimizer state "
+                              "and schedule)")
+
+
 def load(engine, output_dir, config: BertConfig | None = None) -> dict | None:
     """Restore engine, optimizer, schedule from OUT/latest; returns the client state (or None).
     With `config`, a checkpoint of a different model is refused (CheckpointError) before loading."""
@@ -145,6 +164,7 @@ def load(engine, output_dir, config: BertConfig | None = None) -> dict | None:
         return None
     if config is not None:
         check_config(Path(output_dir) / tag, config)
+    check_world_size(Path(output_dir) / tag, dist.get_world_size() if dist.is_initialized() else 1)
     path, client_state = engine.load_checkpoint(str(output_dir), tag=tag)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(output_dir) / tag}")
