@@ -20,7 +20,7 @@ from bertspeed.model.tf_checkpoint import BundleReader
 transformers = pytest.importorskip("transformers")
 
 HF_CLASSES = {"pretraining": "BertForPreTraining", "squad": "BertForQuestionAnswering",
-              "classifier": "BertForSequenceClassification"}
+              "classifier": "BertForSequenceClassification", "encoder": "BertModel"}
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +96,13 @@ def test_conversion_matches_tensorflow_forward_pass(checkpoints, tmp_path, head,
                 out = model(input_ids=ids, token_type_ids=types, attention_mask=mask)
                 close(out.start_logits, expected["start_logits"], real)
                 close(out.end_logits, expected["end_logits"], real)
-            else:
+            elif head == "classifier":
                 close(model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits, expected["logits"])
-        encoder = ours.bert(ids, mask, types, output_hidden_states=True)
+            else:  # a bare encoder (no heads in the checkpoint)
+                out = model(input_ids=ids, token_type_ids=types, attention_mask=mask)
+                close(out.last_hidden_state, expected["hidden_states"][-1], real)
+                close(out.pooler_output, expected["pooled"])
+        encoder = getattr(ours, "bert", ours)(ids, mask, types, output_hidden_states=True)
     for mine, reference in zip(encoder.hidden_states, expected["hidden_states"], strict=True):
         close(mine, reference, real)
 

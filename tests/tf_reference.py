@@ -17,7 +17,8 @@ HEADS = {"pretraining": {"cls/predictions/transform/dense/kernel": ("H", "H"), "
                          "cls/predictions/transform/LayerNorm/beta": ("H",), "cls/predictions/output_bias": ("V",),
                          "cls/seq_relationship/output_weights": (2, "H"), "cls/seq_relationship/output_bias": (2,)},
          "squad": {"cls/squad/output_weights": (2, "H"), "cls/squad/output_bias": (2,)},
-         "classifier": {"output_weights": (3, "H"), "output_bias": (3,)}}
+         "classifier": {"output_weights": (3, "H"), "output_bias": (3,)},
+         "encoder": {}}
 
 
 def variable_shapes(head: str, config=CONFIG) -> dict[str, tuple]:
@@ -114,7 +115,7 @@ def forward(prefix, input_ids, token_type_ids, attention_mask, head: str, config
     elif head == "squad":
         logits = tf.einsum("bth,kh->kbt", x, w("cls/squad/output_weights")) + w("cls/squad/output_bias")[:, None, None]
         out["start_logits"], out["end_logits"] = logits[0].numpy(), logits[1].numpy()
-    else:
+    elif head == "classifier":
         out["logits"] = (tf.matmul(pooled, w("output_weights"), transpose_b=True) + w("output_bias")).numpy()
     return out
 

@@ -22,6 +22,7 @@ import torch
 
 from bertspeed.model.architectures import model_class_for
 from bertspeed.model.checkpoint import (
+    ENCODER_PREFIX,
     TIED_KEYS,
     CheckpointError,
     find_vocab,
@@ -278,6 +279,9 @@ def check_shapes(opened: Opened, model: torch.nn.Module) -> None:
     """Every tensor has the shape the config gives its parameter, and none the model needs is missing:
     errors name the source's own variable and the config."""
     target = model.state_dict()
+    model_prefixed = any(k.startswith(ENCODER_PREFIX) for k in target)
+    if any(k.startswith(ENCODER_PREFIX) for k in opened.state) != model_prefixed:  # a bare encoder, or heads
+        target = {(k.removeprefix(ENCODER_PREFIX) if model_prefixed else ENCODER_PREFIX + k): v for k, v in target.items()}
     for key, tensor in opened.state.items():
         if key in target and tuple(tensor.shape) != tuple(target[key].shape):
             raise CheckpointError(f"{opened.source}: variable {opened.name_of(key)!r} has shape {tuple(tensor.shape)}"
