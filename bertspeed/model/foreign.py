@@ -96,19 +96,15 @@ def tf_name(key: str) -> str:
 def read_tf(prefix: Path, config: BertConfig, config_path: Path) -> Opened:
     from bertspeed.model.tf_checkpoint import BundleReader
     reader = BundleReader(prefix)
-    state, names, skipped, unknown = {}, {}, [], []
-    for name in sorted(reader.entries):
-        mapped = None if TF_SKIPPED.search(name) else tf_key(name)
-        if TF_SKIPPED.search(name):
-            skipped.append(name)
-        elif mapped is None:
-            unknown.append(name)
-        else:
-            key, transpose = mapped
-            tensor = reader.tensor(name)
-            state[key], names[key] = (tensor.t().contiguous() if transpose else tensor), name
-    if unknown:
+    skipped = {name for name in reader.entries if TF_SKIPPED.search(name)}
+    mapped = {name: tf_key(name) for name in sorted(reader.entries) if name not in skipped}
+    unknown = [name for name, ours in mapped.items() if ours is None]
+    if unknown:  # before any data is read
         raise CheckpointError(f"{reader.index}: unknown variables {', '.join(unknown)} (not BERT variables we can map)")
+    state, names = {}, {}
+    for name, (key, transpose) in mapped.items():
+        tensor = reader.tensor(name)
+        state[key], names[key] = (tensor.t().contiguous() if transpose else tensor), name
     notes = [f"skipped {len(skipped)} optimizer variables (Adam slots, global_step)"] if skipped else []
     changes = {}
     if config.hidden_act == "gelu":

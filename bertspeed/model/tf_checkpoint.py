@@ -33,7 +33,7 @@ class Entry:
     shard_id: int = 0
     offset: int = 0
     size: int = 0
-    crc32c: int = 0
+    masked_crc32c: int = 0
     sliced: bool = False
 
 
@@ -90,7 +90,7 @@ def parse_entry(buf: bytes) -> Entry:
         elif number == 2:
             entry.shape = _shape(value)
         elif number in (3, 4, 5, 6):
-            setattr(entry, ("shard_id", "offset", "size", "crc32c")[number - 3], value)
+            setattr(entry, ("shard_id", "offset", "size", "masked_crc32c")[number - 3], value)
         elif number == 7:
             entry.sliced = True
     return entry
@@ -190,7 +190,7 @@ class BundleReader:
         with open(path, "rb") as f:
             f.seek(entry.offset)
             raw = bytearray(f.read(entry.size))
-        if crc32c(raw) != unmask(entry.crc32c):
+        if crc32c(raw) != unmask(entry.masked_crc32c):
             raise CheckpointError(f"{path}: checksum mismatch for variable {name!r} (corrupt data file)")
         if not raw:
             return torch.zeros(entry.shape, dtype=dtype)
