@@ -8,6 +8,7 @@ checksum is verified; an error names the file and the variable.
 """
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,20 +134,21 @@ def read_index(path: Path) -> tuple[int, dict[str, Entry]]:
         _, pos = _varint(footer, _varint(footer, 0)[1])  # skip the metaindex handle
         index_offset, pos = _varint(footer, pos)
         index_size, _ = _varint(footer, pos)
-        shards, entries = 1, {}
+        header, entries = {}, {}
         for _, handle in _block_entries(_block(data, index_offset, index_size, path)):
             offset, pos = _varint(handle, 0)
             for key, value in _block_entries(_block(data, offset, _varint(handle, pos)[0], path)):
-                if key == b"":  # BundleHeaderProto
+                if key == b"":  # BundleHeaderProto: 1 num_shards, 2 endianness
                     header = dict(_fields(value))
-                    shards = header.get(1, 1)
-                    if header.get(2, 0) != 0:
-                        raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
                 else:
                     entries[key.decode("utf-8")] = parse_entry(value)
+    except CheckpointError:
+        raise
     except (ValueError, struct.error, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt checkpoint index ({e})") from None
-    return shards, entries
+    if header.get(2, 0) != 0:
+        raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
+    return header.get(1, 1), entries
 
 
 def data_file(prefix: Path, shard: int, shards: int) -> Path:
@@ -163,30 +165,10 @@ class BundleReader:
             raise FileNotFoundError(f"TensorFlow checkpoint index not found: {self.index}")
         self.shards, self.entries = read_index(self.index)
 
-    def shape(self, name: str) -> tuple:
-        return self.entries[name].shape
-
     def tensor(self, name: str) -> torch.Tensor:
         entry = self.entries[name]
         path = data_file(self.prefix, entry.shard_id, self.shards)
-        if entry.sliced:
-            raise CheckpointError(f"{self.index}: variable {name!r} is partitioned (slices), not supported")
-        if entry.dtype not in DTYPES:
-            raise CheckpointError(f"{self.index}: variable {name!r} has TensorFlow dtype {entry.dtype}, "
-                                  "which is not a numeric type we read")
-        dtype = DTYPES[entry.dtype]
-        numel = 1
-        for d in entry.shape:
-            numel *= d
-        if entry.size != numel * dtype.itemsize:
-            raise CheckpointError(f"{self.index}: variable {name!r} of shape {entry.shape} has {entry.size} bytes, "
-                                  f"expected {numel * dtype.itemsize}")
-        if not path.is_file():
-            raise CheckpointError(f"{path}: data file missing (needed for variable {name!r})")
-        length = path.stat().st_size
-        if entry.offset + entry.size > length:
-            raise CheckpointError(f"{path}: variable {name!r} lies at bytes {entry.offset}-{entry.offset + entry.size}"
-                                  f" but the file has {length} bytes (truncated file, or an index pointing past it)")
+        dtype = self._check(name, entry, path)
         with open(path, "rb") as f:
             f.seek(entry.offset)
             raw = bytearray(f.read(entry.size))
@@ -194,4 +176,24 @@ class BundleReader:
             raise CheckpointError(f"{path}: checksum mismatch for variable {name!r} (corrupt data file)")
         if not raw:
             return torch.zeros(entry.shape, dtype=dtype)
-        return torch.frombuffer(raw, dtype=dtype).reshape(entry.shape).clone()
+        return torch.frombuffer(raw, dtype=dtype).reshape(entry.shape)
+
+    def _check(self, name: str, entry: Entry, path: Path) -> torch.dtype:
+        """The variable's torch dtype, once its entry and data file are known to be readable."""
+        if entry.sliced:
+            raise CheckpointError(f"{self.index}: variable {name!r} is partitioned (slices), not supported")
+        if entry.dtype not in DTYPES:
+            raise CheckpointError(f"{self.index}: variable {name!r} has TensorFlow dtype {entry.dtype}, "
+                                  "which is not a numeric type we read")
+        dtype = DTYPES[entry.dtype]
+        expected = math.prod(entry.shape) * dtype.itemsize
+        if entry.size != expected:
+            raise CheckpointError(f"{self.index}: variable {name!r} of shape {entry.shape} has {entry.size} bytes, "
+                                  f"expected {expected}")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: data file missing (needed for variable {name!r})")
+        length = path.stat().st_size
+        if entry.offset + entry.size > length:
+            raise CheckpointError(f"{path}: variable {name!r} lies at bytes {entry.offset}-{entry.offset + entry.size}"
+                                  f" but the file has {length} bytes (truncated file, or an index pointing past it)")
+        return dtype
