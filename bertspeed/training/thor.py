@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bertspeed.model.layers import LayerNorm
 
 DEFAULTS = {"lr": 0.006464, "damping": 0.007035, "momentum": 0.9, "weight_decay": 0.0, "frequency": 100,
             "split_dim": 128}  # the MindSpore BERT-THOR (BERT-large, MLPerf) recipe
@@ -73,7 +72,7 @@ class Thor(torch.optim.Optimizer):
                 kind = "linear" if linear else "embedding"
                 self._kinds[id(module.weight)] = (kind, module)
                 module.register_forward_hook(self._forward_hook)
-            elif isinstance(module, (nn.LayerNorm, LayerNorm)):
+            elif isinstance(module, nn.LayerNorm):  # bertspeed.model.layers.LayerNorm subclasses it
                 for p in (module.weight, module.bias):
                     self._kinds[id(p)] = ("diagonal", module)
         factored = [m.weight.shape for kind, m in self._kinds.values() if kind != "diagonal"]
