@@ -76,7 +76,7 @@ def test_plain_grad_norm_is_the_global_norm_before_clipping(tmp_path, max_grad_n
     assert trainer.step == 1 and trainer.grad_norms == [pytest.approx(expected, rel=1e-5)]
     assert expected > 1e-2  # so the 1e-3 threshold really clips, yet the unclipped norm is logged
     assert any(not torch.equal(b, p) for b, p in zip(before, params))
-    trainer._log_train([loss.item()], scheduler, {"seen": 4, "tokens": 20}, 0, None)
+    trainer._log_train({"running": [loss.item()], "seen": 4, "tokens": 20}, 0, None)
     trainer.log.close()
     [line] = metrics_lines(tmp_path)
     assert line["optim/grad_norm"] == pytest.approx(expected, rel=1e-5) and trainer.grad_norms == []
@@ -86,10 +86,10 @@ def test_grad_norm_mean_skips_non_finite_and_deepspeed_forms(tmp_path):
     trainer, _, scheduler, _ = _one_step_trainer(tmp_path, 1.0)
     for norm in (torch.tensor(2.0), None, 4.0, float("inf")):  # DeepSpeed: tensor, None (disabled), float
         trainer._record_grad_norm(norm)
-    trainer._log_train([1.0], scheduler, {"seen": 4, "tokens": 20}, 0, None)
+    trainer._log_train({"running": [1.0], "seen": 4, "tokens": 20}, 0, None)
     trainer._record_grad_norm(float("nan"))
-    trainer._log_train([1.0], scheduler, {"seen": 4, "tokens": 20}, 0, None)
-    trainer._log_train([1.0], scheduler, {"seen": 4, "tokens": 20}, 0, None)
+    trainer._log_train({"running": [1.0], "seen": 4, "tokens": 20}, 0, None)
+    trainer._log_train({"running": [1.0], "seen": 4, "tokens": 20}, 0, None)
     trainer.log.close()
     lines = metrics_lines(tmp_path)
     assert [x.get("optim/grad_norm", "absent") for x in lines] == [3.0, None, "absent"]

@@ -137,7 +137,8 @@ class Trainer:
         schedule = linear_schedule(total_steps, warmup)
         if not self.rt.use_deepspeed:
             optimizer = adamw(param_groups(self.model, self.settings.weight_decay), self.settings.learning_rate)
-            return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            self._optimizer, self._scheduler = optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            return self._optimizer, self._scheduler
         import deepspeed
         config = _deepspeed_config(self.settings, self.precision, batch)
         optimizer = None
@@ -148,6 +149,7 @@ class Trainer:
         self.engine, optimizer, _, scheduler = deepspeed.initialize(
             model=self.model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
             model_parameters=None if optimizer else param_groups(self.model, self.settings.weight_decay))
+        self._optimizer, self._scheduler = optimizer, scheduler
         return optimizer, scheduler
 
     def train(self, features: list[dict], collate, lengths: list[int], evaluate=None,
@@ -168,13 +170,11 @@ class Trainer:
                   f"= global {b['global']} sequences per optimizer step; {plan['last_step']} optimizer steps",
                   flush=True)
         optimizer, scheduler = self._setup_optimizer(max(1, plan["total_steps"]), plan["batch"])
-        self._optimizer, self._scheduler = optimizer, scheduler
         progress = self._restore(plan) if self.resume_from else {"micro_step": 0, "seen": 0, "tokens": 0,
                                                                   "running": []}
         module = self.engine or self.model
         module.train()
         self._start = time.perf_counter()
-        running = progress["running"]
         bar = tqdm(total=plan["micro_steps"], initial=progress["micro_step"], desc="train", disable=not rt.is_main,
                    dynamic_ncols=True)
         stop, batches, epoch = StopOnSignal(), None, -1
@@ -187,31 +187,18 @@ class Trainer:
                 batch = to_device(collate([features[i] for i in batch_ids]), rt.device)
                 with self._autocast():
                     loss = module(**batch).loss
-                running.append(loss.item())
+                progress["running"].append(loss.item())
                 progress["seen"] += len(batch_ids) * rt.world_size
                 progress["tokens"] += int(batch["attention_mask"].sum()) * rt.world_size
                 self._backward_step(loss, optimizer, scheduler, micro_step + 1)
                 bar.update(1)
-                if not self._at_boundary(micro_step + 1):
-                    continue
-                kill_point("step", self.step)
-                if running and self.step % settings.logging_steps == 0:
-                    self._log_train(running, scheduler, progress, epoch, bar)
-                    running.clear()
-                if evaluate and settings.eval_steps and self.step % settings.eval_steps == 0 \
-                        and self.step < plan["last_step"]:
-                    self._evaluate(evaluate, main_metric, bar)
-                signalled = stop.agreed(rt.device)
-                if signalled or (settings.save_steps and self.step % settings.save_steps == 0):
-                    self._save({**progress, "micro_step": micro_step + 1}, plan)
-                if signalled:
-                    raise StoppedBySignal(f"stopped by a signal at step {self.step}; checkpoint written to "
-                                          f"{self.output_dir / tag_for(self.step)} (continue with --resume)")
+                if self._at_boundary(micro_step + 1):
+                    self._step_end(progress, micro_step + 1, plan, evaluate, main_metric, stop, bar)
         finally:
             stop.restore()
             bar.close()
-        if running:
-            self._log_train(running, scheduler, progress, (plan["micro_steps"] - 1) // plan["per_epoch"], None)
+        if progress["running"]:
+            self._log_train(progress, (plan["micro_steps"] - 1) // plan["per_epoch"], None)
         elapsed = time.perf_counter() - self._start - self.eval_seconds
         seen = progress["seen"]
         self.train_stats = {"train/steps": self.step, "train/examples": seen, "perf/train_seconds": elapsed,
@@ -219,6 +206,23 @@ class Trainer:
         if self.eval_seconds:
             self.train_stats["perf/eval_seconds"] = self.eval_seconds
         return self.train_stats
+
+    def _step_end(self, progress: dict, micro_step: int, plan: dict, evaluate, main_metric, stop, bar) -> None:
+        """After optimizer step self.step: the metrics line, the evaluation, then the checkpoint (every
+        --save_steps, and when stopped by a signal, which then raises StoppedBySignal), in that order
+        so that a checkpoint holds every record of its step."""
+        settings = self.settings
+        kill_point("step", self.step)
+        if progress["running"] and self.step % settings.logging_steps == 0:
+            self._log_train(progress, (micro_step - 1) // plan["per_epoch"], bar)
+        if evaluate and settings.eval_steps and self.step % settings.eval_steps == 0 and self.step < plan["last_step"]:
+            self._evaluate(evaluate, main_metric, bar)
+        signalled = stop.agreed(self.rt.device)
+        if signalled or (settings.save_steps and self.step % settings.save_steps == 0):
+            self._save({**progress, "micro_step": micro_step}, plan)
+        if signalled:
+            raise StoppedBySignal(f"stopped by a signal at step {self.step}; checkpoint written to "
+                                  f"{self.output_dir / tag_for(self.step)} (continue with --resume)")
 
     def _save(self, progress: dict, plan: dict) -> None:
         self.log.flush()  # the records up to this step survive a kill after the checkpoint
@@ -287,13 +291,16 @@ class Trainer:
         if norm is not None:
             self.grad_norms.append(float(norm))
 
-    def _log_train(self, losses, scheduler, progress, epoch, bar):
-        """A metrics line. optim/grad_norm is the mean over the optimizer steps since the previous
-        line, of the finite norms only (null when every one overflowed, absent when none is known)."""
+    def _log_train(self, progress: dict, epoch: int, bar):
+        """A metrics line of the losses in progress["running"] (then emptied). optim/grad_norm is the
+        mean over the optimizer steps since the previous line, of the finite norms only (null when
+        every one overflowed, absent when none is known)."""
+        scheduler = self._scheduler
         lr = scheduler.get_last_lr()[0] if scheduler is not None else self.settings.learning_rate
         elapsed = max(1e-9, time.perf_counter() - self._start - self.eval_seconds)
-        values = {"train/loss": float(np.mean(losses)), "optim/lr": lr, "train/epoch": epoch,
+        values = {"train/loss": float(np.mean(progress["running"])), "optim/lr": lr, "train/epoch": epoch,
                   "perf/seq_per_s": progress["seen"] / elapsed, "perf/tokens_per_s": progress["tokens"] / elapsed}
+        progress["running"].clear()
         if self.grad_norms:
             finite = [n for n in self.grad_norms if math.isfinite(n)]
             values["optim/grad_norm"] = float(np.mean(finite)) if finite else None
