@@ -107,3 +107,6 @@ def test_a_casing_that_contradicts_the_vocab_is_warned_about(tmp_path, vocab_fil
     with pytest.warns(UserWarning, match="tokenizer_config.json\\) but .* has no capitalised tokens"):
         load_tokenizer(tmp_path / "uncased")
     assert BertTokenizer.from_vocab_file(vocab_file).do_lower_case
+    (tmp_path / "uncased" / "tokenizer_config.json").write_text('{"do_lower_case": true, "strip_accents": false}')
+    with pytest.warns(UserWarning, match="strip_accents False .* are not applied"):
+        load_tokenizer(tmp_path / "uncased")

@@ -35,11 +35,17 @@ def read_do_lower_case(folder) -> bool | None:
     if not path.is_file():
         return None
     try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("do_lower_case")
+        config = json.loads(path.read_text(encoding="utf-8"))
+        value = config.get("do_lower_case")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise ValueError(f"{path}: not a JSON object ({e})") from None
     if value is not None and not isinstance(value, bool):
         raise ValueError(f"{path}: do_lower_case must be true or false, got {value!r}")
+    strip_accents = config.get("strip_accents")
+    if config.get("tokenize_chinese_chars", True) is not True or strip_accents not in (None, value):
+        warnings.warn(f"{path}: strip_accents {strip_accents!r} / tokenize_chinese_chars "
+                      f"{config.get('tokenize_chinese_chars')!r} are not applied: bertspeed strips accents exactly "
+                      "when it lower-cases and always splits CJK characters", stacklevel=2)
     return value
 
 
