@@ -211,3 +211,37 @@ def test_a_rank_notices_its_launchers_exit(tmp_path):
     from bertspeed.training.signals import launcher_ancestors
 
     assert launcher_ancestors() == []
+
+
+ORPHAN_MAKER = """
+import os, signal, subprocess, sys, time
+# a "rank" that ignores SIGTERM and outlives its "launcher", which dies on SIGTERM
+subprocess.Popen([sys.executable, "-c", "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                  "print('rank', os.getpid(), flush=True); time.sleep(120)"])
+time.sleep(120)
+"""
+
+
+def test_supervise_adopts_orphans_and_kills_them_after_the_grace_period():
+    """The launcher dies at once on SIGTERM; its orphaned child ignores SIGTERM. The supervisor adopts it,
+    SIGKILLs it --grace_seconds after the signal and only then exits; exit codes pass through otherwise."""
+    supervise = [str(VENV_BIN / "python"), "-m", "bertspeed.training.supervise"]
+    assert subprocess.run([*supervise, "--", "sh", "-c", "exit 3"], cwd=ROOT, env=env()).returncode == 3
+    proc = subprocess.Popen([*supervise, "--grace_seconds", "2", "--", str(VENV_BIN / "python"), "-c", ORPHAN_MAKER],
+                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    rank = None
+    try:
+        word, rank = proc.stdout.readline().split()
+        assert word == "rank" and Path(f"/proc/{rank}").exists()
+        os.kill(proc.pid, signal.SIGTERM)
+        started = time.time()
+        code = proc.wait(timeout=30)
+        assert 2 <= time.time() - started < 20
+        assert code == 1  # signalled, but a process had to be killed: no clean 143
+        assert "SIGTERM: stopping the job" in proc.stderr.read()
+        assert not Path(f"/proc/{rank}").exists()  # killed and reaped by the supervisor
+    finally:
+        for pid in [proc.pid, *group_members(proc.pid), *([int(rank)] if rank else [])]:
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
