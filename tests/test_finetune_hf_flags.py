@@ -156,3 +156,21 @@ def test_a_step_without_its_data_is_named(driver, argv, message, tmp_path, capsy
     out = tmp_path / "out"
     assert driver.entry([*argv, "--model_dir", "m", "--output_dir", str(out)]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_epoch_and_no_strategies(tmp_path, tiny, glue_dir):
+    """--evaluation_strategy epoch / --save_strategy epoch act at each epoch end (2 steps an epoch here);
+    --eval_strategy no leaves only the final evaluation, whatever --eval_steps says."""
+    from bertspeed.training.metrics import read_metrics
+
+    base = ["--task_name", "MRPC", "--data_dir", str(glue_dir / "MRPC"), "--model_name_or_path", str(tiny),
+            "--do_train", "--do_eval", "--max_train_samples", "8", "--max_eval_samples", "4", "--max_seq_length", "32",
+            "--per_device_train_batch_size", "4", "--num_train_epochs", "3", "--no_save_model"]
+    by_epoch, never = tmp_path / "epoch", tmp_path / "no"
+    run_glue.main([*base, "--evaluation_strategy", "epoch", "--save_strategy", "epoch", "--output_dir", str(by_epoch)])
+    assert [r["step"] for r in read_metrics(by_epoch) if "eval/acc" in r] == [2, 4, 6]
+    assert sorted(p.name for p in by_epoch.glob("global_step*")) == ["global_step2", "global_step4", "global_step6"]
+    run_glue.main([*base, "--eval_strategy", "no", "--eval_steps", "1", "--save_steps", "1", "--save_strategy", "no",
+                   "--output_dir", str(never)])
+    assert [r["step"] for r in read_metrics(never) if "eval/acc" in r] == [6]
+    assert not list(never.glob("global_step*"))

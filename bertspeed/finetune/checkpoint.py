@@ -40,11 +40,10 @@ PARTIAL_SUFFIX = ".partial"
 # Settings that may differ between a run and its resume: where and how often things are written or
 # evaluated, never what is trained.
 MAY_CHANGE = frozenset({
-    "output_dir", "resume", "overwrite_output_dir", "save_steps", "save_total_limit", "report_to", "logging_steps",
-    "eval_steps", "local_rank", "dist_timeout", "deepspeed", "eval_batch_size", "max_eval_samples", "do_eval",
-    "do_predict", "no_save_model", "no_test_predictions", "test_file", "predict_file", "eval_file", "validation_file",
-    "n_best_size",
-    "max_answer_length", "null_score_diff_threshold"})
+    "output_dir", "resume", "overwrite_output_dir", "save_steps", "save_strategy", "save_total_limit", "report_to",
+    "logging_steps", "eval_steps", "eval_strategy", "local_rank", "dist_timeout", "deepspeed", "eval_batch_size",
+    "max_eval_samples", "do_eval", "do_predict", "no_save_model", "no_test_predictions", "test_file", "predict_file",
+    "eval_file", "validation_file", "n_best_size", "max_answer_length", "null_score_diff_threshold"})
 
 
 def rng_file(rank: int) -> str:

@@ -29,6 +29,7 @@ from bertspeed.training.settings import from_namespace, parser_for, setting
 
 DEFAULT_GLOBAL_BATCH = 32
 REPORT_TO = ("none", "tensorboard")
+STRATEGIES = ("no", "steps", "epoch")  # Hugging Face's --eval_strategy / --save_strategy values
 
 
 def default_of(cls, name: str, value):
@@ -89,6 +90,11 @@ class FinetuneSettings(ModelSettings):
     logging_steps: int = setting(50, help="optimizer steps between metrics lines")
     eval_steps: int = setting(0, help="optimizer steps between evaluations during training, logged as eval/ "
                                       "metrics lines (0: evaluate only at the end)")
+    eval_strategy: str = setting("steps", choices=STRATEGIES, aliases=("--evaluation_strategy",),
+                                 help="when to evaluate during training: every --eval_steps, after each epoch, or "
+                                      "not (the final evaluation runs anyway)")
+    save_strategy: str = setting("steps", choices=STRATEGIES, help="when to write checkpoints: every --save_steps, "
+                                                                   "after each epoch, or not (SIGTERM still does)")
     report_to: str = setting("none", help="also write the metrics as TensorBoard events to OUT/tensorboard",
                              choices=REPORT_TO)
     save_steps: int = setting(0, help="optimizer steps between checkpoints OUT/global_stepN (0: only when stopped "

@@ -215,14 +215,22 @@ class Trainer:
         kill_point("step", self.step)
         if progress["running"] and self.step % settings.logging_steps == 0:
             self._log_train(progress, (micro_step - 1) // plan["per_epoch"], bar)
-        if evaluate and settings.eval_steps and self.step % settings.eval_steps == 0 and self.step < plan["last_step"]:
+        epoch_end = micro_step // plan["per_epoch"] > (micro_step - plan["batch"]["accumulation"]) // plan["per_epoch"]
+        if evaluate and self._due(settings.eval_strategy, settings.eval_steps, epoch_end) \
+                and self.step < plan["last_step"]:
             self._evaluate(evaluate, main_metric, bar)
         signalled = stop.agreed(self.rt.device)
-        if signalled or (settings.save_steps and self.step % settings.save_steps == 0):
+        if signalled or self._due(settings.save_strategy, settings.save_steps, epoch_end):
             self._save({**progress, "micro_step": micro_step}, plan)
         if signalled:
             raise StoppedBySignal(f"stopped by a signal at step {self.step}; checkpoint written to "
                                   f"{self.output_dir / tag_for(self.step)} (continue with --resume)")
+
+    def _due(self, strategy: str, every: int, epoch_end: bool) -> bool:
+        """--eval_strategy / --save_strategy: every `every` steps (0: never), at epoch ends, or never."""
+        if strategy == "epoch":
+            return epoch_end
+        return strategy == "steps" and every > 0 and self.step % every == 0
 
     def _save(self, progress: dict, plan: dict) -> None:
         self.log.flush()  # the records up to this step survive a kill after the checkpoint
