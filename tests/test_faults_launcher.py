@@ -21,8 +21,8 @@ STEPS = 40
 SCRIPT = str(ROOT / "pretrain" / "run_pretraining.py")
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
+def group_members(sid: int) -> list[int]:
+    """Live (non-zombie) processes of a session (the test starts each run in a session of its own)."""
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -30,7 +30,7 @@ def group_members(pgid: int) -> list[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
+            if int(fields[3]) == sid and fields[0] != "Z":
                 members.append(int(entry.name))
     return members
 
@@ -46,15 +46,15 @@ def describe(pids: list[int]) -> list[str]:
     return out
 
 
-def rank_pid(pgid: int, local_rank: int) -> int:
-    for pid in group_members(pgid):
+def rank_pid(sid: int, local_rank: int) -> int:
+    for pid in group_members(sid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if SCRIPT.encode() in cmdline and f"--local_rank={local_rank}".encode() in cmdline:
             return pid
-    raise AssertionError(f"rank {local_rank} not found in process group {pgid}")
+    raise AssertionError(f"rank {local_rank} not found in session {sid}")
 
 
 class Run:
@@ -92,8 +92,8 @@ class Run:
             left = group_members(self.proc.pid)
             assert not left, f"processes left running: {left}\n{self.output()[-3000:]}"
         finally:
-            if group_members(self.proc.pid):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in group_members(self.proc.pid):
+                os.kill(pid, signal.SIGKILL)
         return self.proc.returncode, self.output()
 
     def output(self) -> str:

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         print("bertspeed supervise: cannot become a child subreaper (Linux only)", file=sys.stderr)
         return 2
     try:
-        launcher = subprocess.Popen(args.command, start_new_session=True)
+        launcher = subprocess.Popen(args.command, process_group=0)  # its own group, for the grace-period SIGKILL
     except OSError as e:
         print(f"bertspeed supervise: cannot start {args.command[0]!r}: {e}", file=sys.stderr)
         return 2
