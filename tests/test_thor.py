@@ -178,3 +178,36 @@ def test_end_learning_rate_matches_the_closed_form():
             want = end + (peak - end) * (1 - (step - warmup + 1) / (total - warmup + 1)) ** power
         assert peak * factor(step) == pytest.approx(want, rel=1e-12)
     assert peak * factor(total - 1) == pytest.approx(end + (peak - end) * (1 / (total - warmup + 1)) ** power)
+
+
+def _thor_run(rank=0, world=1, init_file=None, result_file=None):
+    """Three THOR steps on a global batch of 2B sequences, this rank's share of it; weights of rank 0."""
+    import torch.distributed as dist
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = Tiny().double()
+    optimizer = Thor(model, param_groups(model, 0.01), lr=0.1, damping=0.05, momentum=0.9, frequency=2, split_dim=4,
+                     batch_size=2 * B)
+    for seed in range(3):
+        ids = torch.cat([batch(seed), batch(100 + seed)]).chunk(world)[rank]
+        optimizer.zero_grad()
+        model(ids).backward()
+        for p in model.parameters() if world > 1 else ():  # data parallel: the mean gradient, as DeepSpeed's
+            dist.all_reduce(p.grad)
+            p.grad /= world
+        optimizer.step()
+    if world > 1:
+        if rank == 0:
+            torch.save(model.state_dict(), result_file)
+        dist.destroy_process_group()
+    return model.state_dict()
+
+
+def test_two_ranks_equal_one_rank_at_the_same_global_batch(tmp_path):
+    import torch.multiprocessing as mp
+    one = _thor_run()
+    mp.spawn(_thor_run, args=(2, str(tmp_path / "init"), str(tmp_path / "w2.pt")), nprocs=2, join=True)
+    two = torch.load(tmp_path / "w2.pt", weights_only=True)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-9, atol=1e-12, msg=name)

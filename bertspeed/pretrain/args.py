@@ -12,13 +12,13 @@ from pathlib import Path
 
 from bertspeed.model.layers import FUSED_KERNELS_HELP
 from bertspeed.pretrain.nvidia import add_nvidia_flags, alias_conflict, check_nvidia_flags, note, nvidia_flags
-from bertspeed.pretrain.optim import OPTIMIZERS
+from bertspeed.pretrain.optim import OPTIMIZERS, thor_params
 from bertspeed.training.hardware import PRECISION_HELP, PRECISIONS
 from bertspeed.training.pathcheck import PathError, check_input_dir, check_input_file, check_output_dir
 from bertspeed.training.settings import from_namespace, parser_for, setting
 
 REPORT_TO = ("tensorboard", "none")
-DS_OPTIMIZER_NAMES = {"lamb": "lamb", "adamw": "adamw", "adam": "adamw"}
+DS_OPTIMIZER_NAMES = {"lamb": "lamb", "adamw": "adamw", "adam": "adamw", "thor": "thor", "momentum": "momentum"}
 DESCRIPTION = ("BERT pretraining (phase 1 or 2) with DeepSpeed: "
                "deepspeed [--num_gpus N | --hostfile H] pretrain/run_pretraining.py --deepspeed_config X.json ...")
 
@@ -30,7 +30,9 @@ class PretrainArgs:
     input_dir: str = setting(help="folder of training HDF5 shards (ours or NVIDIA's schema)")
     output_dir: str = setting(help="run folder: global_stepN/ checkpoints, latest, metrics.jsonl, run_config.json, "
                                    "summary.json")
-    max_steps: int = setting(help="optimizer steps of this phase (also the length of the lr schedule)")
+    max_steps: int | None = setting(None, help="optimizer steps of this phase (also the length of the lr schedule)")
+    num_train_epochs: float | None = setting(None, help="or: passes over the shards (steps = epochs x sequences / "
+                                                        "global batch, rounded up); --max_steps wins if both given")
     # DeepSpeed's own flag (deepspeed.add_config_arguments adds --deepspeed_config), so no `setting`;
     # required unless NVIDIA's --train_batch_size is given (then a built-in config is used).
     deepspeed_config: str | None = None
@@ -54,8 +56,9 @@ class PretrainArgs:
                                             "SIGTERM)")
     keep_checkpoints: int = setting(3, help="keep the newest K checkpoint folders")
     log_interval: int = setting(1, aliases=("--log_freq",), help="steps between metrics.jsonl records")
-    optimizer: str | None = setting(None, help="lamb or adamw (default: optimizer.type of the DeepSpeed config, "
-                                               "else lamb)")
+    optimizer: str | None = setting(None, help="lamb, adamw, thor or momentum (default: optimizer.type of the "
+                                               "DeepSpeed config, else lamb); THOR's and Momentum's settings come "
+                                               "from the config's optimizer.params")
     learning_rate: float | None = setting(None, help="peak learning rate (default: optimizer.params.lr of the "
                                                      "DeepSpeed config)")
     weight_decay: float | None = setting(None, help="weight decay, not applied to biases and LayerNorm (default: "
@@ -63,6 +66,9 @@ class PretrainArgs:
     warmup_proportion: float = setting(0.01, help="linear warmup over this fraction of --max_steps")
     warmup_steps: int | None = setting(None, help="linear warmup steps (overrides --warmup_proportion)")
     schedule_power: float = setting(0.5, help="degree of the polynomial decay after warmup (NVIDIA: 0.5)")
+    end_learning_rate: float = setting(0.0, help="the polynomial decay ends at this learning rate (MindSpore's "
+                                                 "end_learning_rate)")
+    no_shuffle: bool = setting(False, help="read shards and rows in file order (MindSpore's do_shuffle false)")
     use_nvlamb: bool = setting(False, help="LAMB trust ratio also on parameters without weight decay (apex "
                                            "FusedLAMB use_nvlamb)")
     seed: int = setting(42, help="seed of initialisation, data order, masking and dropout")
@@ -109,12 +115,17 @@ class PretrainArgs:
         self._check_paths()
 
     def _check_numbers(self):
+        if self.max_steps is None and self.num_train_epochs is None:
+            raise ValueError("give --max_steps or --num_train_epochs")
+        if self.num_train_epochs is not None and not (math.isfinite(self.num_train_epochs)
+                                                      and self.num_train_epochs > 0):
+            raise ValueError(f"--num_train_epochs must be positive, got {self.num_train_epochs}")
         for name in ("max_steps", "checkpoint_interval", "keep_checkpoints", "log_interval", "eval_samples",
                      "train_batch_size", "gradient_accumulation_steps", "max_seq_length", "init_loss_scale",
                      "dist_timeout"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("learning_rate", "weight_decay", "schedule_power", "peak_tflops"):
+        for name in ("learning_rate", "weight_decay", "schedule_power", "peak_tflops", "end_learning_rate"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name} must be a finite number >= 0, got {value}")
@@ -125,8 +136,15 @@ class PretrainArgs:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.warmup_proportion < 1.0:
             raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
-        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.max_steps:
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= (self.max_steps or math.inf):
             raise ValueError(f"--warmup_steps must be in [0, max_steps], got {self.warmup_steps}")
+
+    def set_steps_from_epochs(self, sequences_per_epoch: int, global_batch: int) -> None:
+        """--num_train_epochs without --max_steps: the steps it takes (known once shards and batch are)."""
+        if self.max_steps is None:
+            self.max_steps = max(1, math.ceil(self.num_train_epochs * sequences_per_epoch / global_batch))
+        if self.warmup_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError(f"--warmup_steps {self.warmup_steps} exceeds the run's {self.max_steps} steps")
 
     def _check_choices(self):
         if (self.config_file is None) == (self.model_preset is None) and self.init_checkpoint is None:
@@ -283,11 +301,17 @@ def optimizer_spec(ds_config: dict, args: PretrainArgs, source: str) -> Optimize
     if kind is None:
         name = str(section.get("type", "lamb")).lower()
         if name not in DS_OPTIMIZER_NAMES:
-            raise ValueError(f"{source}: optimizer.type {section.get('type')!r} is not one of Lamb, AdamW, Adam")
+            raise ValueError(f"{source}: optimizer.type {section.get('type')!r} is not one of Lamb, AdamW, Adam, "
+                             "THOR, Momentum")
         kind = DS_OPTIMIZER_NAMES[name]
     lr = args.learning_rate if args.learning_rate is not None else params.get("lr")
     if lr is None or lr <= 0:
         raise ValueError(f"{source}: no positive learning rate (set optimizer.params.lr or --learning_rate)")
-    wd = args.weight_decay if args.weight_decay is not None else params.get("weight_decay", 0.01)
+    default_wd = 0.0 if kind == "thor" else 0.01  # THOR: the seed's BERT-large recipe has none
+    wd = args.weight_decay if args.weight_decay is not None else params.get("weight_decay", default_wd)
+    if args.end_learning_rate > lr:
+        raise ValueError(f"--end_learning_rate {args.end_learning_rate} exceeds the peak learning rate {lr}")
+    if kind == "thor":
+        thor_params({k: v for k, v in params.items() if k not in ("lr", "weight_decay")}, source)
     return OptimizerSpec(kind, float(lr), float(wd), tuple(params.get("betas", (0.9, 0.999))),
                          float(params.get("eps", 1e-6)), params)

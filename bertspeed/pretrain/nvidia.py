@@ -27,7 +27,6 @@ BUILTIN_SOURCE = "the built-in DeepSpeed config (no --deepspeed_config: ZeRO 0, 
 class NvidiaFlags:
     """NVIDIA's flags that are no-ops here or refused; command line only (not in --settings_file)."""
     bert_model: str | None = setting(None, help="ignored (NVIDIA: a model name; here the model is --config_file)")
-    num_train_epochs: float | None = setting(None, help="ignored: --max_steps ends the run")
     do_train: bool = setting(False, help="ignored: this command always trains")
     phase2: bool = setting(False, help="accepted with --init_checkpoint PHASE1_RUN (phase 2 is a fresh run "
                                        "from those weights); refused without it")

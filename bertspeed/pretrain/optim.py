@@ -6,10 +6,29 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from bertspeed.pretrain.lamb import Lamb
 from bertspeed.training.params import param_groups
+from bertspeed.training.thor import DEFAULTS as THOR_DEFAULTS
+from bertspeed.training.thor import Momentum, Thor, check_hyperparameters, polynomial
 
-OPTIMIZERS = ("lamb", "adamw")
+OPTIMIZERS = ("lamb", "adamw", "thor", "momentum")
+# THOR's settings in the DeepSpeed JSON's optimizer.params, with the MindSpore BERT-THOR (BERT-large) values
+THOR_PARAMS = {**THOR_DEFAULTS, "damping_min": 1e-6, "damping_power": 4.0}
 
 
+def thor_params(params: dict, source: str) -> dict:
+    """optimizer.params of a "THOR" section, defaults filled in and checked (errors name the key)."""
+    unknown = set(params) - set(THOR_PARAMS) - {"weight_decay", "lr"}
+    if unknown:
+        raise ValueError(f"{source}: optimizer.params {sorted(unknown)} are not THOR settings "
+                         f"({', '.join(sorted(THOR_PARAMS))})")
+    merged = {**THOR_PARAMS, **params}
+    try:
+        check_hyperparameters(merged["lr"], merged["damping"], merged["momentum"], merged["frequency"],
+                              merged["split_dim"])
+        if not 0 <= merged["damping_min"] <= merged["damping"]:
+            raise ValueError(f"THOR damping_min must be in [0, damping], got {merged['damping_min']}")
+    except ValueError as e:
+        raise ValueError(f"{source}: optimizer.params: {e}") from None
+    return merged
 
 
 def use_deepspeed_fused_lamb(optimizer_type: str, zero_stage: int) -> bool:
@@ -19,8 +38,18 @@ def use_deepspeed_fused_lamb(optimizer_type: str, zero_stage: int) -> bool:
 
 
 def build_optimizer(model, optimizer_type: str, lr: float, weight_decay: float, betas, eps: float,
-                    use_nvlamb: bool = False):
+                    use_nvlamb: bool = False, params: dict | None = None, total_steps: int = 1,
+                    batch_size: int = 1, gradient_accumulation_steps: int = 1):
+    """`params`: the DeepSpeed JSON's optimizer.params (THOR's and Momentum's own settings)."""
     groups = param_groups(model, weight_decay)
+    params = params or {}
+    if optimizer_type == "thor":
+        p = thor_params({k: v for k, v in params.items() if k not in ("lr", "weight_decay")}, "THOR")
+        return Thor(model, groups, lr=lr, momentum=p["momentum"], frequency=p["frequency"], split_dim=p["split_dim"],
+                    damping=polynomial(p["damping"], p["damping_min"], total_steps, p["damping_power"]),
+                    batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps)
+    if optimizer_type == "momentum":
+        return Momentum(groups, lr=lr, momentum=params.get("momentum", 0.9), weight_decay=weight_decay)
     if optimizer_type == "lamb":
         return Lamb(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, use_nvlamb=use_nvlamb)
     if optimizer_type == "adamw":

@@ -86,7 +86,9 @@ def git_revision() -> str | None:
 def build_engine(args, model, ds_config, zero_stage, spec, total_steps):
     import deepspeed
 
-    schedule = lambda opt: build_schedule(opt, total_steps, args.num_warmup_steps, args.schedule_power)  # noqa: E731
+    end_ratio = args.end_learning_rate / spec.lr
+    schedule = lambda opt: build_schedule(opt, total_steps, args.num_warmup_steps, args.schedule_power,  # noqa: E731
+                                          end_ratio)
     config = {k: v for k, v in ds_config.items() if k != "optimizer"}
     if use_deepspeed_fused_lamb(spec.kind, zero_stage):
         config["optimizer"] = {"type": "Lamb", "params": {**spec.params, "lr": spec.lr,
@@ -96,8 +98,9 @@ def build_engine(args, model, ds_config, zero_stage, spec, total_steps):
         return engine
     if zero_stage > 0:
         config.setdefault("zero_allow_untested_optimizer", True)
-    optimizer = build_optimizer(model, spec.kind, spec.lr, spec.weight_decay, spec.betas, spec.eps,
-                                args.use_nvlamb)
+    optimizer = build_optimizer(model, spec.kind, spec.lr, spec.weight_decay, spec.betas, spec.eps, args.use_nvlamb,
+                                spec.params, total_steps, config["train_batch_size"],
+                                config["gradient_accumulation_steps"])
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
     if isinstance(optimizer, Lamb):
         optimizer.attach_layout(*partition_layout(engine.module, optimizer))
@@ -160,6 +163,9 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
     if spec.kind == "lamb" and zero_stage == 3:
         raise ValueError("LAMB under ZeRO stage 3 is refused: per-parameter trust ratios are "
                          "implemented for ZeRO 0-2; use ZeRO 1 or 2, or --optimizer adamw")
+    if spec.kind == "thor" and (zero_stage != 0 or precision.name != "fp32"):
+        raise ValueError(f"THOR runs with ZeRO stage 0 in fp32 only (its hooks read the model's own weights and "
+                         f"gradients): {source} asks for ZeRO {zero_stage} in {precision.name}")
     config = model_config(args)
     shards = list_shards(args.input_dir)
     if args.max_seq_length and args.max_seq_length != shards[0].seq_len:
@@ -168,6 +174,7 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
     if not config.is_nezha and shards[0].seq_len > config.max_position_embeddings:  # NEZHA: any length
         raise ValueError(f"shards in {args.input_dir} have sequence length {shards[0].seq_len} > "
                          f"max_position_embeddings {config.max_position_embeddings}")
+    args.set_steps_from_epochs(sum(s.num_rows // world_size for s in shards) * world_size, batch.global_)
     eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
     if args.use_tensorboard:
         try:
@@ -191,7 +198,8 @@ def main(argv=None) -> int:
     try:
         setup = prepare(args, world_size)
         data = PretrainingData(setup["shards"], setup["batch"].micro, rank, world_size, args.seed,
-                               masking=setup["masking"], vocab_size=setup["config"].vocab_size)
+                               shuffle=not args.no_shuffle, masking=setup["masking"],
+                               vocab_size=setup["config"].vocab_size)
     except (ValueError, FileNotFoundError) as e:  # CheckpointError and ShardError are ValueErrors
         print(f"run_pretraining.py: error: {e}", file=sys.stderr)
         return 2
