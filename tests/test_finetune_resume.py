@@ -98,6 +98,13 @@ def test_killed_three_ways_and_stopped_by_sigterm_then_resumed_equals_uninterrup
     assert run_glue.entry([*args, "--output_dir", str(out)]) == 2
     assert run_glue.entry([*args, "--output_dir", str(out), "--resume", "--learning_rate", "2e-4"]) == 2
     assert sorted(p.name for p in out.iterdir()) == before
+    # A run that does not train may use the folder and leaves the checkpoints alone.
+    assert run_glue.entry([*args, "--model_name_or_path", str(out / "model"), "--do_eval", "--output_dir",
+                           str(out)]) == 0
+    assert sorted(p.name for p in out.glob("global_step*")) == ["global_step3", "global_step6", "global_step7",
+                                                                 "global_step9"]
+    assert json.loads((out / "eval_results.json").read_text()) == json.loads(
+        (reference / "eval_results.json").read_text())
 
 
 def test_save_total_limit_keeps_the_newest_and_overwrite_starts_over(setup, capsys):

@@ -57,10 +57,13 @@ def trajectory_settings(settings) -> dict:
 
 
 def prepare_output_dir(settings, is_main: bool) -> Path | None:
-    """The checkpoint folder to resume from (None: a fresh start). A fresh start in a folder holding
-    checkpoints is refused (ValueError naming the folder) unless --overwrite_output_dir, which deletes
-    them; a checkpoint of other settings is refused naming them. Call before writing anything."""
+    """For a run that trains: the checkpoint folder to resume from (None: a fresh start). A fresh start
+    in a folder holding checkpoints is refused (ValueError naming the folder) unless
+    --overwrite_output_dir, which deletes them; a checkpoint of other settings is refused naming them.
+    What an interrupted attempt left after the checkpoint (or, fresh, half-written saves) is deleted.
+    Call before writing anything."""
     out = Path(settings.output_dir)
+    folder = None
     if settings.resume == LATEST:
         tag = read_latest(out) if out.is_dir() else None
         folder = out / tag if tag else None
@@ -73,19 +76,19 @@ def prepare_output_dir(settings, is_main: bool) -> Path | None:
         if found and not settings.overwrite_output_dir:
             raise ValueError(f"--output_dir {out} holds checkpoints of an earlier run ({', '.join(found)}): pass "
                              "--resume to continue it or --overwrite_output_dir to start over")
-        if found and is_main:
-            remove_checkpoints(out)
-        return None
     if folder is None:
+        if is_main and out.is_dir():
+            discard_later(out, -1)
         return None
-    state_path = folder / STATE_FILE
-    if not state_path.is_file():
+    if not (folder / STATE_FILE).is_file():
         raise FileNotFoundError(f"--resume {folder}: no {STATE_FILE}, not a finetuning checkpoint")
     saved, now = read_state(folder)["settings"], trajectory_settings(settings)
     differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if differ:
         raise ValueError(f"--resume {folder}: the checkpoint is of another run: " + "; ".join(
             f"--{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in differ))
+    if is_main and folder.parent.resolve() == out.resolve():
+        discard_later(out, step_of(folder.name))
     return folder
 
 
@@ -97,8 +100,8 @@ def read_state(folder: Path) -> dict:
 
 
 def discard_later(out: Path, step: int) -> None:
-    """A resume from step `step` drops what an interrupted attempt wrote after it: later checkpoints
-    and half-written ones."""
+    """A resume from step `step` (-1: a fresh start) drops what an interrupted attempt wrote after it:
+    later checkpoints and half-written ones."""
     remove_checkpoints(out, after_step=step)
     for partial in out.glob(f".global_step*{PARTIAL_SUFFIX}"):
         shutil.rmtree(partial, ignore_errors=True)

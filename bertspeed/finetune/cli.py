@@ -44,12 +44,13 @@ def load_tokenizer(folder: Path, vocab_file=None, do_lower_case=None) -> tuple[B
     return BertTokenizer(tokens, decide_do_lower_case(tokens, vocab, do_lower_case, folder)), vocab
 
 
-def start(settings: FinetuneSettings, model_class, **config_changes):
-    """Runtime, seed, model (task head created when absent, reported), tokenizer and trainer."""
+def start(settings: FinetuneSettings, model_class, trains: bool = True, **config_changes):
+    """Runtime, seed, model (task head created when absent, reported), tokenizer and trainer. A run
+    that `trains` checks --output_dir for checkpoints (refused, overwritten or resumed)."""
     rt: Runtime = setup_runtime(settings.deepspeed_config, settings.dist_timeout, settings.local_rank)
     settings.batch_sizes(rt.world_size)  # a batch that does not fit the ranks fails before anything is written
     check_report_to(settings.report_to)
-    resume_from = prepare_output_dir(settings, rt.is_main)
+    resume_from = prepare_output_dir(settings, rt.is_main) if trains else None
     use_requested_kernels(settings)
     set_seed(settings.seed)
     source = open_checkpoint(settings.model_dir)  # any checkpoint we read, converted in memory

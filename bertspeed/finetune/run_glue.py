@@ -65,7 +65,7 @@ def main(argv=None):
     num_labels = 1 if task.is_regression else len(task.labels)
     problem_type = "regression" if task.is_regression else "single_label_classification"
     id2label = None if task.is_regression else dict(enumerate(task.labels))
-    trainer, tokenizer, vocab = start(settings, BertForSequenceClassification, num_labels=num_labels,
+    trainer, tokenizer, vocab = start(settings, BertForSequenceClassification, train, num_labels=num_labels,
                                       problem_type=problem_type, id2label=id2label)
 
     dev = [(name, examples, glue.featurize(examples, tokenizer, settings.max_seq_length))

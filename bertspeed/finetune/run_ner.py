@@ -123,7 +123,8 @@ def main(argv=None):
     if saved_with_crf(settings.model_dir):
         settings = dataclasses.replace(settings, use_crf=True)
     model_class = BertCRFForTokenClassification if settings.use_crf else BertForTokenClassification
-    trainer, tokenizer, vocab = start(settings, model_class, num_labels=len(labels), id2label=dict(enumerate(labels)))
+    trainer, tokenizer, vocab = start(settings, model_class, train, num_labels=len(labels),
+                                      id2label=dict(enumerate(labels)))
 
     def features_of(sentences, labelled=True):
         return ner.featurize(sentences, tokenizer, settings.max_seq_length, label2id if labelled else None,

@@ -53,7 +53,7 @@ def main(argv=None):
     scored = do_eval or do_predict  # both mean: predict and score --predict_file
     if scored and not settings.predict_file:
         raise ValueError("--predict_file is required to evaluate or predict (or give only --do_train)")
-    trainer, tokenizer, vocab = start(settings, BertForQuestionAnswering)
+    trainer, tokenizer, vocab = start(settings, BertForQuestionAnswering, train)
     windows = dict(max_seq_length=settings.max_seq_length, doc_stride=settings.doc_stride,
                    max_query_length=settings.max_query_length)
     dev = load_dev(settings, tokenizer, windows) if scored else None

@@ -116,9 +116,6 @@ class Trainer:
         else:  # drop what an interrupted attempt logged after its checkpoint
             state = checkpoint.read_state(resume_from)
             self.log.truncate_to(state["metrics_records"] or 0, state["step"])
-            if rt.is_main and resume_from.parent.resolve() == self.output_dir.resolve():
-                checkpoint.discard_later(self.output_dir, state["step"])
-            rt.barrier()
         self.step = 0
         self.train_stats: dict = {}
         self.grad_norms: list[float] = []  # of the optimizer steps since the last metrics line
