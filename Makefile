@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast venv venv-test kernels kernels-cuda-build clean
+.PHONY: demo test test-fast venv venv-test kernels kernels-cuda-build gpu-check clean
 
 $(VENV)/.runtime: requirements.txt requirements-assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,9 @@ $(VENV)/.runtime: requirements.txt requirements-assets.txt pyproject.toml
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.test: $(VENV)/.runtime requirements-test.txt
+$(VENV)/.test: $(VENV)/.runtime requirements-test.txt requirements-tf.txt
 	$(PIP) install -r requirements-test.txt
+	$(PIP) install --no-deps -r requirements-tf.txt  # TensorFlow, the TF-checkpoint test's reference (see the file)
 	touch $@
 
 venv: $(VENV)/.runtime
@@ -42,6 +43,11 @@ kernels: $(VENV)/.runtime
 
 kernels-cuda-build:
 	bash kernels/check_cuda_build.sh
+
+# GPU preflight of a new machine (issue 19): kernels built and checked on device, fp16 loss scaling, fused Lamb,
+# seq/s and MFU; writes preflight_out/preflight.{md,json}. Without a GPU it runs what it can and lists the rest.
+gpu-check: $(VENV)/.runtime
+	$(PY) -m bertspeed.preflight.run --output_dir $(or $(OUT),preflight_out)
 
 clean:
 	rm -rf $(VENV) .torch_extensions build *.egg-info
