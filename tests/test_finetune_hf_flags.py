@@ -105,6 +105,10 @@ def data(tmp_path_factory, tiny, glue_dir):
     (earlier / "global_step2").mkdir(parents=True)
     (earlier / "latest").write_text("global_step2\n")
     (root / "ds.json").write_text("{}")
+    (root / "checkpoint-500").mkdir()  # Hugging Face Trainer's checkpoint folder
+    (root / "checkpoint-500" / "trainer_state.json").write_text('{"global_step": 500}')
+    (root / "ours-torn").mkdir()
+    (root / "ours-torn" / "finetune_state.json").write_text('{"step": 3}')
     return root, ["--task_name", "MRPC", "--data_dir", str(glue_dir / "MRPC"), "--model_dir", str(tiny),
                   "--max_steps", "1", "--max_train_samples", "4", "--max_eval_samples", "4"]
 
@@ -123,7 +127,9 @@ def data(tmp_path_factory, tiny, glue_dir):
     (["--resume", "{root}/nowhere"], "--resume {root}/nowhere: no such checkpoint folder"),
     (["--resume", "--overwrite_output_dir"], "--resume and --overwrite_output_dir contradict"),
     (["--output_dir", "{root}/earlier"], "holds checkpoints of an earlier run (global_step2, latest): pass --resume"),
-    (["--resume", "{root}/earlier/global_step2"], "no trainer_state.json, not a finetuning checkpoint"),
+    (["--resume", "{root}/earlier/global_step2"], "no finetune_state.json, not a finetuning checkpoint"),
+    (["--resume_from_checkpoint", "{root}/checkpoint-500"], "not a finetuning checkpoint (a Hugging Face Trainer"),
+    (["--resume", "{root}/ours-torn"], "finetune_state.json: not a finetuning checkpoint's state (missing"),
 ])
 def test_bad_values_of_the_new_flags_exit_2_and_write_nothing(data, flags, message, capsys):
     root, base = data

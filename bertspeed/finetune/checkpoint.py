@@ -2,7 +2,7 @@
 
 OUT/global_stepN/ (the run-folder format of bertspeed/training/runs.py; OUT/latest names the newest
 complete one) holds
-    trainer_state.json    step, position in the data (micro steps done), counters, the losses and
+    finetune_state.json   step, position in the data (micro steps done), counters, the losses and
                           gradient norms not yet logged, metrics.jsonl records written, the settings
     training_state.pt     plain PyTorch: model, optimizer, scheduler and GradScaler state dicts
                           (DeepSpeed: the engine's own files, written by save_checkpoint, instead)
@@ -23,18 +23,9 @@ import torch
 
 from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.faults import kill_point
-from bertspeed.training.runs import (
-    LATEST,
-    list_tags,
-    prune,
-    read_latest,
-    remove_checkpoints,
-    step_of,
-    tag_for,
-    write_latest,
-)
+from bertspeed.training.runs import LATEST, list_tags, prune, read_latest, remove_checkpoints, tag_for, write_latest
 
-STATE_FILE = "trainer_state.json"
+STATE_FILE = "finetune_state.json"  # not HF Trainer's trainer_state.json: another format
 TRAINING_FILE = "training_state.pt"
 PARTIAL_SUFFIX = ".partial"
 # Settings that may differ between a run and its resume: where and how often things are written or
@@ -81,22 +72,33 @@ def prepare_output_dir(settings, is_main: bool) -> Path | None:
             discard_later(out, -1)
         return None
     if not (folder / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume {folder}: no {STATE_FILE}, not a finetuning checkpoint")
-    saved, now = read_state(folder)["settings"], trajectory_settings(settings)
+        hint = " (a Hugging Face Trainer checkpoint? it cannot be resumed here)" if (
+            folder / "trainer_state.json").is_file() else ""
+        raise FileNotFoundError(f"--resume {folder}: no {STATE_FILE}, not a finetuning checkpoint{hint}")
+    state = read_state(folder)
+    saved, now = state["settings"], trajectory_settings(settings)
     differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if differ:
         raise ValueError(f"--resume {folder}: the checkpoint is of another run: " + "; ".join(
             f"--{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in differ))
     if is_main and folder.parent.resolve() == out.resolve():
-        discard_later(out, step_of(folder.name))
+        discard_later(out, state["step"])
     return folder
 
 
+STATE_KEYS = ("step", "micro_step", "seen", "tokens", "running", "grad_norms", "metrics_records", "batch", "settings")
+
+
 def read_state(folder: Path) -> dict:
+    path = folder / STATE_FILE
     try:
-        return json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{folder / STATE_FILE}: unreadable ({e})") from None
+        raise ValueError(f"{path}: unreadable ({e})") from None
+    missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise ValueError(f"{path}: not a finetuning checkpoint's state (missing {', '.join(missing)})")
+    return state
 
 
 def discard_later(out: Path, step: int) -> None:
@@ -149,7 +151,6 @@ def load(folder: Path, rt, *, engine=None, model=None, optimizer=None, scheduler
     if state["batch"]["world"] != rt.world_size:
         raise ValueError(f"--resume {folder}: written by {state['batch']['world']} ranks, this run has "
                          f"{rt.world_size}")
-    step_of(folder.name)  # a global_stepN folder
     if engine is not None:
         path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
         if path is None:
