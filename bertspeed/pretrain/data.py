@@ -19,8 +19,16 @@ import numpy as np
 import torch
 
 from bertspeed.data_prep import masking as mlm_masking
-from bertspeed.data_prep.schema import MASKED_FIELDS, UNMASKED_FIELDS, WORD_START_FIELD, valid_predictions
+from bertspeed.data_prep.schema import (
+    MASKED_FIELDS,
+    MASKED_LM_PROB,
+    MAX_PREDICTIONS,
+    UNMASKED_FIELDS,
+    WORD_START_FIELD,
+    valid_predictions,
+)
 from bertspeed.model.model import IGNORE_INDEX
+from bertspeed.model.tokenizer import SPECIAL_TOKENS
 
 SHARD_SUFFIXES = (".hdf5", ".h5")
 
@@ -259,3 +267,15 @@ def eval_batches(shards: list[Shard], batch_size: int, rank: int, world_size: in
             yield next(data)
     finally:
         data.close()
+
+
+def dynamic_masking(shards: list[Shard], vocab: dict | None, vocab_size: int, max_predictions: int | None,
+                    whole_word: bool = False, source: str = "the shards") -> MaskingSpec | None:
+    """Masking for unmasked shards (data_prep --masking dynamic), None when every shard is masked already."""
+    if all(s.masked for s in shards):
+        return None
+    if vocab is None:
+        raise ValueError(f"{source} holds unmasked shards (dynamic masking): pass --vocab_file")
+    seq_len = shards[0].seq_len
+    count = max_predictions or MAX_PREDICTIONS.get(seq_len, round(seq_len * MASKED_LM_PROB))
+    return MaskingSpec(vocab_size, vocab["[MASK]"], tuple(vocab[t] for t in SPECIAL_TOKENS), count, whole_word)

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import torch
 
-from bertspeed.data_prep.schema import MASKED_LM_PROB, MAX_PREDICTIONS
 from bertspeed.model.checkpoint import load_state_dict_into, read_state_dict, resolve_model_dir
 from bertspeed.model.config import BertConfig
 from bertspeed.model.layers import use_fused_kernels
 from bertspeed.model.model import BertForPreTraining
-from bertspeed.model.tokenizer import SPECIAL_TOKENS, read_vocab
+from bertspeed.model.tokenizer import read_vocab
 from bertspeed.pretrain import checkpoint
 from bertspeed.pretrain.args import PretrainArgs, optimizer_spec, parse_args, read_ds_config, resolve_batch
-from bertspeed.pretrain.data import MaskingSpec, PretrainingData, ShardError, list_shards
+from bertspeed.pretrain.data import MaskingSpec, PretrainingData, ShardError, dynamic_masking, list_shards
 from bertspeed.pretrain.guard import EXIT_DIVERGED, EXIT_SIGNALLED, TrainingDiverged
 from bertspeed.pretrain.lamb import Lamb, partition_layout
 from bertspeed.pretrain.nvidia import BUILTIN_DS_CONFIG, BUILTIN_SOURCE, batch_override, loss_scale_override, note
@@ -64,14 +63,8 @@ def build_model(args: PretrainArgs, config: BertConfig) -> BertForPreTraining:
 
 def masking_spec(args: PretrainArgs, config: BertConfig, shards, vocab: dict | None) -> MaskingSpec | None:
     """Dynamic masking for unmasked shards (data_prep --masking dynamic); needs the vocab."""
-    if all(s.masked for s in shards):
-        return None
-    if vocab is None:
-        raise ValueError(f"{args.input_dir} holds unmasked shards (dynamic masking): pass --vocab_file")
-    seq_len = shards[0].seq_len
-    max_predictions = args.max_predictions_per_seq or MAX_PREDICTIONS.get(seq_len, round(seq_len * MASKED_LM_PROB))
-    return MaskingSpec(config.vocab_size, vocab["[MASK]"], tuple(vocab[t] for t in SPECIAL_TOKENS),
-                       max_predictions, whole_word=args.whole_word_mask)
+    return dynamic_masking(shards, vocab, config.vocab_size, args.max_predictions_per_seq, args.whole_word_mask,
+                           args.input_dir)
 
 
 def git_revision() -> str | None:

@@ -11,11 +11,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from bertspeed.model.config import BertConfig
-from bertspeed.model.model import IGNORE_INDEX
 from bertspeed.pretrain import checkpoint
 from bertspeed.pretrain.args import BatchSizes, PretrainArgs
 from bertspeed.pretrain.data import PretrainingData, eval_batches
 from bertspeed.pretrain.guard import EXIT_SIGNALLED, BadStepCounter, StopOnSignal, TrainingDiverged
+from bertspeed.pretrain.scoring import all_ranks, results_of, score_sums
 from bertspeed.training.metrics import MetricsWriter, throughput
 
 # Test-only fault injection (tests/test_faults_fp16.py): comma-separated step numbers whose loss is
@@ -32,13 +32,6 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= dist.get_world_size()
-    return values
-
-
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
@@ -107,30 +100,11 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.engine.eval()
-        # mlm loss*n, mlm correct, mlm n, nsp loss*n, nsp correct, nsp n, correct at [MASK], n at [MASK]
-        sums = torch.zeros(8, dtype=torch.float64)
-        for batch in eval_batches(self.eval_shards, self.batch.micro, self.rank, self.world_size,
-                                  self.args.eval_samples, self.data.masking):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            out = self.engine(**batch)
-            n_mlm, n_nsp = out.mlm_labels.numel(), batch["next_sentence_label"].numel()
-            hits = out.prediction_logits.argmax(-1) == out.mlm_labels
-            inputs = batch["input_ids"][batch["labels"] != IGNORE_INDEX]  # aligned with out.mlm_labels
-            at_mask = inputs == (-1 if self.mask_id is None else self.mask_id)  # no [MASK] id: all False
-            nsp_correct = (out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum()
-            sums += torch.tensor([out.mlm_loss.item() * n_mlm, hits.sum().item(), n_mlm,
-                                  out.nsp_loss.item() * n_nsp, nsp_correct.item(), n_nsp,
-                                  (hits & at_mask).sum().item(), at_mask.sum().item()], dtype=torch.float64)
-        sums = all_reduce_sum(sums.to(self.device)).cpu()
+        batches = eval_batches(self.eval_shards, self.batch.micro, self.rank, self.world_size,
+                               self.args.eval_samples, self.data.masking)
+        sums = all_ranks(score_sums(self.engine, batches, self.mask_id, self.device), self.device)
         self.engine.train()
-        if sums[2] == 0:
-            return {}
-        results = {"eval/mlm_loss": sums[0] / sums[2], "eval/mlm_acc": sums[1] / sums[2],
-                   "eval/nsp_loss": sums[3] / sums[5], "eval/nsp_acc": sums[4] / sums[5],
-                   "eval/loss": sums[0] / sums[2] + sums[3] / sums[5]}
-        if self.mask_id is not None and sums[7] > 0:
-            results["eval/mlm_acc_at_mask"] = sums[6] / sums[7]
-        return results
+        return results_of(sums)
 
     def save(self) -> str:
         client_state = {"data": self.data.state(), "step": self.step, "seed": self.args.seed}
