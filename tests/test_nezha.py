@@ -112,3 +112,29 @@ def test_published_spellings():
     renamed, dropped = rename_published_keys(state)
     assert set(renamed) == {"bert.embeddings.word_embeddings.weight", "cls.predictions.bias"}
     assert dropped == ["nezha.encoder.layer.0.attention.self.relative_positions_encoding.positions_encoding"]
+
+
+def test_nezha_folders_say_they_are_not_transformers_bert(tmp_path, vocab_file):
+    from bertspeed.convert import main as convert_main
+    from bertspeed.model.checkpoint import load_state_dict_into, read_state_dict, save_pretrained
+    config = BertConfig(vocab_size=30522, hidden_size=16, num_attention_heads=2, intermediate_size=32,
+                        num_hidden_layers=1, position_embedding_type="nezha", max_relative_position=4)
+    torch.manual_seed(0)
+    model = BertForPreTraining(config)
+    save_pretrained(model, tmp_path / "run", vocab_file=vocab_file)
+    assert convert_main([str(tmp_path / "run"), "--output_dir", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert "BertModel cannot load it" in (out / "README.md").read_text()
+    assert BertConfig.from_json_file(out).is_nezha
+    transformers = pytest.importorskip("transformers")
+    with pytest.raises((ValueError, KeyError)):
+        transformers.AutoModel.from_pretrained(out)
+    # a published NEZHA state dict (transformers' Nezha* names) loads into our model unchanged
+    state = {("nezha." + k.removeprefix("bert.")) if k.startswith("bert.") else k: v
+             for k, v in read_state_dict(out).items()}
+    state["nezha.encoder.layer.0.attention.self.relative_positions_encoding.positions_encoding"] = torch.zeros(3)
+    reloaded = BertForPreTraining(config)
+    report = load_state_dict_into(reloaded, state, "published")
+    assert not report.initialized
+    for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()):
+        assert torch.equal(a, b)

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bertspeed.model.config import BertConfig
+from bertspeed.model.nezha import NOT_HF_NOTE, rename_published_keys
 from bertspeed.training.runs import is_run_dir, read_latest
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -103,7 +104,9 @@ def _legacy_name(key: str) -> str:
 
 
 def normalize_keys(state: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
-    """Map a checkpoint's names onto the model's: legacy names, the `bert.` prefix, tied aliases."""
+    """Map a checkpoint's names onto the model's: legacy names, the `bert.` prefix, tied aliases, published
+    NEZHA names (`nezha.` prefix; their fixed relative-position tables are recomputed, not loaded)."""
+    state, _ = rename_published_keys(state)
     state = {_legacy_name(k): v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
     model_has_prefix = any(k.startswith(ENCODER_PREFIX) for k in model_keys)
     ckpt_has_prefix = any(k.startswith(ENCODER_PREFIX) for k in state)
@@ -202,6 +205,8 @@ def save_hf_folder(output_dir, config: BertConfig, state: dict[str, torch.Tensor
         (tmp / "config.json").write_text(json.dumps(fields, indent=2) + "\n")
         save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors",
                   metadata={"format": "pt"})
+        if config.is_nezha:  # model_type nezha already stops transformers' Auto classes; say why
+            (tmp / "README.md").write_text(f"# NEZHA model written by bertspeed\n\n{NOT_HF_NOTE}\n")
         if vocab_file is not None:
             shutil.copyfile(vocab_file, tmp / "vocab.txt")
             _write_tokenizer_files(tmp, Path(vocab_file), do_lower_case, config.max_position_embeddings)
