@@ -27,6 +27,7 @@ from bertspeed.model.checkpoint import CheckpointError, resolve_model_dir, save_
 from bertspeed.model.foreign import Opened, check_complete, open_checkpoint
 from bertspeed.model.tokenizer import read_vocab
 from bertspeed.model.tokenizer_config import decide_do_lower_case
+from bertspeed.training.pathcheck import PathError, check_input_file, check_output_dir
 from bertspeed.training.runs import list_tags
 
 
@@ -81,9 +82,18 @@ def main(argv=None, prog: str = "python -m bertspeed.convert", error_prefix: str
                         help="casing to record (default: the source's tokenizer_config.json, else the vocab's)")
     args = parser.parse_args(argv)
     try:
-        print(convert(args.src, args.output_dir, args.config_file, args.vocab_file, args.tag, args.do_lower_case))
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        check_output_dir("--output_dir", args.output_dir)
+        for flag, path in (("--vocab_file", args.vocab_file), ("--config_file", args.config_file)):
+            if path:
+                check_input_file(flag, path, text=True)
+    except PathError as e:
         print(f"{error_prefix}: {e}", file=sys.stderr)
+        return 2
+    try:
+        print(convert(args.src, args.output_dir, args.config_file, args.vocab_file, args.tag, args.do_lower_case))
+    except (CheckpointError, FileNotFoundError, ValueError) as e:  # what was read: the source
+        message = str(e) if str(e).startswith("--") else f"src {args.src}: {e}"
+        print(f"{error_prefix}: {message}", file=sys.stderr)
         return 2
     return 0
 

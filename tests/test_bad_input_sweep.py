@@ -24,7 +24,6 @@ R_OUTPUT = "finetune/convert: an --output_dir that is a file or unwritable ends 
 R_VOCAB = "finetune/convert: a binary --vocab_file is named without the flag"
 R_RANGE = "finetune settings: the range error does not give the value"
 R_DATA = "finetune data files (and --deepspeed_config): missing/binary/folder named without the flag"
-R_SRC = "convert: a missing or binary SRC is named without saying it is SRC"
 R_TOOLS = ("check-config, plot, report (not in this change): raw OSError/UnicodeDecodeError text, or the path "
            "without the argument's name")
 
@@ -156,12 +155,13 @@ DATA_AND_PRETRAIN = [
     bad("pretrain-warmup-2", PRETRAIN, "--warmup_proportion", "2"),
     bad("pretrain-batch-0", PRETRAIN, "--train_batch_size", "0"),
     bad("pretrain-accumulation-0", PRETRAIN, "--gradient_accumulation_steps", "0"),
-    bad("pretrain-settings-binary", PRETRAIN, "--settings_file", "{binary_bin}", SETTINGS_FILE),
-    case("check-config-missing", ["check-config", "{missing}"], "files", "{missing}", R_TOOLS),
-    case("check-config-binary", ["check-config", "{binary_bin}"], "files", "{binary_bin}", R_TOOLS),
-    case("plot-run-missing", ["plot", "{missing}", "--output", "{out}/curves.png"], "run_dirs", "{missing}",
-         R_TOOLS),
-    case("report-missing", ["report", "{missing}"], "demo_dir", "{missing}", R_TOOLS),
+    bad("pretrain-settings-binary", PRETRAIN, "--settings_file", "{binary_bin}"),
+    case("check-config-missing", ["check-config", "{missing}"], "files", "{missing}"),
+    case("check-config-binary", ["check-config", "{binary_bin}"], "files", "{binary_bin}"),
+    case("plot-run-missing", ["plot", "{missing}", "--output", "{out}/curves.png"], "run_dirs", "{missing}"),
+    case("plot-output-unwritable", ["plot", "{shards}", "--output", "{unwritable}/curves.png"], "--output",
+         "{unwritable}"),
+    case("report-missing", ["report", "{missing}"], "demo_dir", "{missing}"),
 ]
 
 
@@ -198,12 +198,12 @@ FINETUNE_CONVERT_PREDICT = [
     bad("ner-eval-missing", NER, "--eval_file", "{missing}", R_DATA),
     bad("ner-eval-binary", NER, "--eval_file", "{binary_bin}", R_DATA),
     bad("ner-eval-folder", NER, "--eval_file", "{a_folder}", R_DATA),
-    case("convert-src-missing", replace(CONVERT, "convert", "{missing}"), "src", "{missing}", R_SRC),
-    case("convert-src-binary", replace(CONVERT, "convert", "{binary_bin}"), "src", "{binary_bin}", R_SRC),
-    bad("convert-output-is-file", CONVERT, "--output_dir", "{a_file_txt}", R_OUTPUT),
-    bad("convert-output-unwritable", CONVERT, "--output_dir", "{unwritable}", R_OUTPUT),
-    bad("convert-vocab-binary", CONVERT, "--vocab_file", "{binary_bin}", R_VOCAB),
-    bad("export-output-is-file", ["export", *CONVERT[1:]], "--output_dir", "{a_file_txt}", R_OUTPUT),
+    case("convert-src-missing", replace(CONVERT, "convert", "{missing}"), "src", "{missing}"),
+    case("convert-src-binary", replace(CONVERT, "convert", "{binary_bin}"), "src", "{binary_bin}"),
+    bad("convert-output-is-file", CONVERT, "--output_dir", "{a_file_txt}"),
+    bad("convert-output-unwritable", CONVERT, "--output_dir", "{unwritable}"),
+    bad("convert-vocab-binary", CONVERT, "--vocab_file", "{binary_bin}"),
+    bad("export-output-is-file", ["export", *CONVERT[1:]], "--output_dir", "{a_file_txt}"),
     bad("predict-model-missing", PREDICT, "--model_dir", "{missing}", R_MODEL),
     bad("predict-model-is-file", PREDICT, "--model_dir", "{a_file_txt}", R_MODEL),
     bad("predict-seq-len-0", PREDICT, "--max_seq_length", "0"),

@@ -14,6 +14,7 @@ import sys
 
 from bertspeed.pretrain.args import DS_OPTIMIZER_NAMES, read_ds_config, resolve_batch
 from bertspeed.training.hardware import ds_config_precision, with_precision
+from bertspeed.training.pathcheck import PathError, check_input_file
 
 
 class _DataParallelWorld:
@@ -68,6 +69,12 @@ def main(argv=None) -> int:
     parser.add_argument("--world_size", type=int, nargs="+", default=[1],
                         help="data-parallel world sizes to check (e.g. 8 16 64)")
     args = parser.parse_args(argv)
+    try:
+        for path in args.files:
+            check_input_file("files", path, text=True)
+    except PathError as e:
+        print(f"check_config: error: {e}", file=sys.stderr)
+        return 2
     from bertspeed.training.distributed import init_distributed
     init_distributed(60)
     failed = 0

@@ -18,6 +18,7 @@ from bertspeed.data_prep.schema import MANIFEST, valid_predictions
 from bertspeed.training.atomic import write_json_atomic, write_text_atomic
 from bertspeed.training.hardware import host_label
 from bertspeed.training.metrics import read_metrics
+from bertspeed.training.pathcheck import PathError, check_input_dir
 from bertspeed.training.plot import plot
 
 REPORT = "report.md"
@@ -160,8 +161,9 @@ def main(argv=None) -> int:
     parser.add_argument("demo_dir", type=Path)
     args = parser.parse_args(argv)
     try:
+        check_input_dir("demo_dir", args.demo_dir)
         print(write_report(args.demo_dir))
-    except (FileNotFoundError, KeyError) as e:
+    except (FileNotFoundError, KeyError, PathError) as e:
         print(f"pretrain.report: error: {e}", file=sys.stderr)
         return 2
     return 0

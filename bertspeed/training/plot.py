@@ -8,6 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from bertspeed.training.pathcheck import PathError, check_output_file
+
 PANELS = (("train/loss", "eval/loss"), ("train/mlm_loss", "train/nsp_loss"),
           ("eval/mlm_acc", "eval/nsp_acc"), ("optim/lr",))
 
@@ -47,6 +49,10 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="PNG file to write")
     args = parser.parse_args(argv)
     try:
+        for run in args.run_dirs:
+            if not Path(run).exists():
+                raise PathError(f"run_dirs {run}: does not exist")
+        check_output_file("--output", args.output)
         print(f"wrote {plot(args.run_dirs, args.output)}")
     except (FileNotFoundError, ValueError) as e:
         print(f"pretrain.plot: error: {e}", file=sys.stderr)

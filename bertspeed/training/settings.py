@@ -109,6 +109,8 @@ def read_settings_file(path: str) -> dict:
         values = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ValueError(f"--{SETTINGS_FILE} {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--{SETTINGS_FILE} {path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"--{SETTINGS_FILE} {path}: not valid JSON ({e})") from None
     if not isinstance(values, dict):
