@@ -13,7 +13,6 @@ Our own .pt files are read with torch.load(weights_only=True).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import torch
 from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.faults import kill_point
 from bertspeed.training.runs import LATEST, list_tags, prune, read_latest, remove_checkpoints, tag_for, write_latest
+from bertspeed.training.settings import as_dict
 
 STATE_FILE = "finetune_state.json"  # not HF Trainer's trainer_state.json: another format
 TRAINING_FILE = "training_state.pt"
@@ -43,8 +43,7 @@ def rng_file(rank: int) -> str:
 
 def trajectory_settings(settings) -> dict:
     """The settings that decide the training trajectory, as JSON values."""
-    values = json.loads(json.dumps(dataclasses.asdict(settings), default=str))
-    return {k: v for k, v in values.items() if k not in MAY_CHANGE}
+    return {k: v for k, v in as_dict(settings).items() if k not in MAY_CHANGE}
 
 
 def prepare_output_dir(settings, is_main: bool) -> Path | None:
