@@ -122,7 +122,7 @@ def data(tmp_path_factory, tiny, glue_dir):
     (["--warmup_ratio", "1.5"], "--warmup_proportion must be in [0, 1), got 1.5"),
     (["--train_batch_size", "8", "--per_device_train_batch_size", "2"], "--train_batch_size 8 (global) disagrees"),
     (["--train_batch_size", "6", "--gradient_accumulation_steps", "4"], "--train_batch_size 6 is not a multiple"),
-    (["--deepspeed", "missing.json"], "--deepspeed_config missing.json not found"),
+    (["--deepspeed", "missing.json"], "--deepspeed missing.json not found"),
     (["--deepspeed", "{root}/ds.json", "--deepspeed_config", "other.json"], "name different files"),
     (["--resume", "{root}/nowhere"], "--resume {root}/nowhere: no such checkpoint folder"),
     (["--resume", "--overwrite_output_dir"], "--resume and --overwrite_output_dir contradict"),
@@ -180,3 +180,18 @@ def test_epoch_and_no_strategies(tmp_path, tiny, glue_dir):
                    "--output_dir", str(never)])
     assert [r["step"] for r in read_metrics(never) if "eval/acc" in r] == [6]
     assert not list(never.glob("global_step*"))
+
+
+def test_deepspeed_flag_spellings(tmp_path):
+    """--deepspeed CONFIG is --deepspeed_config; alone it is the launcher's switch; `true`/`false` in a settings
+    file written when it was only a switch still parse."""
+    config = tmp_path / "ds.json"
+    config.write_text("{}")
+    base = ["--task_name", "RTE", "--data_dir", "d", "--model_dir", "m", "--output_dir", "o"]
+    assert run_glue.parse_args([*base, "--deepspeed", str(config)]).deepspeed_config == str(config)
+    assert run_glue.parse_args([*base, "--deepspeed", "--deepspeed_config", str(config)]).deepspeed_config == \
+        str(config)
+    old = tmp_path / "old.json"
+    for value, expected in ((True, ""), (False, None)):
+        old.write_text(json.dumps({"deepspeed": value}))
+        assert run_glue.parse_args([*base, "--settings_file", str(old)]).deepspeed == expected

@@ -115,7 +115,11 @@ class FinetuneSettings(ModelSettings):
 
     def __post_init__(self):
         super().__post_init__()
+        if isinstance(self.deepspeed, bool):  # a settings file from when --deepspeed was only a switch
+            self.deepspeed = "" if self.deepspeed else None
         if self.deepspeed:  # one source: the config path lives in deepspeed_config
+            if not Path(self.deepspeed).is_file():
+                raise FileNotFoundError(f"--deepspeed {self.deepspeed} not found")
             if self.deepspeed_config and self.deepspeed_config != self.deepspeed:
                 raise ValueError(f"--deepspeed {self.deepspeed} and --deepspeed_config {self.deepspeed_config} "
                                  "name different files: give one")
