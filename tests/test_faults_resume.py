@@ -52,7 +52,8 @@ def run_args(setup, name, steps=STEPS, keep=2):
     tmp, shards, model, ds = setup
     return ["--deepspeed_config", str(ds), "--input_dir", str(shards), "--config_file", str(model),
             "--output_dir", str(tmp / name), "--max_steps", str(steps), "--checkpoint_interval", str(INTERVAL),
-            "--keep_checkpoints", str(keep), "--warmup_steps", "2"]
+            "--keep_checkpoints", str(keep), "--warmup_steps", "2",
+            "--precision", "fp32"]  # compared bit for bit across runs: not "auto" (a GEMM timing probe)
 
 
 @pytest.fixture(scope="module")

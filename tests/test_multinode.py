@@ -52,7 +52,8 @@ def test_pretraining_on_two_nodes_equals_one_node(tmp_path, hostfile, squad_dev,
         out = tmp_path / f"nodes{nodes}"
         launch(hostfile, "pretrain/run_pretraining.py",
                ["--deepspeed_config", str(ds), "--input_dir", str(shards), "--config_file", str(model),
-                "--output_dir", str(out), "--max_steps", str(STEPS), "--checkpoint_interval", str(STEPS)],
+                "--output_dir", str(out), "--max_steps", str(STEPS), "--checkpoint_interval", str(STEPS),
+                "--precision", "fp32"],  # "auto" times a GEMM probe, which a loaded machine can flip
                port=29741 + nodes, nodes=nodes)
         assert json.loads((out / "run_config.json").read_text())["world_size"] == 2
         runs[nodes] = out
@@ -81,7 +82,7 @@ def test_finetuning_on_two_nodes_equals_one_node(tmp_path, hostfile, glue_dir, v
                ["--task_name", "STS-B", "--data_dir", str(glue_dir / "STS-B"), "--model_dir", str(tmp_path / "hf"),
                 "--output_dir", str(out), "--deepspeed_config", str(config), "--max_train_samples", "32",
                 "--max_eval_samples", "50", "--train_batch_size", "8", "--num_train_epochs", "1",
-                "--no_test_predictions", "--logging_steps", "1"], port=29751 + nodes, nodes=nodes)
+                "--no_test_predictions", "--logging_steps", "1", "--precision", "fp32"], port=29751 + nodes, nodes=nodes)
         results[nodes] = out
     train = {n: [r for r in map(json.loads, (results[n] / "metrics.jsonl").read_text().splitlines())
                  if "train/loss" in r] for n in results}

@@ -32,7 +32,9 @@ def args_for(setup, name, stage, optimizer="Lamb", precision=None, steps=STEPS, 
                    lr=0.02 if optimizer == "Lamb" else 2e-3, precision=precision)
     return ["--deepspeed_config", str(ds), "--input_dir", str(shards), "--config_file", str(model),
             "--output_dir", str(tmp / name), "--max_steps", str(steps), "--checkpoint_interval", str(interval),
-            "--keep_checkpoints", "2", "--warmup_steps", "2"]
+            "--keep_checkpoints", "2", "--warmup_steps", "2",
+            # runs are compared with each other: never let "auto" (a GEMM timing probe) choose differently
+            "--precision", precision or "fp32"]
 
 
 @pytest.fixture(scope="module")
