@@ -1,6 +1,7 @@
 """A 2-rank finetuning run through the deepspeed launcher (DeepSpeed engine, ZeRO 1: each rank holds
-its part of the optimizer state), SIGKILLed mid-epoch on both ranks and resumed through the launcher,
-ends with the uninterrupted run's weights bit for bit and the same losses and scores."""
+its part of the optimizer state), SIGKILLed on both ranks inside a checkpoint save and mid-epoch, each
+time resumed through the launcher, ends with the uninterrupted run's weights bit for bit and the same
+losses and scores."""
 from __future__ import annotations
 
 import json
@@ -47,14 +48,17 @@ def without_perf(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_ranks_killed_mid_epoch_resume_through_the_launcher(setup):
+def test_two_ranks_killed_in_a_save_and_mid_epoch_resume_through_the_launcher(setup):
     root, args = setup
     reference, out = root / "reference", root / "interrupted"
     done = launch([*args, "--output_dir", str(reference)])
     assert done.returncode == 0, done.stderr[-3000:]
-    killed = launch([*args, "--output_dir", str(out), "--resume"], kill_at="step@5")
-    assert killed.returncode != 0
-    assert (out / "latest").read_text().strip() == "global_step4"
+    killed = launch([*args, "--output_dir", str(out), "--resume"], kill_at="save@4")  # inside DeepSpeed's save
+    assert killed.returncode != 0 and (out / "latest").read_text().strip() == "global_step2"
+    assert (out / ".global_step4.partial").is_dir()
+    killed = launch([*args, "--output_dir", str(out), "--resume"], kill_at="step@5")  # mid-epoch
+    assert killed.returncode != 0 and (out / "latest").read_text().strip() == "global_step4"
+    assert not (out / ".global_step4.partial").exists()
     assert sorted(p.name for p in (out / "global_step4").glob("rng_state_*.pt")) == ["rng_state_0.pt",
                                                                                       "rng_state_1.pt"]
     done = launch([*args, "--output_dir", str(out), "--resume"])
