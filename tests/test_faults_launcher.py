@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from pretrain_helpers import ROOT, VENV_BIN, ds_config, env, losses, make_shards, run_pretraining, tiny_model_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -60,9 +61,9 @@ def rank_pid(sid: int, local_rank: int) -> int:
 class Run:
     """The deepspeed launcher with 2 ranks in a session of its own; all output in one file."""
 
-    def __init__(self, args: list[str], port: int, supervised: bool = False):
+    def __init__(self, args: list[str], port: int, supervised: bool = False, script: str = SCRIPT):
         self.log = tempfile.TemporaryFile("w+")
-        cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), SCRIPT, *args]
+        cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), script, *args]
         if supervised:
             cmd = [str(VENV_BIN / "python"), "-m", "bertspeed.training.supervise", "--", *cmd]
         self.started = time.time()
@@ -245,3 +246,27 @@ def test_supervise_adopts_orphans_and_kills_them_after_the_grace_period():
         for pid in [proc.pid, *group_members(proc.pid), *([int(rank)] if rank else [])]:
             if Path(f"/proc/{pid}").exists():
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_finetuning_stops_with_a_checkpoint_when_its_launcher_alone_is_signalled(tmp_path, glue_dir, vocab_file):
+    """The same launcher watch serves the finetune drivers: run_glue.py on 2 ranks, SIGTERM to `deepspeed` alone."""
+    from bertspeed.model.checkpoint import save_pretrained
+    from bertspeed.model.config import BertConfig
+    from bertspeed.model.model import BertForPreTraining
+
+    torch.manual_seed(0)
+    save_pretrained(BertForPreTraining(BertConfig.preset("tiny")), tmp_path / "hf", vocab_file=vocab_file)
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 1}}')
+    out = tmp_path / "out"
+    run = Run(["--task_name", "STS-B", "--data_dir", str(glue_dir / "STS-B"), "--model_dir", str(tmp_path / "hf"),
+               "--output_dir", str(out), "--deepspeed_config", str(tmp_path / "ds.json"), "--max_train_samples", "32",
+               "--max_eval_samples", "16", "--train_batch_size", "8", "--num_train_epochs", "50", "--logging_steps", "1",
+               "--no_test_predictions", "--precision", "fp32"], port=29767, script=str(ROOT / "finetune" / "run_glue.py"))
+    run.wait_for_step(out, 3)
+    os.kill(run.proc.pid, signal.SIGTERM)
+    code, output = run.finish()
+    assert code == -signal.SIGTERM
+    stopped = max(losses(out))
+    assert 3 <= stopped < 200 and (out / "latest").read_text().strip() == f"global_step{stopped}", output[-3000:]
+    assert "launcher process" in output and f"stopped by a signal at step {stopped}" in output
+    assert "exits with return code = 143" in output
