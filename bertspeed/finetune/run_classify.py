@@ -20,12 +20,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from bertspeed.finetune import labelled
 from bertspeed.finetune.cli import main_guard, start
 from bertspeed.finetune.glue import featurize
 from bertspeed.finetune.metrics import classification_metrics
+from bertspeed.finetune.run_glue import predict_labels
 from bertspeed.finetune.settings import FinetuneSettings, default_of, parse_settings
 from bertspeed.finetune.trainer import collate_padded
 from bertspeed.model.heads import BertForSequenceClassification
@@ -101,11 +100,11 @@ def main(argv=None):
     config = ({"num_labels": 1, "problem_type": "regression"} if names is None else
               {"num_labels": len(names), "problem_type": "single_label_classification",
                "id2label": dict(enumerate(names))})
-    trainer, tokenizer, vocab = start(settings, BertForSequenceClassification, **config)
+    trainer, tokenizer, vocab = start(settings, BertForSequenceClassification, train, **config)
     eval_features = featurize(eval_examples, tokenizer, settings.max_seq_length) if eval_examples else []
 
     def evaluate(write=False):
-        predictions = predict(trainer, eval_features, settings)
+        predictions = predict_labels(trainer, eval_features, settings.eval_batch_size, settings.regression)
         if write and trainer.rt.is_main:
             write_predictions(Path(settings.output_dir) / "eval_predictions.jsonl", eval_examples, predictions, names)
         scores = classification_metrics(predictions, [e.label for e in eval_examples], settings.regression)
@@ -119,20 +118,13 @@ def main(argv=None):
     if do_predict:
         test_examples = read(settings, settings.test_file, labelled_file=False)
         test_examples = test_examples[: settings.max_eval_samples] if settings.max_eval_samples else test_examples
-        predictions = predict(trainer, featurize(test_examples, tokenizer, settings.max_seq_length), settings)
+        predictions = predict_labels(trainer, featurize(test_examples, tokenizer, settings.max_seq_length),
+                                     settings.eval_batch_size, settings.regression)
         if trainer.rt.is_main:
             write_predictions(Path(settings.output_dir) / "test_predictions.jsonl", test_examples, predictions, names)
     if not settings.no_save_model and train:
         trainer.save_model(Path(settings.output_dir) / "model", vocab)
     trainer.finish(results)
-
-
-def predict(trainer, features, settings) -> np.ndarray:
-    def extract(output, batch):
-        logits = output.logits.float().cpu().numpy()
-        return list(logits[:, 0] if settings.regression else logits.argmax(-1))
-    lengths = [len(f["input_ids"]) for f in features]
-    return np.array(trainer.predict(features, collate_padded, extract, settings.eval_batch_size, lengths))
 
 
 def write_predictions(path: Path, examples, predictions, names) -> None:

@@ -40,10 +40,11 @@ def parse_args(argv=None) -> GlueSettings:
     return parse_settings(GlueSettings, argv, __doc__)
 
 
-def predict_labels(trainer, task, features, batch_size):
+def predict_labels(trainer, features, batch_size: int, regression: bool) -> np.ndarray:
+    """Class ids (argmax) or regression scores of `features`, in their order (also used by run_classify)."""
     def extract(output, batch):
         logits = output.logits.float().cpu().numpy()
-        return list(logits[:, 0] if task.is_regression else logits.argmax(-1))
+        return list(logits[:, 0] if regression else logits.argmax(-1))
     lengths = [len(f["input_ids"]) for f in features]
     return np.array(trainer.predict(features, collate_padded, extract, batch_size, lengths))
 
@@ -88,7 +89,7 @@ def evaluate(settings, task, trainer, dev, write_predictions=False) -> dict:
     end in _mm), and with `write_predictions` OUT/<dev file>_predictions.tsv."""
     results = {}
     for name, examples, features in dev:
-        preds = predict_labels(trainer, task, features, settings.eval_batch_size)
+        preds = predict_labels(trainer, features, settings.eval_batch_size, task.is_regression)
         scores = glue_metrics(task.metric_name, preds, [e.label for e in examples])
         if write_predictions and trainer.rt.is_main:
             glue.write_submission(Path(settings.output_dir) / f"{Path(name).stem}_predictions.tsv", task, examples,
@@ -114,8 +115,8 @@ def write_test_predictions(settings, task, trainer, tokenizer):
         columns = (1, 2) if submission == "AX.tsv" else task.test_columns
         examples = glue.read_examples(dataclasses.replace(task, test_columns=columns), test_file, test=True)
         examples = examples[: settings.max_eval_samples] if settings.max_eval_samples else examples
-        preds = predict_labels(trainer, task, glue.featurize(examples, tokenizer, settings.max_seq_length),
-                               settings.eval_batch_size)
+        preds = predict_labels(trainer, glue.featurize(examples, tokenizer, settings.max_seq_length),
+                               settings.eval_batch_size, task.is_regression)
         if trainer.rt.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             glue.write_submission(out_dir / submission, task, examples, preds)
