@@ -270,3 +270,54 @@ def test_finetuning_stops_with_a_checkpoint_when_its_launcher_alone_is_signalled
     assert 3 <= stopped < 200 and (out / "latest").read_text().strip() == f"global_step{stopped}", output[-3000:]
     assert "launcher process" in output and f"stopped by a signal at step {stopped}" in output
     assert "exits with return code = 143" in output
+
+
+@pytest.mark.parametrize("pidfds", [True, False])
+def test_launcher_watch_sees_an_exit_with_or_without_pidfds(monkeypatch, pidfds):
+    """With pidfds, and without them (kernels before 5.3, seccomp: /proc and the start time instead, zombies
+    counted as exited), a watched process is reported once it has exited, and not before."""
+    import errno
+
+    from bertspeed.training.signals import LauncherWatch
+
+    if not pidfds:
+        def no_pidfd(pid):
+            raise OSError(errno.ENOSYS, "pidfd_open not implemented")
+        monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        watch = LauncherWatch([child.pid], deathsig=False)
+        assert watch.gone() == []
+        child.kill()
+        time.sleep(0.2)  # not yet reaped: a zombie
+        assert watch.gone() == [child.pid]
+        child.wait()
+        assert watch.gone() == [child.pid]
+        watch.close()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_signal_during_the_all_reduce_stops_every_rank_at_the_same_step(monkeypatch):
+    """SIGTERM handled just after this rank's contribution to the all-reduce: the other ranks saw 0, so this
+    step must not stop here either (it stops at the next one with all of them), or it would wait in the
+    checkpoint's barrier while they run the next step (seen as a 30 s hang and no checkpoint)."""
+    import torch.distributed as dist
+
+    from bertspeed.training.signals import StopOnSignal
+
+    stop = StopOnSignal(watch_launcher=False)
+    try:
+        def all_reduce_then_signal(tensor, op=None):  # every rank contributed 0; the signal lands now
+            stop._handle(signal.SIGTERM, None)
+
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+        monkeypatch.setattr(dist, "all_reduce", all_reduce_then_signal)
+        assert stop.agreed("cpu") is False and stop.flag  # this step goes on; the flag waits
+        monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None: None)
+        assert stop.agreed("cpu") is True  # the next step: every rank sees it
+    finally:
+        stop.flag = False
+        stop.restore()

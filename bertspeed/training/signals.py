@@ -41,6 +41,16 @@ def _process(pid: int) -> tuple[int, list[str]] | None:
     return ppid, [a.decode(errors="replace") for a in cmdline if a]
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat; with the pid, its identity),
+    None once it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else int(fields[19])  # a zombie has exited
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def is_launcher(cmdline: list[str]) -> bool:
     return any(a in LAUNCHER_MODULES for a in cmdline) or any(Path(a).name in LAUNCHER_COMMANDS
                                                                 for a in cmdline[:2])
@@ -64,36 +74,40 @@ class LauncherWatch:
     the kernel for SIGTERM when the parent dies (PR_SET_PDEATHSIG), so a rank outside the training
     loop (starting up, or stuck) ends with its launcher too. Linux only; elsewhere it watches nothing."""
 
-    def __init__(self):
+    def __init__(self, ancestors: list[int] | None = None, deathsig: bool = True):
         self.pids, self._poll = [], None
         if not hasattr(os, "pidfd_open") or not sys.platform.startswith("linux"):
             return
-        ancestors = launcher_ancestors()
+        ancestors = launcher_ancestors() if ancestors is None else ancestors
         if not ancestors:
             return
-        self._poll, self._fds = select.poll(), {}
+        self._poll, self._fds, self._started = select.poll(), {}, {}
         for pid in ancestors:
             try:
                 fd = os.pidfd_open(pid)
-            except OSError:  # already gone: caught by the next check through its absence
+            except ProcessLookupError:  # already gone: reported by the first check
+                self._started[pid] = None
+                continue
+            except OSError:  # no pidfds (kernel < 5.3, seccomp): fall back to /proc and the start time
+                self._started[pid] = _start_time(pid)
                 continue
             self._fds[fd] = pid
             self._poll.register(fd, select.POLLIN)
         self.pids = ancestors
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() != ancestors[0]:  # the parent died before the request took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+        if deathsig:
+            try:
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            except (OSError, AttributeError):
+                pass
+            if os.getppid() != ancestors[0]:  # the parent died before the request took effect
+                os.kill(os.getpid(), signal.SIGTERM)
 
     def gone(self) -> list[int]:
         """The watched launchers that have exited (empty while all run)."""
         if self._poll is None:
             return []
         exited = [self._fds[fd] for fd, _ in self._poll.poll(0)]
-        missing = [p for p in self.pids if p not in self._fds.values()]
-        return exited + missing
+        return exited + [pid for pid, started in self._started.items() if started is None or _start_time(pid) != started]
 
     def close(self) -> None:
         for fd in getattr(self, "_fds", {}):
@@ -138,9 +152,10 @@ class StopOnSignal:
         flag = torch.tensor([1.0 if self.flag else 0.0], device=device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and not self.flag:
+        agreed = bool(flag.item())  # the reduced value, never self.flag: a signal landing after the
+        if agreed and not self.flag:  # all-reduce must not make this rank stop a step before the others
             self.flag, self.reason = True, "another rank was signalled"
-        return self.flag
+        return agreed
 
     def restore(self):
         if self._launchers is not None:
