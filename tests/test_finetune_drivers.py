@@ -240,10 +240,10 @@ def test_run_glue_mnli_matched_and_mismatched(tmp_path, tiny_model):
 def test_bad_input_exits_with_a_clear_error(tmp_path, tiny_model):
     result = run_script("finetune/run_glue.py", "--task_name", "RTE", "--data_dir", tmp_path / "nowhere",
                         "--model_dir", tiny_model / "hf", "--output_dir", tmp_path / "out")
-    assert result.returncode == 2 and "error: --data_dir" in result.stderr and "is not a directory" in result.stderr
+    assert result.returncode == 2 and "error: --data_dir" in result.stderr and "does not exist" in result.stderr
     result = run_script("finetune/run_squad.py", "--predict_file", FIXTURES / "squad_v2_tiny.json",
                         "--model_dir", tmp_path / "no_model", "--output_dir", tmp_path / "out")
-    assert result.returncode == 2 and "checkpoint not found" in result.stderr
+    assert result.returncode == 2 and "error: --model_dir" in result.stderr and "does not exist" in result.stderr
     for script in ("run_glue", "run_squad", "run_ner", "predict"):
         assert run_script(f"finetune/{script}.py", "--help").returncode == 0
 

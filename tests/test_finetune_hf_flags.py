@@ -158,7 +158,11 @@ def test_a_bad_report_to_is_refused_by_the_parser(data, capsys):
     (run_ner, ["--do_eval", "--train_file", "t"], "--eval_file is required to evaluate"),
     (run_ner, ["--do_eval", "--eval_file", "e", "--resume"], "--resume continues training, and this run does not"),
 ])
-def test_a_step_without_its_data_is_named(driver, argv, message, tmp_path, capsys):
+def test_a_step_without_its_data_is_named(driver, argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the files the flags name exist (paths are checked first), the data is missing
+    (tmp_path / "m").mkdir()
+    for name in ("p", "t", "e"):
+        (tmp_path / name).write_text("")
     out = tmp_path / "out"
     assert driver.entry([*argv, "--model_dir", "m", "--output_dir", str(out)]) == 2
     assert message in capsys.readouterr().err and not out.exists()

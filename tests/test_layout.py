@@ -13,7 +13,7 @@ PACKAGE = ROOT / "bertspeed"
 ALLOWED = {
     "training": set(), "kernels": {"paths"}, "model": {"kernels", "training"},
     "data_prep": {"model", "training"}, "pretrain": {"data_prep", "model", "training", "paths", "convert"},
-    "finetune": {"model", "training"},
+    "finetune": {"model", "training"}, "preflight": {"kernels", "model", "pretrain", "training"},
 }
 MIN_BLOCK = 6  # lines
 

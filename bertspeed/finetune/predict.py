@@ -15,6 +15,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -35,6 +36,7 @@ MODELS = TASK_ARCHITECTURES  # architecture name -> finetuned task model (bertsp
 
 @dataclass(kw_only=True)
 class PredictSettings(SpanSettings):
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("vocab_file", "input_file")
     model_dir: str = setting(help="a finetuned model folder (OUT/model, or OUT)")
     question: str | None = setting(None, help="QA: the question")
     context: str | None = setting(None, help="QA: the passage to answer from")
@@ -123,6 +125,7 @@ def tag(model, tokenizer, sentence: str, max_seq_length: int) -> dict:
 
 def main(argv=None):
     settings = parse_args(argv)
+    settings.check_paths()
     use_requested_kernels(settings)
     model, tokenizer = load(settings.model_dir, settings.vocab_file, settings.do_lower_case)
     precision = resolve_precision(settings.precision, None, torch.device("cpu"))

@@ -19,6 +19,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from bertspeed.finetune import labelled
 from bertspeed.finetune.cli import main_guard, start
@@ -36,6 +37,8 @@ TASK_TYPES = ("classification", "regression")
 
 @dataclass(kw_only=True)
 class ClassifySettings(FinetuneSettings):
+    INPUT_FILES: ClassVar[tuple[str, ...]] = (*FinetuneSettings.INPUT_FILES, "train_file", "validation_file",
+                                              "test_file")
     train_file: str | None = setting(None, help="labelled training data (.tsv, .csv, .jsonl/.json JSON lines)")
     validation_file: str | None = setting(None, help="labelled data to score", aliases=("--eval_file",))
     test_file: str | None = setting(None, help="data to label (its labels, if any, are not read)")
@@ -84,6 +87,7 @@ def label_set(settings, train, model_dir) -> list[str] | None:
 
 def main(argv=None):
     settings = parse_args(argv)
+    settings.check_paths()
     train, do_eval, do_predict = settings.steps(has_train_data=bool(settings.train_file))
     do_eval, do_predict = do_eval and bool(settings.validation_file), do_predict and bool(settings.test_file)
     train_examples = read(settings, settings.train_file) if train else []

@@ -16,6 +16,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from bertspeed.training.settings import setting
 
 @dataclass(kw_only=True)
 class GlueSettings(FinetuneSettings):
+    INPUT_DIRS: ClassVar[tuple[str, ...]] = ("data_dir",)
     task_name: str = setting(help=f"one of {', '.join(glue.TASKS)}")
     data_dir: str = setting(help="the task's folder: train.tsv, dev.tsv, test.tsv")
     no_test_predictions: bool = setting(False, help="skip the test-set submission file")
@@ -51,6 +53,7 @@ def predict_labels(trainer, features, batch_size: int, regression: bool) -> np.n
 
 def main(argv=None):
     settings = parse_args(argv)
+    settings.check_paths()
     task = glue.get_task(settings.task_name)
     data_dir = Path(settings.data_dir)
     if not data_dir.is_dir():

@@ -15,6 +15,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from bertspeed.finetune import ner
 from bertspeed.finetune.batches import collate_padded
@@ -31,6 +32,8 @@ from bertspeed.training.settings import setting
 
 @dataclass(kw_only=True)
 class NerSettings(FinetuneSettings):  # the common defaults: lr 5e-5, 3 epochs, batch 32, 128 tokens
+    INPUT_FILES: ClassVar[tuple[str, ...]] = (*FinetuneSettings.INPUT_FILES, "train_file", "eval_file", "test_file",
+                                              "label_file")
     train_file: str | None = setting(None, help="labelled sentences to train on")
     eval_file: str | None = setting(None, help="labelled sentences to score (required unless --do_train / "
                                                "--do_predict without --do_eval)", aliases=("--validation_file",))
@@ -104,6 +107,7 @@ def evaluate(settings, trainer, sentences, features, labels, write_to=None) -> d
 
 def main(argv=None):
     settings = parse_args(argv)
+    settings.check_paths()
     train, do_eval, do_predict = settings.steps(has_train_data=bool(settings.train_file))
     do_predict = do_predict and bool(settings.test_file)
     if settings.do_predict and not settings.test_file:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from bertspeed.finetune import squad
 from bertspeed.finetune.batches import collate_padded
@@ -32,6 +33,7 @@ from bertspeed.training.settings import setting
 
 @dataclass(kw_only=True)
 class SquadSettings(SpanSettings, FinetuneSettings):
+    INPUT_FILES: ClassVar[tuple[str, ...]] = (*FinetuneSettings.INPUT_FILES, "train_file", "predict_file")
     train_file: str | None = setting(None, help="SQuAD-format JSON to train on")
     predict_file: str | None = setting(None, help="SQuAD-format JSON to predict and score (required unless only "
                                                   "--do_train)", aliases=("--validation_file",))
@@ -49,6 +51,7 @@ def parse_args(argv=None) -> SquadSettings:
 
 def main(argv=None):
     settings = parse_args(argv)
+    settings.check_paths()
     train, do_eval, do_predict = settings.steps(has_train_data=bool(settings.train_file))
     scored = do_eval or do_predict  # both mean: predict and score --predict_file
     if scored and not settings.predict_file:

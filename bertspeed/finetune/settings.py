@@ -21,15 +21,29 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from bertspeed.model.layers import FUSED_KERNELS_HELP
 from bertspeed.training.hardware import PRECISION_HELP, PRECISIONS
+from bertspeed.training.pathcheck import PathError, check_input_dir, check_input_file, check_output_dir
 from bertspeed.training.runs import LATEST
 from bertspeed.training.settings import from_namespace, parser_for, setting
 
 DEFAULT_GLOBAL_BATCH = 32
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".index")
 REPORT_TO = ("none", "tensorboard")
 STRATEGIES = ("no", "steps", "epoch")  # Hugging Face's --eval_strategy / --save_strategy values
+
+
+def check_model_path(flag: str, path: str) -> None:
+    """A model folder or run folder, a TF checkpoint prefix, or a checkpoint file such as NVIDIA's .pt."""
+    p = Path(path)
+    if p.is_dir() or (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES) or Path(f"{path}.index").is_file():
+        return
+    if p.is_file():
+        raise PathError(f"{flag} {path}: is a file, expected a model folder, a run folder, a TF checkpoint or a "
+                        f"checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})")
+    raise PathError(f"{flag} {path}: does not exist")
 
 
 def default_of(cls, name: str, value):
@@ -53,6 +67,19 @@ class ModelSettings:
     def __post_init__(self):
         if self.max_seq_length < 8 or self.max_seq_length > 4096:
             raise ValueError(f"--max_seq_length {self.max_seq_length} is out of range [8, 4096]")
+
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("vocab_file",)  # a driver adds its data files
+    INPUT_DIRS: ClassVar[tuple[str, ...]] = ()
+
+    def check_paths(self) -> None:
+        """Inputs exist and are of the right kind, the output can be written: called by the commands before
+        they read or write anything (a PathError names the flag and the path)."""
+        check_model_path("--model_dir", self.model_dir)
+        for name in self.INPUT_FILES:
+            if getattr(self, name):
+                check_input_file(f"--{name}", getattr(self, name), text=True)
+        for name in self.INPUT_DIRS:
+            check_input_dir(f"--{name}", getattr(self, name))
 
 
 @dataclass(kw_only=True)
@@ -124,8 +151,10 @@ class FinetuneSettings(ModelSettings):
                 raise ValueError(f"--deepspeed {self.deepspeed} and --deepspeed_config {self.deepspeed_config} "
                                  "name different files: give one")
             self.deepspeed_config = self.deepspeed
-        if self.num_train_epochs < 0 or self.learning_rate <= 0:
-            raise ValueError("--num_train_epochs must be >= 0 and --learning_rate > 0")
+        if self.num_train_epochs < 0:
+            raise ValueError(f"--num_train_epochs must be >= 0, got {self.num_train_epochs}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"--max_steps must be positive (or -1: off), got {self.max_steps}")
         for flag in ("gradient_accumulation_steps", "eval_batch_size", "logging_steps"):
@@ -148,6 +177,12 @@ class FinetuneSettings(ModelSettings):
             raise ValueError("--resume and --overwrite_output_dir contradict each other: give one")
         if self.resume not in (None, LATEST) and not Path(self.resume).is_dir():
             raise FileNotFoundError(f"--resume {self.resume}: no such checkpoint folder")
+
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("vocab_file", "deepspeed_config")
+
+    def check_paths(self) -> None:
+        super().check_paths()
+        check_output_dir("--output_dir", self.output_dir)
 
     def steps(self, has_train_data: bool) -> tuple[bool, bool, bool]:
         """(train, evaluate, predict): the --do_* switches given, else train when there is training
@@ -197,7 +232,7 @@ class SpanSettings(ModelSettings):
         super().__post_init__()
         for flag in ("doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
             if getattr(self, flag) <= 0:
-                raise ValueError(f"--{flag} must be positive")
+                raise ValueError(f"--{flag} must be positive, got {getattr(self, flag)}")
 
 
 def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser:

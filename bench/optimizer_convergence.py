@@ -1,0 +1,113 @@
+"""Steps and wall time to a held-out masked-LM accuracy with THOR, our LAMB and AdamW, from the same
+initial weights, data and batch (one process, ZeRO 0, fp32), run one after the other in one invocation.
+
+    python bench/optimizer_convergence.py --work_dir bench_out/convergence --steps 600 --target 0.10
+
+Data: the demo's (SQuAD Wikipedia paragraphs, our 8k vocab, seq 128 shards; built once in --work_dir and
+reused). Each optimizer gets its own peak learning rate (--lr NAME=VALUE; defaults are ones that train this
+model) and warmup; THOR's other settings are MindSpore's BERT-THOR ones except `frequency` (--thor_frequency)
+and damping. Prints, per optimizer: the first evaluated step at which held-out MLM accuracy reaches --target,
+the training seconds up to that step (sum of the logged step times, evaluation excluded), the final
+accuracies, and the ratios to LAMB. The host line names the hardware.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bertspeed.pretrain import demo, demo_plan  # noqa: E402
+from bertspeed.pretrain.sample_data import prepare_sample_data  # noqa: E402
+from bertspeed.training.hardware import host_info, host_label  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LR = {"lamb": 2e-3, "adamw": 1e-3, "thor": 5e-3}
+
+
+def shards(work: Path) -> tuple[Path, Path, Path]:
+    data = prepare_sample_data(work / "data", corpus_articles=60, heldout_articles=6, squad_questions=1)
+    demo.data_prep_stage(work, data, demo_plan.CorpusPlan(60, 6, 256))
+    phase = json.loads((work / "shards" / ".done").read_text())["phase_dirs"][0]
+    return work / "shards" / "train" / phase, work / "shards" / "heldout" / phase, work / "shards" / "vocab.txt"
+
+
+def run(work: Path, name: str, lr: float, args, train: Path, heldout: Path, vocab: Path) -> Path:
+    out = work / f"run_{name}"
+    params = {"lr": lr, "weight_decay": 0.01}
+    if name == "thor":
+        params.update(damping=args.thor_damping, damping_min=args.thor_damping / 100, damping_power=1.0,
+                      frequency=args.thor_frequency, split_dim=128, weight_decay=0.0)
+    config = {"train_micro_batch_size_per_gpu": args.batch, "gradient_accumulation_steps": 1,
+              "train_batch_size": args.batch, "gradient_clipping": 1.0 if name != "thor" else 0.0,
+              "steps_per_print": 10 ** 9, "zero_optimization": {"stage": 0},
+              "optimizer": {"type": {"lamb": "Lamb", "adamw": "AdamW", "thor": "THOR"}[name], "params": params}}
+    (work / f"ds_{name}.json").write_text(json.dumps(config))
+    model = demo_plan.model_config(args.hidden, args.layers)
+    model.to_json_file(work / "model.json")
+    if not (out / "summary.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "pretrain" / "run_pretraining.py"), "--deepspeed_config",
+                        str(work / f"ds_{name}.json"), "--input_dir", str(train), "--eval_dir", str(heldout),
+                        "--eval_interval", str(args.eval_interval), "--eval_samples", "512", "--config_file",
+                        str(work / "model.json"), "--vocab_file", str(vocab), "--output_dir", str(out),
+                        "--max_steps", str(args.steps), "--warmup_proportion", "0.05", "--precision", "fp32",
+                        "--seed", "7", "--log_interval", "1", "--checkpoint_interval", str(args.steps),
+                        "--disable_progress_bar"], check=True)
+    return out
+
+
+def time_to_target(out: Path, target: float) -> dict:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    seconds, reached = 0.0, None
+    evals = []
+    for record in records:
+        seconds += record.get("perf/step_time_s") or 0.0
+        if "eval/mlm_acc" in record:
+            evals.append(record)
+            if reached is None and record["eval/mlm_acc"] >= target:
+                reached = {"step": record["step"], "seconds": seconds}
+    last = evals[-1] if evals else {}
+    return {"reached": reached, "final_mlm_acc": last.get("eval/mlm_acc"),
+            "final_mlm_acc_at_mask": last.get("eval/mlm_acc_at_mask"), "train_seconds": seconds}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work_dir", type=Path, default=Path("bench_out/convergence"))
+    parser.add_argument("--optimizers", nargs="+", default=["lamb", "adamw", "thor"], choices=sorted(LR))
+    parser.add_argument("--lr", nargs="*", default=[], metavar="NAME=VALUE", help="peak learning rates")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--eval_interval", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--target", type=float, default=0.10, help="held-out MLM accuracy to reach")
+    parser.add_argument("--thor_frequency", type=int, default=20)
+    parser.add_argument("--thor_damping", type=float, default=0.05)
+    args = parser.parse_args(argv)
+    lrs = {**LR, **{k: float(v) for k, v in (item.split("=") for item in args.lr)}}
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    print(host_label(host_info("fp32")))
+    train, heldout, vocab = shards(args.work_dir)
+    results = {name: time_to_target(run(args.work_dir, name, lrs[name], args, train, heldout, vocab), args.target)
+               for name in args.optimizers}
+    base = (results.get("lamb") or {}).get("reached")
+    print(f"target held-out MLM accuracy {args.target}, batch {args.batch}, model {args.layers}x{args.hidden}")
+    for name, r in results.items():
+        reached = r["reached"]
+        where = f"step {reached['step']}, {reached['seconds']:.0f} s" if reached else "not reached"
+        ratio = (f", {reached['step'] / base['step']:.2f}x LAMB's steps, {reached['seconds'] / base['seconds']:.2f}x "
+                 f"its time" if reached and base else "")
+        print(f"  {name:6s} lr {lrs[name]:g}: {where}{ratio}; final acc {r['final_mlm_acc']:.4f}, "
+              f"at [MASK] {r['final_mlm_acc_at_mask']:.4f}, {r['train_seconds']:.0f} s training")
+    settings = {**vars(args), "work_dir": str(args.work_dir)}
+    (args.work_dir / "results.json").write_text(json.dumps({"host": host_label(host_info("fp32")), "args": settings,
+                                                            "lr": lrs, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
