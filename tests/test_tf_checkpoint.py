@@ -141,7 +141,7 @@ def test_truncated_data_file_names_file_and_variable(checkpoints, tmp_path, caps
     with pytest.raises(CheckpointError, match=f"{data}: variable '{victim}' lies at bytes .* but the file has {cut}"):
         convert(src, tmp_path / "out")
     assert main([str(src), "--output_dir", str(tmp_path / "out")]) == 2  # the command: one line, exit 2
-    assert capsys.readouterr().err.startswith(f"error: {data}: variable '{victim}'")
+    assert capsys.readouterr().err.startswith(f"error: src {src}: {data}: variable '{victim}'")
     assert not (tmp_path / "out").exists()
 
 

@@ -37,7 +37,8 @@ MODELS = TASK_ARCHITECTURES  # architecture name -> finetuned task model (bertsp
 @dataclass(kw_only=True)
 class PredictSettings(SpanSettings):
     INPUT_FILES: ClassVar[tuple[str, ...]] = ("vocab_file", "input_file")
-    model_dir: str = setting(help="a finetuned model folder (OUT/model, or OUT)")
+    model_dir: str = setting(help="a finetuned model folder (OUT/model, or OUT), or a Google TF checkpoint or "
+                                  "NVIDIA .pt with a task head (SQuAD, classifier)")
     question: str | None = setting(None, help="QA: the question")
     context: str | None = setting(None, help="QA: the passage to answer from")
     sentence: str | None = setting(None, help="classification / NER: the input sentence")

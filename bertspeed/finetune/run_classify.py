@@ -127,7 +127,7 @@ def main(argv=None):
         if trainer.rt.is_main:
             write_predictions(Path(settings.output_dir) / "test_predictions.jsonl", test_examples, predictions, names)
     if not settings.no_save_model and train:
-        trainer.save_model(Path(settings.output_dir) / "model", vocab)
+        trainer.save_model(Path(settings.output_dir) / "model", vocab, tokenizer.do_lower_case)
     trainer.finish(results)
 
 

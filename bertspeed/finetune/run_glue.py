@@ -83,7 +83,7 @@ def main(argv=None):
     if do_predict and not settings.no_test_predictions:
         write_test_predictions(settings, task, trainer, tokenizer)
     if not settings.no_save_model and train:
-        trainer.save_model(Path(settings.output_dir) / "model", vocab)
+        trainer.save_model(Path(settings.output_dir) / "model", vocab, tokenizer.do_lower_case)
     trainer.finish(results)
 
 

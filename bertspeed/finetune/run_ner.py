@@ -152,7 +152,7 @@ def main(argv=None):
         if trainer.rt.is_main:
             ner.write_predictions(out / f"test_predictions{suffix}", test_sentences, test_predictions, fmt)
     if train and not settings.no_save_model:
-        trainer.save_model(out / "model", vocab)
+        trainer.save_model(out / "model", vocab, tokenizer.do_lower_case)
     trainer.finish(results)
 
 

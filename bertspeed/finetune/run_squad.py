@@ -75,7 +75,7 @@ def main(argv=None):
 
     results = evaluate(settings, trainer, dev, write_predictions=True) if scored else None
     if train and not settings.no_save_model:
-        trainer.save_model(Path(settings.output_dir) / "model", vocab)
+        trainer.save_model(Path(settings.output_dir) / "model", vocab, tokenizer.do_lower_case)
     trainer.finish(results)
 
 

@@ -55,11 +55,12 @@ def default_of(cls, name: str, value):
 @dataclass(kw_only=True)
 class ModelSettings:
     model_dir: str = setting(
-        help="Hugging Face BERT folder, or one of our pretraining run dirs (its `latest` checkpoint)",
+        help="Hugging Face BERT folder, one of our pretraining run dirs (its `latest` checkpoint), a Google TF "
+             "checkpoint or an NVIDIA DeepLearningExamples .pt (converted on the fly)",
         aliases=("--model_name_or_path",))
     vocab_file: str | None = setting(None, help="WordPiece vocab (default: vocab.txt of the model folder)")
     do_lower_case: bool | None = setting(
-        None, help="lower-case input (default: tokenizer_config.json of the model folder, else yes)")
+        None, help="lower-case input (default: tokenizer_config.json of the model folder, else the vocab's casing)")
     max_seq_length: int = setting(128, help="tokens per sequence")
     precision: str = setting("auto", help=PRECISION_HELP, choices=PRECISIONS)
     fused_kernels: bool = setting(False, help=FUSED_KERNELS_HELP)

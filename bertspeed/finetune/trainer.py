@@ -356,13 +356,14 @@ class Trainer:
                 return export_state_dict(self.model)
         return export_state_dict(self.model)
 
-    def save_model(self, folder, vocab_file) -> Path | None:
-        """The finetuned model as a Hugging Face folder (config with labels, weights, vocab)."""
+    def save_model(self, folder, vocab_file, do_lower_case: bool | None = None) -> Path | None:
+        """The finetuned model as a Hugging Face folder (config with labels, weights, vocab, and the casing the
+        run tokenized with)."""
         from bertspeed.model.checkpoint import save_hf_folder
         state = self.state_dict_for_export()
         if not self.rt.is_main:
             return None
-        return save_hf_folder(folder, self.model.config, state, vocab_file, type(self.model).__name__)
+        return save_hf_folder(folder, self.model.config, state, vocab_file, type(self.model).__name__, do_lower_case)
 
     def finish(self, results: dict | None) -> None:
         """Log the final metrics, write eval_results.json (when evaluated: `results` is not None) and
