@@ -165,6 +165,7 @@ SQUAD = ["squad", "--predict_file", "{squad}", "--model_dir", "{minilm}", "--out
 NER = ["ner", "--eval_file", "{train_conll}", "--model_dir", "{minilm}", "--output_dir", "{out}", "--do_eval"]
 CONVERT = ["convert", "{minilm}", "--output_dir", "{out}"]
 PREDICT = ["predict", "--model_dir", "{minilm}", "--sentence", "a fine day"]
+EVALUATE = ["evaluate", "--model", "{minilm}", "--eval_dir", "{shards}"]
 
 FINETUNE_CONVERT_PREDICT = [
     bad("glue-model-missing", GLUE, "--model_dir", "{missing}"),
@@ -194,6 +195,12 @@ FINETUNE_CONVERT_PREDICT = [
     bad("predict-model-missing", PREDICT, "--model_dir", "{missing}"),
     bad("predict-model-is-file", PREDICT, "--model_dir", "{a_file_txt}"),
     bad("predict-seq-len-0", PREDICT, "--max_seq_length", "0"),
+    bad("evaluate-model-missing", EVALUATE, "--model", "{missing}"),
+    bad("evaluate-model-is-text-file", EVALUATE, "--model", "{a_file_txt}"),
+    bad("evaluate-eval-dir-is-file", EVALUATE, "--eval_dir", "{a_file_txt}"),
+    case("evaluate-output-unwritable", replace(EVALUATE, "--output_file", "{unwritable}/scores.json"), "--output_file",
+         "{unwritable}"),
+    bad("evaluate-samples-0", EVALUATE, "--eval_samples", "0"),
 ]
 
 

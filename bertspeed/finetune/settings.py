@@ -25,25 +25,13 @@ from typing import ClassVar
 
 from bertspeed.model.layers import FUSED_KERNELS_HELP
 from bertspeed.training.hardware import PRECISION_HELP, PRECISIONS
-from bertspeed.training.pathcheck import PathError, check_input_dir, check_input_file, check_output_dir
+from bertspeed.training.pathcheck import check_input_dir, check_input_file, check_model_path, check_output_dir
 from bertspeed.training.runs import LATEST
 from bertspeed.training.settings import from_namespace, parser_for, setting
 
 DEFAULT_GLOBAL_BATCH = 32
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".index")
 REPORT_TO = ("none", "tensorboard")
 STRATEGIES = ("no", "steps", "epoch")  # Hugging Face's --eval_strategy / --save_strategy values
-
-
-def check_model_path(flag: str, path: str) -> None:
-    """A model folder or run folder, a TF checkpoint prefix, or a checkpoint file such as NVIDIA's .pt."""
-    p = Path(path)
-    if p.is_dir() or (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES) or Path(f"{path}.index").is_file():
-        return
-    if p.is_file():
-        raise PathError(f"{flag} {path}: is a file, expected a model folder, a run folder, a TF checkpoint or a "
-                        f"checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})")
-    raise PathError(f"{flag} {path}: does not exist")
 
 
 def default_of(cls, name: str, value):

@@ -24,6 +24,7 @@ from bertspeed.pretrain.data import dynamic_masking, eval_batches, list_shards
 from bertspeed.pretrain.scoring import all_ranks, results_of, score_sums
 from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.distributed import setup_runtime, shutdown_distributed
+from bertspeed.training.pathcheck import check_input_dir, check_input_file, check_model_path, check_output_file
 from bertspeed.training.settings import parse, setting
 
 
@@ -58,7 +59,18 @@ def load_model(settings: EvaluateSettings):
     return model.eval(), (read_vocab(vocab_file) if vocab_file else None), opened.source
 
 
+def check_paths(settings: EvaluateSettings) -> None:
+    check_model_path("--model", settings.model)
+    check_input_dir("--eval_dir", settings.eval_dir)
+    for flag, path in (("--config_file", settings.config_file), ("--vocab_file", settings.vocab_file)):
+        if path:
+            check_input_file(flag, path, text=True)
+    if settings.output_file:
+        check_output_file("--output_file", settings.output_file)
+
+
 def evaluate(settings: EvaluateSettings) -> dict:
+    check_paths(settings)
     rt = setup_runtime(None, settings.dist_timeout, settings.local_rank)
     model, vocab, source = load_model(settings)
     shards = list_shards(settings.eval_dir)

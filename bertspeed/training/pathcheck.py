@@ -5,6 +5,7 @@ flag and the path (and exit 2 from the caller) before anything is read or writte
     check_input_dir("--input_dir", path)                # exists, a folder
     check_output_dir("--output_dir", path)              # a folder or nothing yet, somewhere writable
     check_output_file("--output", path)                 # a file or nothing yet, in a writable folder
+    check_model_path("--model_dir", path)               # a model/run folder, TF prefix or checkpoint file
 
 Each raises PathError (a ValueError). s3:// URIs are left to the storage layer.
 """
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 SNIFF_BYTES = 8192  # read from each input file to tell text from binary
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".index")
 
 
 class PathError(ValueError):
@@ -95,3 +97,14 @@ def check_writable(flag: str, path: Path) -> None:
         raise PathError(f"{flag} {path}: cannot write in {ancestor} ({e.strerror})") from None
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise PathError(f"{flag} {path}: cannot write in {ancestor}")
+
+
+def check_model_path(flag: str, path) -> None:
+    """A model folder or run folder, a TF checkpoint prefix, or a checkpoint file such as NVIDIA's .pt."""
+    p = Path(path)
+    if p.is_dir() or (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES) or Path(f"{path}.index").is_file():
+        return
+    if p.is_file():
+        raise PathError(f"{flag} {path}: is a file, expected a model folder, a run folder, a TF checkpoint or a "
+                        f"checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})")
+    raise PathError(f"{flag} {path}: does not exist")
