@@ -75,3 +75,22 @@ def test_thor_refusals_name_the_setting(setup, change, message):
     proc = run_pretraining(["--deepspeed_config", str(bad), *args(setup, "bad", "--max_steps", "2")[2:]],
                            ranks=0, check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_thor_and_momentum_finetune_and_thor_refuses_bf16(tmp_path, glue_dir, vocab_file, capsys):
+    from bertspeed.finetune import run_glue
+    from bertspeed.model import BertConfig, BertForPreTraining
+    from bertspeed.model.checkpoint import save_pretrained
+    from bertspeed.training.metrics import read_metrics
+    torch.manual_seed(0)
+    save_pretrained(BertForPreTraining(BertConfig.preset("tiny")), tmp_path / "hf", vocab_file=vocab_file)
+    base = ["--task_name", "MRPC", "--data_dir", str(glue_dir / "MRPC"), "--model_dir", str(tmp_path / "hf"),
+            "--max_train_samples", "64", "--max_eval_samples", "32", "--max_seq_length", "64", "--max_steps", "4",
+            "--train_batch_size", "16", "--logging_steps", "1", "--no_test_predictions", "--learning_rate", "1e-3"]
+    for optim in ("thor", "momentum"):
+        out = tmp_path / optim
+        assert run_glue.entry([*base, "--output_dir", str(out), "--optim", optim, "--precision", "fp32"]) == 0
+        losses = [r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
+        assert len(losses) == 4 and all(0 < x < 10 for x in losses)
+    assert run_glue.entry([*base, "--output_dir", str(tmp_path / "bf16"), "--optim", "thor", "--bf16"]) == 2
+    assert "--optim thor runs in fp32 without ZeRO" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from bertspeed.training.settings import from_namespace, parser_for, setting
 
 DEFAULT_GLOBAL_BATCH = 32
 REPORT_TO = ("none", "tensorboard")
+OPTIMS = ("adamw", "thor", "momentum")  # Hugging Face's --optim names the optimizer
 STRATEGIES = ("no", "steps", "epoch")  # Hugging Face's --eval_strategy / --save_strategy values
 
 
@@ -96,7 +97,9 @@ class FinetuneSettings(ModelSettings):
     eval_batch_size: int = setting(64, help="prediction batch per rank", aliases=("--per_device_eval_batch_size",))
     gradient_accumulation_steps: int = setting(1, help="micro batches per optimizer step")
     warmup_proportion: float = setting(0.1, help="share of steps with linear warm-up", aliases=("--warmup_ratio",))
-    weight_decay: float = setting(0.01, help="AdamW weight decay (not on biases and LayerNorm)")
+    weight_decay: float = setting(0.01, help="weight decay (not on biases and LayerNorm)")
+    optim: str = setting("adamw", choices=OPTIMS, help="adamw; thor (THOR with the MindSpore BERT-THOR settings "
+                                                      "but --learning_rate; fp32, without ZeRO); momentum (SGD, 0.9)")
     max_grad_norm: float = setting(1.0, help="gradient clipping; 0 disables")
     seed: int = setting(42, help="seed of initialisation, data order and dropout")
     no_group_by_length: bool = setting(False, help="plain shuffled batches")

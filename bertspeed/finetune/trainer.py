@@ -34,6 +34,7 @@ from bertspeed.training.metrics import MetricsWriter
 from bertspeed.training.params import param_groups
 from bertspeed.training.runs import tag_for
 from bertspeed.training.signals import StopOnSignal, StoppedBySignal
+from bertspeed.training.thor import Momentum, Thor
 
 
 def set_seed(seed: int) -> None:
@@ -49,6 +50,23 @@ def _numbers(results: dict) -> dict:
 def _total_norm(parameters) -> torch.Tensor:
     """Global L2 norm of the gradients (as clip_grad_norm_ computes it, without clipping)."""
     return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+
+
+def _zero_stage(settings: FinetuneSettings) -> int:
+    if not settings.deepspeed_config:
+        return 0
+    return int(json.loads(Path(settings.deepspeed_config).read_text()).get("zero_optimization", {}).get("stage", 0))
+
+
+def build_optimizer(model, settings: FinetuneSettings, batch: dict):
+    """--optim: AdamW, THOR (factors from the per-sequence loss: global batch and accumulation) or Momentum."""
+    groups = param_groups(model, settings.weight_decay)
+    if settings.optim == "thor":
+        return Thor(model, groups, lr=settings.learning_rate, batch_size=batch["global"],
+                    gradient_accumulation_steps=batch["accumulation"])
+    if settings.optim == "momentum":
+        return Momentum(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    return adamw(groups, settings.learning_rate)
 
 
 def adamw(param_groups, lr: float):
@@ -132,15 +150,18 @@ class Trainer:
     def _setup_optimizer(self, total_steps: int, batch: dict):
         warmup = int(self.settings.warmup_proportion * total_steps)
         schedule = linear_schedule(total_steps, warmup)
+        if self.settings.optim == "thor" and (self.precision != "fp32" or _zero_stage(self.settings) > 0):
+            raise ValueError(f"--optim thor runs in fp32 without ZeRO (its hooks read the model's own weights and "
+                             f"gradients); this run has precision {self.precision}, ZeRO {_zero_stage(self.settings)}")
         if not self.rt.use_deepspeed:
-            optimizer = adamw(param_groups(self.model, self.settings.weight_decay), self.settings.learning_rate)
+            optimizer = build_optimizer(self.model, self.settings, self.settings.batch_sizes(self.rt.world_size))
             self._optimizer, self._scheduler = optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
             return self._optimizer, self._scheduler
         import deepspeed
         config = _deepspeed_config(self.settings, self.precision, batch)
         optimizer = None
         if "optimizer" not in config:
-            optimizer = adamw(param_groups(self.model, self.settings.weight_decay), self.settings.learning_rate)
+            optimizer = build_optimizer(self.model, self.settings, self.settings.batch_sizes(self.rt.world_size))
         scheduler = None if "scheduler" in config else (
             lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
         self.engine, optimizer, _, scheduler = deepspeed.initialize(
