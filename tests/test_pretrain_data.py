@@ -1,4 +1,4 @@
-"""The HDF5 loader: equal disjoint slices per rank, exact position, schema errors; batch arithmetic."""
+"""The HDF5 loader: one global order split among ranks, exact position, schema errors; batch arithmetic."""
 from __future__ import annotations
 
 import h5py
@@ -25,20 +25,24 @@ def rows_seen(data, batches):
     return seen
 
 
-def test_ranks_get_disjoint_equal_slices(shard_dir):
+def test_ranks_split_one_global_order(shard_dir):
+    """Ranks read disjoint micro-batches of one global order: 3 ranks x accumulation 2 give, step by
+    step, exactly the micro-batches 1 rank x accumulation 6 reads; an epoch drops no row."""
     shards = list_shards(shard_dir)
     assert len({s.num_rows for s in shards}) > 1  # unequal shard sizes
-    world = 3
-    loaders = [PretrainingData(shards, 4, r, world, seed=7) for r in range(world)]
-    per_rank = loaders[0].rows_per_epoch
-    assert all(d.rows_per_epoch == per_rank for d in loaders)
-    assert per_rank == sum(s.num_rows // world for s in shards)
-    epochs = [rows_seen(d, per_rank // 4) for d in loaders]
-    flat = [row for rows in epochs for row in rows]
-    assert len(flat) == len(set(flat))  # disjoint (rows are distinct sentences)
-    total = sum(s.num_rows for s in shards)
-    assert len(flat) >= total - world * len(shards)  # at most world-1 rows dropped per shard
-    for d in loaders:
+    world, accumulation, micro = 3, 2, 4
+    loaders = [PretrainingData(shards, micro, r, world, seed=7, accumulation=accumulation) for r in range(world)]
+    single = PretrainingData(shards, micro, 0, 1, seed=7, accumulation=accumulation * world)
+    steps = loaders[0].rows_per_epoch // (micro * accumulation * world) + 2  # crosses the epoch end
+    seen = []
+    for _ in range(steps):
+        step_rows = [rows_seen(d, accumulation) for d in loaders]
+        seen.extend(row for rows in step_rows for row in rows)
+        assert [row for rows in step_rows for row in rows] == rows_seen(single, accumulation * world)
+    epoch = seen[:single.rows_per_epoch]
+    assert single.rows_per_epoch == sum(s.num_rows for s in shards)
+    assert len(set(epoch)) == len(epoch) == single.rows_per_epoch  # every row once (rows are distinct)
+    for d in [*loaders, single]:
         d.close()
 
 
@@ -47,6 +51,7 @@ def test_resume_position_reproduces_batches(shard_dir):
     data = PretrainingData(shards, 5, 1, 2, seed=3)
     rows_seen(data, 9)
     state = data.state()
+    assert state["samples"] == 9 * 10
     expected = [next(data) for _ in range(30)]  # crosses shard and epoch boundaries
     data.close()
     resumed = PretrainingData(shards, 5, 1, 2, seed=3)
@@ -57,8 +62,8 @@ def test_resume_position_reproduces_batches(shard_dir):
             assert torch.equal(got[k], e[k])
     assert resumed.epoch >= 1
     resumed.close()
-    other = PretrainingData(shards, 5, 1, 3, seed=3)
-    with pytest.raises(ValueError, match="world size"):
+    other = PretrainingData(shards, 5, 1, 3, seed=3)  # global batch 15, saved with 10
+    with pytest.raises(ValueError, match="global_batch 10, now 15"):
         other.load_state(state)
     other.close()
 

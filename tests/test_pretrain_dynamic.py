@@ -63,7 +63,7 @@ def test_dynamic_masking(shard_sets, vocab_file, whole_word):
     # the same position in the data gives the same masks; the next epoch gives new ones
     again = PretrainingData(shards, 64, 0, 1, seed=5, masking=spec)
     assert torch.equal(next(again)["labels"], labels)
-    again.load_state({**data.state(), "epoch": 1, "consumed": 0})
+    again.load_state({**data.state(), "samples": data.rows_per_epoch})  # the first sample of epoch 1
     first_of_epoch1 = next(again)
     assert not torch.equal(first_of_epoch1["labels"], labels)
     data.close(), again.close()

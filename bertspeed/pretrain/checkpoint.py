@@ -4,7 +4,8 @@ OUT/global_stepN/ is DeepSpeed's tag folder (engine and optimizer state, all ran
 holds config.json + model.safetensors (fp32 weights gathered at any ZeRO stage) + vocab.txt.
 OUT/latest names the newest complete checkpoint (the run-folder format: bertspeed/training/runs.py);
 it is replaced only after every rank has finished writing, so a crash mid-save leaves the previous
-checkpoint in force.
+checkpoint in force. `load` resumes on the same world size and ZeRO stage through DeepSpeed, and on
+another one (ZeRO 0-2, the same global batch) by re-partitioning the saved state (reshard.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.distributed as dist
 from bertspeed.model.checkpoint import TIED_KEYS, CheckpointError, save_hf_folder
 from bertspeed.model.config import BertConfig
 from bertspeed.model.tokenizer_config import SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG
+from bertspeed.pretrain import reshard
 from bertspeed.training.runs import list_tags, read_latest, tag_for, write_latest
 
 # The Hugging Face files of a checkpoint; the tokenizer files carry the vocab's casing (save_hf_folder).
@@ -137,35 +139,45 @@ def check_config(folder: Path, config: BertConfig) -> None:
             f"{k} {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differ))
 
 
-def saved_world_size(folder: Path) -> int | None:
-    """How many ranks wrote a checkpoint whose optimizer state is partitioned (ZeRO 1-3, DeepSpeed's
-    bf16 optimizer): one zero_pp_rank_R file per rank. None when it is not partitioned (ZeRO 0)."""
-    ranks = {path.name.split("zero_pp_rank_")[1].split("_")[0]
-             for path in folder.glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")}
-    return len(ranks) or None
+def check_batch(folder: Path, states: dict, global_batch: int) -> None:
+    """The data position and the schedule count optimizer steps of one global batch: it must not change."""
+    saved = states["ds_config"].get("train_batch_size")
+    if saved != global_batch:
+        raise CheckpointError(f"{folder} was trained with a global batch of {saved} sequences (train_batch_size); "
+                              f"this run's is {global_batch}: resume with the same global batch (any world size "
+                              f"and micro-batch whose product with gradient_accumulation_steps gives {saved}), or "
+                              f"start a new run from its weights (--init_checkpoint {folder})")
 
 
-def check_world_size(folder: Path, world_size: int) -> None:
-    """A partitioned checkpoint resumes only on the world size that wrote it (DeepSpeed re-partitions
-    optimizer state only through its offline universal-checkpoint conversion)."""
-    saved = saved_world_size(folder)
-    if saved is not None and saved != world_size:
-        raise CheckpointError(f"{folder} was written by world size {saved} (optimizer state partitioned over "
-                              f"its ranks); this run has world size {world_size}: resume it with {saved} ranks, or "
-                              f"start a new run from its weights (--init_checkpoint {folder}: new optimizer state "
-                              "and schedule)")
+def same_layout(folder: Path, states: dict, engine) -> bool:
+    """Whether DeepSpeed's own load applies: the same ZeRO stage and, if partitioned, world size.
+    (An unpartitioned ZeRO 0 checkpoint loads on any world size.)"""
+    stage, world = reshard.saved_stage(states), states["dp_world_size"]
+    if stage != engine.zero_optimization_stage():
+        return False
+    return not reshard.partition_files(folder) or world == engine.dp_world_size
 
 
 def load(engine, output_dir, config: BertConfig | None = None) -> dict | None:
     """Restore engine, optimizer, schedule from OUT/latest; returns the client state (or None).
-    With `config`, a checkpoint of a different model is refused (CheckpointError) before loading."""
+    With `config`, a checkpoint of a different model is refused (CheckpointError) before loading; a
+    different global batch too. Another world size or ZeRO stage (0, 1, 2) is re-partitioned (reshard.py)."""
     tag = read_latest(output_dir)
     if tag is None:
         return None
+    folder = Path(output_dir) / tag
     if config is not None:
-        check_config(Path(output_dir) / tag, config)
-    check_world_size(Path(output_dir) / tag, dist.get_world_size() if dist.is_initialized() else 1)
+        check_config(folder, config)
+    states = reshard.read_model_states(folder)
+    check_batch(folder, states, engine.train_batch_size())
+    if not same_layout(folder, states, engine):
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"resuming {folder} (ZeRO {reshard.saved_stage(states)}, {states['dp_world_size']} ranks) on "
+                  f"ZeRO {engine.zero_optimization_stage()}, {engine.dp_world_size} ranks: re-partitioning its "
+                  "weights and optimizer state", flush=True)
+        return reshard.load_resharded(engine, folder, states)
+    del states
     path, client_state = engine.load_checkpoint(str(output_dir), tag=tag)
     if path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(output_dir) / tag}")
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {folder}")
     return client_state

@@ -1,12 +1,18 @@
-"""Pretraining data from HDF5 shards (ours and NVIDIA's): equal disjoint slices per rank,
-background prefetch of the next shard, dynamic masking for unmasked shards, exact position.
+"""Pretraining data from HDF5 shards (ours and NVIDIA's): one global sample order shared by every
+world size, each rank reading its own micro-batches of it, background prefetch of the next shard,
+dynamic masking for unmasked shards, exact position.
 
-Every shard is split into `world_size` contiguous slices of n // world_size rows (the remainder
-is dropped), and rank r reads slice r only. So each rank sees the same number of samples from
-every shard, no rank runs out early, and each rank holds at most two slices in memory (the
-current one and the prefetched next one). The order of shards is shuffled per epoch and the rows
-of a slice are shuffled per (epoch, shard, rank), all from one seed, so the position in the
-data is just (epoch, samples consumed in the epoch) and resuming reproduces the same batches.
+The order: an epoch is every row of every shard, shards in an order shuffled per epoch, the rows of
+a shard in an order shuffled per (epoch, shard), all from one seed; global sample g is row g % N of
+epoch g // N (N rows in all). Optimizer step s uses global samples [s G, (s + 1) G) for a global
+batch G = micro x accumulation x world size, cut into G / micro micro-batches; micro-batch k of the
+step goes to rank k // accumulation (its accumulation step k % accumulation). So any world size with
+the same global batch (and micro-batch) feeds every step the same micro-batches, and the position in
+the data is one number, the global samples consumed. Dynamic masking draws from (seed, global
+micro-batch, shard), so it does not depend on the world size either.
+
+Each rank reads (decompresses) every shard but keeps only its own rows, about 1 / world size of
+them, for the current shard and the prefetched next one; nothing is dropped at shard ends.
 """
 from __future__ import annotations
 
@@ -89,18 +95,28 @@ class MaskingSpec:
     whole_word: bool = False  # uses the shards' word_starts
 
 
-def read_slice(shard: Shard, rank: int, world_size: int) -> dict[str, np.ndarray]:
-    per_rank = shard.num_rows // world_size
-    lo, hi = rank * per_rank, (rank + 1) * per_rank
-    fields = MASKED_FIELDS if shard.masked else UNMASKED_FIELDS
+READ_BLOCK = 8192  # rows read from an HDF5 dataset at a time (then filtered to the rows wanted)
+
+
+def read_rows(shard: Shard, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The given rows (ascending file row numbers) of a shard, read block by block so that memory
+    holds the wanted rows plus one block."""
+    fields = list(MASKED_FIELDS if shard.masked else UNMASKED_FIELDS)
     try:
         with h5py.File(shard.path, "r") as f:
-            out = {name: f[name][lo:hi] for name in fields}
             if not shard.masked and WORD_START_FIELD[0] in f:
-                out[WORD_START_FIELD[0]] = f[WORD_START_FIELD[0]][lo:hi]
+                fields.append(WORD_START_FIELD[0])
+            parts = {name: [] for name in fields}
+            lo = int(rows[0]) if len(rows) else 0
+            hi = int(rows[-1]) + 1 if len(rows) else 0
+            for block in range(lo, hi, READ_BLOCK):
+                wanted = rows[(rows >= block) & (rows < block + READ_BLOCK)] - block
+                if len(wanted):
+                    for name in fields:
+                        parts[name].append(f[name][block:min(hi, block + READ_BLOCK)][wanted])
+            return {name: (np.concatenate(p) if p else f[name][0:0]) for name, p in parts.items()}
     except OSError as e:  # truncated or corrupt after the header
-        raise ShardError(f"{shard.path}: cannot read rows {lo}-{hi} ({e})") from None
-    return out
+        raise ShardError(f"{shard.path}: cannot read rows {rows[:1]}..{rows[-1:]} ({e})") from None
 
 
 def check_token_ids(shard: Shard, arrays: dict, vocab_size: int) -> None:
@@ -155,37 +171,52 @@ def to_tensors(arrays: dict, labels: np.ndarray, input_ids: np.ndarray) -> dict[
 
 
 class PretrainingData:
-    """Infinite iterator of micro-batches for one rank; `state()` / `load_state()` for resume."""
+    """Infinite iterator of one rank's micro-batches of the global sample order (module docstring);
+    `state()` / `load_state()` for resume, also on another world size with the same global batch."""
 
     def __init__(self, shards: list[Shard], batch_size: int, rank: int, world_size: int, seed: int,
-                 shuffle: bool = True, masking: MaskingSpec | None = None, vocab_size: int | None = None):
-        self.shards = [s for s in shards if s.num_rows // world_size > 0]
+                 shuffle: bool = True, masking: MaskingSpec | None = None, vocab_size: int | None = None,
+                 accumulation: int = 1):
+        self.shards = [s for s in shards if s.num_rows > 0]
         if not self.shards:
-            raise ShardError(f"every shard has fewer rows than the {world_size} ranks")
+            raise ShardError("every shard is empty")
         if any(not s.masked for s in self.shards) and masking is None:
             raise ShardError("unmasked shards found but no dynamic masking configured (pass --vocab_file)")
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.batch_size, self.rank, self.world_size, self.accumulation = batch_size, rank, world_size, accumulation
+        self.global_batch = batch_size * accumulation * world_size
         self.seed, self.shuffle, self.masking, self.vocab_size = seed, shuffle, masking, vocab_size
-        self.rows_per_epoch = sum(s.num_rows // world_size for s in self.shards)
-        self.epoch, self.consumed = 0, 0  # position: samples of this epoch already returned
+        self.rows_per_epoch = sum(s.num_rows for s in self.shards)  # global samples in an epoch
+        self.start, self.micro_batches = 0, 0  # position: global samples before this run, micro-batches since
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch")
-        self._current = None  # (epoch, order index, tensors)
-        self._next = None  # future of the following slice
+        self._current = None  # ((epoch, order index), (global indices, tensors))
+        self._next = None  # ((epoch, order index), future of the same)
 
     @property
     def seq_len(self) -> int:
         return self.shards[0].seq_len
 
+    @property
+    def samples(self) -> int:
+        """Global samples consumed by the optimizer steps completed (at a step boundary)."""
+        return self.start + self.micro_batches // self.accumulation * self.global_batch
+
+    @property
+    def epoch(self) -> int:
+        return self.samples // self.rows_per_epoch
+
     def state(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed, "world_size": self.world_size,
-                "seed": self.seed, "rows_per_epoch": self.rows_per_epoch}
+        return {"samples": self.samples, "global_batch": self.global_batch, "micro_batch": self.batch_size,
+                "seed": self.seed, "rows_per_epoch": self.rows_per_epoch, "shuffle": self.shuffle}
 
     def load_state(self, state: dict) -> None:
-        if state["world_size"] != self.world_size or state["rows_per_epoch"] != self.rows_per_epoch:
-            raise ValueError(f"data position was saved with world size {state['world_size']} and "
-                             f"{state['rows_per_epoch']} rows per rank and epoch; now {self.world_size} "
-                             f"and {self.rows_per_epoch}: the shards or the world size changed")
-        self.epoch, self.consumed, self.seed = state["epoch"], state["consumed"], state["seed"]
+        if "samples" not in state:
+            raise ValueError("the data position was saved per rank (before global sample order): resume "
+                             "it with the bertspeed version that wrote it, or start a new run from its weights")
+        for key, now in (("rows_per_epoch", self.rows_per_epoch), ("global_batch", self.global_batch)):
+            if state[key] != now:
+                what = "the shards changed" if key == "rows_per_epoch" else "the global batch changed"
+                raise ValueError(f"data position was saved with {key} {state[key]}, now {now}: {what}")
+        self.start, self.micro_batches, self.seed = state["samples"], 0, state["seed"]
         self._current, self._next = None, None
 
     def _order(self, epoch: int) -> list[int]:
@@ -194,60 +225,87 @@ class PretrainingData:
             np.random.default_rng([self.seed, epoch]).shuffle(order)
         return order.tolist()
 
-    def _load(self, epoch: int, k: int) -> dict[str, torch.Tensor]:
+    def _owner(self, g: np.ndarray) -> np.ndarray:
+        """The rank that reads global sample g."""
+        return (g % self.global_batch) // self.batch_size // self.accumulation
+
+    def _offsets(self, epoch: int) -> np.ndarray:
+        """Global index (within the epoch) of the first row of each shard in the epoch's order."""
+        return np.cumsum([0] + [self.shards[i].num_rows for i in self._order(epoch)])
+
+    def _load(self, epoch: int, k: int) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+        """This rank's rows of shard k of the epoch's order: (their global indices ascending, tensors)."""
         shard_index = self._order(epoch)[k]
         shard = self.shards[shard_index]
-        arrays = read_slice(shard, self.rank, self.world_size)
+        first = epoch * self.rows_per_epoch + int(self._offsets(epoch)[k])
+        g = first + np.arange(shard.num_rows)
+        mine = self._owner(g) == self.rank
+        g = g[mine]
+        order = np.arange(shard.num_rows)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch, shard_index]).permutation(shard.num_rows)
+        rows = order[mine]
+        ascending = np.argsort(rows, kind="stable")
+        arrays = read_rows(shard, rows[ascending])
+        arrays = {name: a[np.argsort(ascending, kind="stable")] for name, a in arrays.items()}  # global order
         if self.vocab_size is not None:  # an id past the embedding table would fail deep in the model
             check_token_ids(shard, arrays, self.vocab_size)
-        rng = np.random.default_rng([self.seed, epoch, shard_index, self.rank])
         if shard.masked:
             input_ids = arrays["input_ids"]
             labels = labels_from_positions(arrays["masked_lm_positions"], arrays["masked_lm_ids"], shard.seq_len)
         else:
-            input_ids, labels = dynamic_mask(arrays, self.masking, rng)
-        tensors = to_tensors(arrays, labels, input_ids)
-        if self.shuffle:
-            perm = torch.from_numpy(rng.permutation(len(input_ids)))
-            tensors = {name: t[perm] for name, t in tensors.items()}
-        return tensors
+            input_ids, labels = self._mask(arrays, g, shard_index)
+        return g, to_tensors(arrays, labels, input_ids)
 
-    def _locate(self, epoch: int, consumed: int) -> tuple[int, int]:
-        """(index in the epoch's shard order, row within that slice) of sample `consumed`."""
-        for k, shard_index in enumerate(self._order(epoch)):
-            rows = self.shards[shard_index].num_rows // self.world_size
-            if consumed < rows:
-                return k, consumed
-            consumed -= rows
-        raise AssertionError("position past the end of the epoch")
+    def _mask(self, arrays: dict, g: np.ndarray, shard_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dynamic masking, one draw per (seed, global micro-batch, shard): the same on any world size."""
+        micro = g // self.batch_size
+        if not len(g):
+            return arrays["input_ids"].astype(np.int64), np.full(arrays["input_ids"].shape, IGNORE_INDEX, np.int64)
+        ids = np.empty(arrays["input_ids"].shape, dtype=np.int64)
+        labels = np.empty(arrays["input_ids"].shape, dtype=np.int64)
+        cuts = np.flatnonzero(np.diff(micro)) + 1
+        for lo, hi in zip([0, *cuts], [*cuts, len(g)]):
+            rng = np.random.default_rng([self.seed, int(micro[lo]), shard_index])
+            part = {name: a[lo:hi] for name, a in arrays.items()}
+            ids[lo:hi], labels[lo:hi] = dynamic_mask(part, self.masking, rng)
+        return ids, labels
 
-    def _slice(self, epoch: int, k: int) -> dict[str, torch.Tensor]:
-        """The tensors of slice k of `epoch`, starting the prefetch of the one after it."""
-        if self._current is not None and self._current[:2] == (epoch, k):
-            return self._current[2]
-        if self._next is not None and self._next[0][:2] == (epoch, k):
-            tensors = self._next[1].result()
+    def _locate(self, g: int) -> tuple[int, int, int]:
+        """(epoch, index in the epoch's shard order, samples left in that shard) of global sample g."""
+        epoch, within = divmod(g, self.rows_per_epoch)
+        offsets = self._offsets(epoch)
+        k = int(np.searchsorted(offsets, within, side="right")) - 1
+        return epoch, k, int(offsets[k + 1]) - within
+
+    def _slice(self, epoch: int, k: int):
+        """This rank's rows of shard k of `epoch`, starting the prefetch of the next shard's."""
+        if self._current is not None and self._current[0] == (epoch, k):
+            return self._current[1]
+        if self._next is not None and self._next[0] == (epoch, k):
+            loaded = self._next[1].result()
         else:
-            tensors = self._load(epoch, k)
-        self._current = (epoch, k, tensors)
+            loaded = self._load(epoch, k)
+        self._current = ((epoch, k), loaded)
         following = (epoch, k + 1) if k + 1 < len(self.shards) else (epoch + 1, 0)
         self._next = (following, self._pool.submit(self._load, *following))
-        return tensors
+        return loaded
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
+        step, i = divmod(self.micro_batches, self.accumulation)
+        g = self.start + step * self.global_batch + (self.rank * self.accumulation + i) * self.batch_size
         parts, need = [], self.batch_size
         while need > 0:
-            k, row = self._locate(self.epoch, self.consumed)
-            tensors = self._slice(self.epoch, k)
-            take = min(need, len(tensors["input_ids"]) - row)
+            epoch, k, left = self._locate(g)
+            indices, tensors = self._slice(epoch, k)
+            row = int(np.searchsorted(indices, g))
+            take = min(need, left)
             parts.append({name: t[row:row + take] for name, t in tensors.items()})
-            need -= take
-            self.consumed += take
-            if self.consumed == self.rows_per_epoch:
-                self.epoch, self.consumed = self.epoch + 1, 0
+            need, g = need - take, g + take
+        self.micro_batches += 1
         if len(parts) == 1:
             return parts[0]
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
@@ -258,11 +316,12 @@ class PretrainingData:
 
 def eval_batches(shards: list[Shard], batch_size: int, rank: int, world_size: int, max_samples: int,
                  masking: MaskingSpec | None = None, seed: int = 1234):
-    """Held-out micro-batches for one rank: the first max_samples // world_size rows of its slices,
-    in file order, with fixed masking, so every evaluation sees the same data."""
+    """Held-out micro-batches for one rank: its micro-batches of the first max_samples rows of the
+    shards in file order, with fixed masking, so every evaluation sees the same data (and, when
+    max_samples is a multiple of batch_size x world_size, every world size the same samples)."""
     data = PretrainingData(shards, batch_size, rank, world_size, seed, shuffle=False, masking=masking)
     try:
-        total = min(max_samples // world_size, data.rows_per_epoch)
+        total = min(max_samples, data.rows_per_epoch) // world_size
         for _ in range(total // batch_size):
             yield next(data)
     finally:

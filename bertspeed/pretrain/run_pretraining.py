@@ -167,7 +167,7 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
     if not config.is_nezha and shards[0].seq_len > config.max_position_embeddings:  # NEZHA: any length
         raise ValueError(f"shards in {args.input_dir} have sequence length {shards[0].seq_len} > "
                          f"max_position_embeddings {config.max_position_embeddings}")
-    args.set_steps_from_epochs(sum(s.num_rows // world_size for s in shards) * world_size, batch.global_)
+    args.set_steps_from_epochs(sum(s.num_rows for s in shards), batch.global_)  # the same on any world size
     eval_shards = list_shards(args.eval_dir) if args.eval_dir else None
     if args.use_tensorboard:
         try:
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         setup = prepare(args, world_size)
         data = PretrainingData(setup["shards"], setup["batch"].micro, rank, world_size, args.seed,
                                shuffle=not args.no_shuffle, masking=setup["masking"],
-                               vocab_size=setup["config"].vocab_size)
+                               vocab_size=setup["config"].vocab_size, accumulation=setup["batch"].accumulation)
     except (ValueError, FileNotFoundError) as e:  # CheckpointError and ShardError are ValueErrors
         print(f"run_pretraining.py: error: {e}", file=sys.stderr)
         return 2

@@ -56,17 +56,19 @@ class Trainer:
     def device(self):
         return self.engine.device
 
-    def _seed_step(self) -> None:
-        """Dropout randomness from (seed, step, rank): a resumed run draws the same masks."""
-        torch.manual_seed(hash((self.args.seed, self.step, self.rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+    def _seed_micro_batch(self, i: int) -> None:
+        """Dropout randomness from (seed, step, micro-batch of the global batch): a resumed run draws the
+        same masks, on any world size with the same micro and global batch (bertspeed/pretrain/data.py)."""
+        micro_batch = self.rank * self.batch.accumulation + i
+        torch.manual_seed(hash((self.args.seed, self.step, micro_batch)) & 0x7FFF_FFFF_FFFF_FFFF)
 
     def train_step(self) -> dict:
-        self._seed_step()
         self.engine.train()
         lr = self.engine.get_lr()[0]  # the rate this step uses
         totals = torch.zeros(3)  # loss, mlm, nsp summed over micro-batches
         poisoned = self.step + 1 in self._nan_steps
-        for _ in range(self.batch.accumulation):
+        for i in range(self.batch.accumulation):
+            self._seed_micro_batch(i)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self.data).items()}
             out = self.engine(**batch)
             loss = out.loss * float("nan") if poisoned else out.loss
