@@ -66,6 +66,10 @@ def test_resume_position_reproduces_batches(shard_dir):
     with pytest.raises(ValueError, match="global_batch 10, now 15"):
         other.load_state(state)
     other.close()
+    unshuffled = PretrainingData(shards, 5, 0, 2, seed=3, shuffle=False)
+    with pytest.raises(ValueError, match="shuffle True, now False"):
+        unshuffled.load_state(state)
+    unshuffled.close()
 
 
 def test_epochs_reshuffle(shard_dir):

@@ -212,10 +212,11 @@ class PretrainingData:
         if "samples" not in state:
             raise ValueError("the data position was saved per rank (before global sample order): resume "
                              "it with the bertspeed version that wrote it, or start a new run from its weights")
-        for key, now in (("rows_per_epoch", self.rows_per_epoch), ("global_batch", self.global_batch)):
-            if state[key] != now:
-                what = "the shards changed" if key == "rows_per_epoch" else "the global batch changed"
-                raise ValueError(f"data position was saved with {key} {state[key]}, now {now}: {what}")
+        changes = {"rows_per_epoch": "the shards changed", "global_batch": "the global batch changed",
+                   "shuffle": "--no_shuffle was added or dropped"}
+        for key, what in changes.items():
+            if state[key] != getattr(self, key):
+                raise ValueError(f"data position was saved with {key} {state[key]}, now {getattr(self, key)}: {what}")
         self.start, self.micro_batches, self.seed = state["samples"], 0, state["seed"]
         self._current, self._next = None, None
 
