@@ -155,10 +155,12 @@ class BertConfig:
 
     def pretraining_flops(self, seq_len: int, predictions: int) -> float:
         """Training FLOPs of one sequence of BertForPreTraining with the sparse MLM head: the encoder
-        (flops_per_token) plus the head's transform and vocabulary projection at `predictions` positions."""
+        (flops_per_token) plus the head's transform and vocabulary projection at `predictions` positions,
+        the pooler and the NSP classifier (3x forward each)."""
         h = self.hidden_size
         head = 3.0 * 2 * predictions * (h * h + h * self.vocab_size)
-        return seq_len * self.flops_per_token(seq_len) + head
+        pooler_nsp = 3.0 * 2 * (h * h + 2 * h)
+        return seq_len * self.flops_per_token(seq_len) + head + pooler_nsp
 
 
 def _shape(layers: int, hidden: int, heads: int) -> dict:
