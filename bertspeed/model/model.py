@@ -68,10 +68,11 @@ class BertSelfAttention(nn.Module):
     def forward(self, x, key_mask):
         B, T, H = x.shape
 
-        def heads(t):  # (B, T, H) -> (B, heads, T, H / heads)
-            return t.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2)
-
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        # One GEMM for Q, K and V (3x wider, faster than three on CPU); the weights keep HF's names.
+        weight = torch.cat((self.query.weight, self.key.weight, self.value.weight))  # (3H, H)
+        bias = torch.cat((self.query.bias, self.key.bias, self.value.bias))
+        qkv = F.linear(x, weight, bias).view(B, T, 3, self.num_heads, H // self.num_heads)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, heads, T, H / heads) views
         dropout_p = self.dropout_p if self.training else 0.0
         relative = None if self.max_relative_position is None else (self.relative_table, self.max_relative_position)
         context = attention(q, k, v, key_mask, dropout_p, relative)  # (B, heads, T, H / heads)
@@ -201,6 +202,9 @@ class BertModel(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False):
+        if getattr(self, "unpad", False) and attention_mask is not None and not output_hidden_states:
+            from bertspeed.model.unpad import unpadded_bert_forward  # set by unpad.set_unpad (--unpad)
+            return unpadded_bert_forward(self, input_ids, attention_mask, token_type_ids)
         key_mask = None
         # Eager mode skips an all-ones mask (SDPA is faster without one); under torch.compile the mask is
         # always kept, because a branch on tensor values would break the graph. Results are the same.
@@ -270,7 +274,10 @@ class BertForPreTraining(BertPreTrainedModel):
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                next_sentence_label=None, output_hidden_states=False):
+                next_sentence_label=None, output_hidden_states=False, packed=None):
+        if packed is not None:  # rows of several instances (bertspeed.pretrain.packing, --pack)
+            from bertspeed.model.unpad import packed_pretraining_forward
+            return packed_pretraining_forward(self, packed)
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states)
         seq_logits = self.cls.seq_relationship(out.pooler_output)
         if labels is None:
