@@ -53,6 +53,7 @@ class ModelSettings:
     max_seq_length: int = setting(128, help="tokens per sequence")
     precision: str = setting("auto", help=PRECISION_HELP, choices=PRECISIONS)
     fused_kernels: bool = setting(False, help=FUSED_KERNELS_HELP)
+    unpad: bool = setting(False, help="run the encoder on real tokens only (no padding FLOPs; same results)")
 
     def __post_init__(self):
         if self.max_seq_length < 8 or self.max_seq_length > 4096:

@@ -273,7 +273,7 @@ class BertForPreTraining(BertPreTrainedModel):
     def tie_weights(self):
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 next_sentence_label=None, output_hidden_states=False, packed=None):
         if packed is not None:  # rows of several instances (bertspeed.pretrain.packing, --pack)
             from bertspeed.model.unpad import packed_pretraining_forward

@@ -78,6 +78,9 @@ class PretrainArgs:
     compile: bool = setting(False, help="torch.compile each encoder layer (state-dict names unchanged; dropout "
                                         "draws differ from eager)")
     fused_kernels: bool = setting(False, help=FUSED_KERNELS_HELP)
+    unpad: bool = setting(False, help="run the encoder on real tokens only (no padding FLOPs; same losses)")
+    pack: bool = setting(False, help="pack each micro-batch's instances into as few rows as fit, block-diagonal "
+                                     "attention, per-instance positions and NSP (same losses)")
     peak_tflops: float = setting(0.0, help="peak TFLOP/s of one device, for the perf/mfu metric (0: no MFU)")
     report_to: str | None = setting(None, choices=REPORT_TO, help="tensorboard: also write TensorBoard events "
                                     "to OUTPUT_DIR/tensorboard, same scalar names and steps as metrics.jsonl (pip "
@@ -151,6 +154,8 @@ class PretrainArgs:
             raise ValueError("give exactly one of --config_file and --model_preset (or --init_checkpoint)")
         if self.config_file and self.model_preset:
             raise ValueError("give only one of --config_file and --model_preset")
+        if self.unpad and self.pack:
+            raise ValueError("give only one of --unpad and --pack (packed rows are already free of padding FLOPs)")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:

@@ -16,6 +16,7 @@ import torch
 from bertspeed.model.checkpoint import load_state_dict_into, read_state_dict, resolve_model_dir
 from bertspeed.model.config import BertConfig
 from bertspeed.model.layers import use_fused_kernels
+from bertspeed.model.unpad import set_unpad
 from bertspeed.model.model import BertForPreTraining
 from bertspeed.model.tokenizer import read_vocab
 from bertspeed.pretrain import checkpoint
@@ -49,6 +50,8 @@ def build_model(args: PretrainArgs, config: BertConfig) -> BertForPreTraining:
         use_fused_kernels(True)
     torch.manual_seed(args.seed)
     model = BertForPreTraining(config)
+    if args.unpad:
+        set_unpad(model)
     if args.init_checkpoint:  # phase 2: the phase-1 weights, a fresh optimizer and schedule
         folder = resolve_model_dir(args.init_checkpoint)
         report = load_state_dict_into(model, read_state_dict(folder), str(folder))

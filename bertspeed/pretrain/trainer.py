@@ -14,6 +14,7 @@ from bertspeed.model.config import BertConfig
 from bertspeed.pretrain import checkpoint
 from bertspeed.pretrain.args import BatchSizes, PretrainArgs
 from bertspeed.pretrain.data import PretrainingData, eval_batches
+from bertspeed.pretrain.packing import pack_batch
 from bertspeed.pretrain.guard import EXIT_SIGNALLED, BadStepCounter, StopOnSignal, TrainingDiverged
 from bertspeed.pretrain.scoring import all_ranks, results_of, score_sums
 from bertspeed.training.metrics import MetricsWriter, throughput
@@ -70,7 +71,7 @@ class Trainer:
         for i in range(self.batch.accumulation):
             self._seed_micro_batch(i)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self.data).items()}
-            out = self.engine(**batch)
+            out = self.engine(packed=pack_batch(batch)) if self.args.pack else self.engine(**batch)
             loss = out.loss * float("nan") if poisoned else out.loss
             self.engine.backward(loss)
             totals += torch.stack([loss.detach(), out.mlm_loss.detach(), out.nsp_loss.detach()]).float().cpu()

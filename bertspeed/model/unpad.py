@@ -1,0 +1,155 @@
+"""Unpadded (varlen) and packed BERT forwards: no GEMM, LayerNorm or GELU runs on a padding token.
+
+Unpadded: the real tokens of a padded batch (attention_mask a prefix of ones in every row) are flattened to
+(N, H) with `cu_seqlens`, every dense op runs on those N rows, and attention runs per sequence (one SDPA call
+per run of equal-length sequences, no mask). `set_unpad(model)` makes every BertModel inside `model` do this
+in its forward; it re-pads its output to (B, T, H) (zeros at padding) so every head works unchanged.
+
+Packed: several instances share a row (`bertspeed.pretrain.packing`): per-token position ids and instance ids,
+attention through a block-diagonal mask, NSP from each instance's own [CLS].
+
+Both use the padded model's weights and modules (same state dict); dropout draws differ, results in eval mode
+equal the padded model's to fp32 rounding. NEZHA (relative positions) is refused.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bertspeed.model.model import IGNORE_INDEX, BertModel, BertModelOutput, PreTrainingOutput
+
+
+def set_unpad(model: torch.nn.Module, enabled: bool = True) -> None:
+    """Make every BertModel in `model` run unpadded (enabled) or padded."""
+    for module in model.modules():
+        if isinstance(module, BertModel):
+            if enabled and module.config.is_nezha:
+                raise ValueError("--unpad: NEZHA's relative attention has no unpadded path")
+            module.unpad = enabled
+
+
+def flat_indices(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(B, T) mask of prefix ones -> flat indices of the real tokens into B*T, position ids, lengths."""
+    lengths = attention_mask.sum(dim=1)
+    T = attention_mask.shape[1]
+    positions = torch.arange(T, device=attention_mask.device)
+    if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
+        raise ValueError("unpadding needs attention_mask rows of ones then zeros (real tokens first)")
+    real = attention_mask.reshape(-1).bool()
+    index = real.nonzero().squeeze(1)
+    return index, positions.expand_as(attention_mask).reshape(-1)[index], lengths.tolist()
+
+
+def embed(embeddings, input_ids, token_type_ids, position_ids):
+    """BertEmbeddings on tokens of any shape with explicit position ids (same order of additions)."""
+    if embeddings.position_embeddings is None:
+        raise ValueError("unpadding/packing needs absolute position embeddings (not NEZHA)")
+    if int(position_ids.max()) >= embeddings.position_embeddings.num_embeddings:
+        raise ValueError(f"position {int(position_ids.max())} exceeds max_position_embeddings "
+                         f"{embeddings.position_embeddings.num_embeddings}")
+    x = embeddings.word_embeddings(input_ids) + embeddings.token_type_embeddings(token_type_ids)
+    x = x + embeddings.position_embeddings(position_ids)
+    return embeddings.dropout(embeddings.LayerNorm(x))
+
+
+def qkv_heads(self_attention, x):
+    """Q, K, V of (..., H) tokens as (..., heads, H / heads) each, one GEMM (HF weight names)."""
+    weight = torch.cat((self_attention.query.weight, self_attention.key.weight, self_attention.value.weight))
+    bias = torch.cat((self_attention.query.bias, self_attention.key.bias, self_attention.value.bias))
+    H = x.shape[-1]
+    qkv = F.linear(x, weight, bias).view(*x.shape[:-1], 3, self_attention.num_heads, H // self_attention.num_heads)
+    return qkv.unbind(-3)
+
+
+def varlen_attention(q, k, v, lengths: list[int], dropout_p: float):
+    """q, k, v (N, heads, D) of sequences laid end to end -> context (N, heads * D); each sequence attends
+    to itself only; a run of equal lengths is one batched SDPA call."""
+    outputs, start, i = [], 0, 0
+    while i < len(lengths):
+        j = i
+        while j < len(lengths) and lengths[j] == lengths[i]:
+            j += 1
+        L, n = lengths[i], j - i
+        end = start + n * L
+        if L:
+            def view(t):  # (n*L, heads, D) -> (n, heads, L, D)
+                return t[start:end].view(n, L, *t.shape[1:]).transpose(1, 2)
+            context = F.scaled_dot_product_attention(view(q), view(k), view(v), dropout_p=dropout_p)
+            outputs.append(context.transpose(1, 2).reshape(n * L, -1))
+        start, i = end, j
+    return torch.cat(outputs)
+
+
+def encoder_layer(layer, x, attend):
+    """One BertLayer on tokens x with attention function `attend(q, k, v, dropout_p)`."""
+    sa = layer.attention.self
+    q, k, v = qkv_heads(sa, x)
+    context = attend(q, k, v, sa.dropout_p if sa.training else 0.0)
+    attended = layer.attention.output(context, x)
+    return layer.output(layer.intermediate(attended), attended)
+
+
+def run_encoder(bert, x, attend):
+    for layer in bert.encoder.layer:
+        if bert.encoder.gradient_checkpointing and bert.training:
+            x = torch.utils.checkpoint.checkpoint(encoder_layer, layer, x, attend, use_reentrant=False)
+        else:
+            x = encoder_layer(layer, x, attend)
+    return x
+
+
+def encode_unpadded(bert, input_ids, attention_mask, token_type_ids=None):
+    """Real tokens only: hidden (N, H), their flat indices into B*T, the sequence lengths."""
+    index, positions, lengths = flat_indices(attention_mask)
+    if token_type_ids is None:
+        token_type_ids = torch.zeros_like(input_ids)
+    x = embed(bert.embeddings, input_ids.reshape(-1)[index], token_type_ids.reshape(-1)[index], positions)
+    x = run_encoder(bert, x, lambda q, k, v, p: varlen_attention(q, k, v, lengths, p))
+    return x, index, lengths
+
+
+def unpadded_bert_forward(bert, input_ids, attention_mask, token_type_ids=None) -> BertModelOutput:
+    """BertModel.forward without padding FLOPs; last_hidden_state re-padded (zeros at padding)."""
+    hidden, index, lengths = encode_unpadded(bert, input_ids, attention_mask, token_type_ids)
+    B, T = input_ids.shape
+    padded = hidden.new_zeros(B * T, hidden.shape[-1]).index_copy(0, index, hidden).view(B, T, -1)
+    pooled = bert.pooler(padded) if bert.pooler is not None else None
+    return BertModelOutput(padded, pooled, None)
+
+
+def block_mask(instance_ids: torch.Tensor) -> torch.Tensor:
+    """(R, T) instance ids (0 = padding) -> (R, 1, T, T) bool: a token attends to its own instance;
+    a padding token to itself only (so no row of the softmax is empty)."""
+    same = instance_ids[:, :, None] == instance_ids[:, None, :]
+    real = (instance_ids > 0)[:, :, None] & (instance_ids > 0)[:, None, :]
+    eye = torch.eye(instance_ids.shape[1], dtype=torch.bool, device=instance_ids.device)
+    return (same & real | eye)[:, None]
+
+
+def encode_packed(bert, packed: dict) -> torch.Tensor:
+    """Packed rows (bertspeed.pretrain.packing) -> hidden (R, T, H)."""
+    mask = block_mask(packed["instance_ids"])
+    x = embed(bert.embeddings, packed["input_ids"], packed["token_type_ids"], packed["position_ids"])
+
+    def attend(q, k, v, dropout_p):  # (R, T, heads, D) each
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return context.transpose(1, 2).flatten(2)
+    return run_encoder(bert, x, attend)
+
+
+def packed_pretraining_forward(model, packed: dict) -> PreTrainingOutput:
+    """BertForPreTraining on packed rows: the padded model's MLM and NSP losses over the same instances."""
+    hidden = encode_packed(model.bert, packed)
+    cls = packed["cls_positions"]  # (R, K) positions of each instance's [CLS], -1 = none
+    has = cls >= 0
+    rows = torch.arange(cls.shape[0], device=cls.device)[:, None].expand_as(cls)
+    pooled = model.bert.pooler.dense(hidden[rows[has], cls[has]]).tanh()  # (instances, H)
+    seq_logits = model.cls.seq_relationship(pooled)
+    labels = packed["labels"]
+    selected = labels != IGNORE_INDEX
+    mlm_labels = labels[selected]
+    logits = model.cls.predictions(hidden[selected])
+    mlm_loss = F.cross_entropy(logits.float(), mlm_labels)
+    nsp_loss = F.cross_entropy(seq_logits.float(), packed["next_sentence_label"][has])
+    return PreTrainingOutput(mlm_loss + nsp_loss, mlm_loss, nsp_loss, logits, seq_logits, mlm_labels)
