@@ -61,22 +61,29 @@ def qkv_heads(self_attention, x):
     return qkv.unbind(-3)
 
 
+def length_runs(lengths: list[int]) -> list[tuple[int, int]]:
+    """Runs of equal consecutive lengths: (length, count) pairs."""
+    runs: list[tuple[int, int]] = []
+    for L in lengths:
+        if runs and runs[-1][0] == L:
+            runs[-1] = (L, runs[-1][1] + 1)
+        else:
+            runs.append((L, 1))
+    return runs
+
+
 def varlen_attention(q, k, v, lengths: list[int], dropout_p: float):
     """q, k, v (N, heads, D) of sequences laid end to end -> context (N, heads * D); each sequence attends
-    to itself only; a run of equal lengths is one batched SDPA call."""
-    outputs, start, i = [], 0, 0
-    while i < len(lengths):
-        j = i
-        while j < len(lengths) and lengths[j] == lengths[i]:
-            j += 1
-        L, n = lengths[i], j - i
-        end = start + n * L
-        if L:
-            def view(t):  # (n*L, heads, D) -> (n, heads, L, D)
-                return t[start:end].view(n, L, *t.shape[1:]).transpose(1, 2)
-            context = F.scaled_dot_product_attention(view(q), view(k), view(v), dropout_p=dropout_p)
-            outputs.append(context.transpose(1, 2).reshape(n * L, -1))
-        start, i = end, j
+    to itself only; a run of equal lengths is one batched SDPA call. torch.split (not slicing) keeps the
+    backward one concatenation instead of a full-size zero gradient per sequence."""
+    runs = [(L, n) for L, n in length_runs(lengths) if L]
+    sizes = [L * n for L, n in runs]
+    outputs = []
+    for (L, n), qs, ks, vs in zip(runs, q.split(sizes), k.split(sizes), v.split(sizes)):
+        def view(t):  # (n*L, heads, D) -> (n, heads, L, D)
+            return t.view(n, L, *t.shape[1:]).transpose(1, 2)
+        context = F.scaled_dot_product_attention(view(qs), view(ks), view(vs), dropout_p=dropout_p)
+        outputs.append(context.transpose(1, 2).reshape(n * L, -1))
     return torch.cat(outputs)
 
 
