@@ -8,7 +8,7 @@ from pretrain_helpers import make_shards
 from bertspeed.finetune import squad
 from bertspeed.finetune.batches import collate_padded
 from bertspeed.model.config import BertConfig
-from bertspeed.model.heads import BertForQuestionAnswering
+from bertspeed.model.heads import BertForQuestionAnswering, BertForSequenceClassification
 from bertspeed.model.model import BertForPreTraining
 from bertspeed.model.tokenizer import BertTokenizer
 from bertspeed.model.unpad import set_unpad
@@ -70,6 +70,14 @@ def test_squad_unpadded_matches_padded(vocab_file, squad_dev):
         n = out.start_logits.shape[1]
         torch.testing.assert_close(unpadded.start_logits[i, :n], out.start_logits[0], atol=TOL, rtol=TOL)
         torch.testing.assert_close(unpadded.end_logits[i, :n], out.end_logits[0], atol=TOL, rtol=TOL)
+
+    # GLUE's head (pooler on [CLS]) on the same real question/context pairs: padded batch vs unpadded.
+    classifier = BertForSequenceClassification(tiny_config(num_labels=3)).eval()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    labels = torch.arange(len(features)) % 3
+    padded = loss_and_grads(classifier, lambda: classifier(**inputs, labels=labels))
+    set_unpad(classifier)
+    assert_same(padded, loss_and_grads(classifier, lambda: classifier(**inputs, labels=labels)))
 
 
 @pytest.fixture(scope="module")
