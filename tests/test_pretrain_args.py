@@ -46,6 +46,7 @@ def test_settings_file_under_the_command_line(tmp_path, required):
     (["--deepspeed_config", "DS", "--precision", "fp8"], "--precision must be one of auto"),
     (["--deepspeed_config", "DS", "--config_file", "c.json"], "give exactly one of --config_file and --model_preset"),
     (["--deepspeed_config", "missing.json"], "--deepspeed_config missing.json does not exist"),
+    (["--deepspeed_config", "DS", "--unpad", "--pack"], "give only one of --unpad and --pack"),
     (["--deepspeed_config", "DS", "--max_steps", "many"], "argument --max_steps: invalid int value: 'many'"),
 ])
 def test_bad_values_exit_2_naming_the_flag(tmp_path, required, capsys, extra, message):
