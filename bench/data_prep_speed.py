@@ -16,7 +16,8 @@ high-water mark (Linux records the old address space's peak at exec), i.e. this 
 sentence per line, blank line between documents); sizes are prefixes of their concatenation,
 so text that never repeats shows how the tokenizer's bounded cache behaves.
 Side by side, in the same run: `tokenizers` encode_batch alone on the first size, so the
-ratio stays meaningful on a busy machine.
+ratio stays meaningful on a busy machine; with --nvidia_bert_dir, NVIDIA's pipeline too
+(bench/nvidia_reference.py), interleaved with ours on the first size: the speed ratio per core.
 """
 from __future__ import annotations
 
@@ -97,6 +98,34 @@ def run_pipeline(corpus: Path, out: Path) -> dict:
             "instances": manifest["num_instances"]}
 
 
+def run_nvidia(corpus: Path, bert_dir: str, out: Path) -> dict:
+    """NVIDIA's pipeline (bench/nvidia_reference.py) on the same corpus and settings, in a fresh process."""
+    cmd = [sys.executable, str(ROOT / "bench" / "nvidia_reference.py"), "--bert_dir", bert_dir, "--input_file",
+           str(corpus), "--vocab_file", str(VOCAB), "--output_file", str(out), "--max_seq_length", "128",
+           "--max_predictions_per_seq", "20", "--dupe_factor", "1"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"NVIDIA reference failed:\n{proc.stderr.read().decode()[-2000:]}")
+    out.unlink(missing_ok=True)
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
+
+
+def compare_nvidia(corpus: Path, bert_dir: str, work: Path, rounds: int) -> None:
+    """Ours and NVIDIA's, interleaved (ours, NVIDIA, ours, ...), on the same corpus: speed ratios per core."""
+    mb = corpus.stat().st_size / 1e6
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(run_pipeline(corpus, work / "out_vs_nvidia"))
+        theirs.append(run_nvidia(corpus, bert_dir, work / "nvidia.hdf5"))
+    for key, label in (("cpu_s", "MB per CPU-second"), ("wall_s", "MB/s per core (wall)")):
+        a, b = (sum(r[key] for r in rows) / rounds for rows in (ours, theirs))
+        print(f"vs NVIDIA on {mb:.1f} MB, {rounds} interleaved rounds: ours {mb / a:.2f}, NVIDIA {mb / b:.2f} {label}; "
+              f"speed ratio {b / a:.1f}x")
+
+
 def tokenizers_alone(corpus: Path) -> float:
     """Seconds for `tokenizers` encode_batch over the corpus lines (the reference tokenizer alone)."""
     from bertspeed.model.tokenizer import BertTokenizer
@@ -113,6 +142,9 @@ def main() -> None:
     p.add_argument("--sizes_mb", type=float, nargs="+", default=[10, 50])
     p.add_argument("--work_dir", default="/tmp/bertspeed-bench-data-prep")
     p.add_argument("--corpus", nargs="+", help="your own pre-split text instead of SQuAD's contexts")
+    p.add_argument("--nvidia_bert_dir", help="folder holding bert/ of the bert-tensorflow 1.0.4 wheel: also run "
+                                             "NVIDIA's pipeline (bench/nvidia_reference.py) on the first size")
+    p.add_argument("--nvidia_rounds", type=int, default=2, help="interleaved rounds of ours vs NVIDIA's")
     args = p.parse_args()
     if not VOCAB.exists() or not (args.corpus or SQUAD_TRAIN.exists()):
         raise SystemExit(f"needs {VOCAB} and --corpus or {SQUAD_TRAIN}")
@@ -139,6 +171,8 @@ def main() -> None:
     mb = first.stat().st_size / 1e6
     print(f"side by side on {mb:.1f} MB: tokenizers encode_batch alone {mb / ref:.2f} MB/s; "
           f"whole pipeline / encode_batch speed = {rows[0]['mb_per_s_wall'] / (mb / ref):.2f}x")
+    if args.nvidia_bert_dir:
+        compare_nvidia(first, args.nvidia_bert_dir, work, args.nvidia_rounds)
     if len(rows) > 1:
         print(f"peak RSS {rows[-1]['size_mb']:.0f} MB vs {rows[0]['size_mb']:.0f} MB: "
               f"{rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f}x")

@@ -88,9 +88,11 @@ class _Cache(dict):
     """key -> WordPiece ids, computed on a miss by `compute`; emptied when it reaches max_size, so
     memory is bounded whatever the corpus (refilling costs one miss per key in use), and refilled at
     once with `seed` (entries known up front: the vocab's whole words), which are never missed.
-    The default bound, 65,536 keys beyond the seed (about 10 MB), fills within the first few MB of
-    text, so peak RSS stops growing early; a 300,000-key bound was 2-8 % faster on cold text but kept growing
-    (dict-gcide 10 MB -> 39 MB: peak RSS 1.14x, against 1.06x now)."""
+    The default bound, 16,384 keys beyond the seed (about 3 MB per cache), fills within the first MB of any
+    text, so peak RSS is flat from there on. 65,536 keys (about 10 MB per cache) filled within a few MB of
+    SQuAD prose but needed over 35 MB of mixed text (news, dictionary, speeches, tweets), so the peak grew
+    with the input (bench/data_prep_memory.py: 1.15x from 7 to 35 MB with 65,536; see the README).
+    """
 
     def __init__(self, compute, max_size: int, seed: dict):
         super().__init__(seed)
@@ -117,7 +119,7 @@ class FastWordPiece:
     at punctuation and runs each word through a second cache over the reference WordPiece model.
     Both splits are context-free, so caching by chunk is exact."""
 
-    def __init__(self, tokenizer: BertTokenizer, max_cache: int = 65_536):
+    def __init__(self, tokenizer: BertTokenizer, max_cache: int = 16_384):
         self.tokenizer = tokenizer
         self.lower = tokenizer.do_lower_case
         self._normalizer = tokenizer.backend.normalizer

@@ -49,6 +49,12 @@ class Specials:
     continuation: np.ndarray  # [vocab] bool, "##" pieces
 
 
+# Rows turned into arrays (and masked) at a time: the masking temporaries (float64 sort keys, int64 argsort)
+# take 16 bytes per token, so a block of short documents (dictionary text: five times the instances per MB
+# of prose) made a 20 MB spike when done at once; in batches the peak no longer depends on the text's kind.
+ARRAY_ROWS = 1024
+
+
 def document_seed(seed: int, dupe: int, doc_index: int) -> int:
     """A distinct Random() seed per (seed, dupe round, document); documents < 2**48, dupes < 2**16."""
     return (seed << 64) | (dupe << 48) | doc_index
@@ -65,7 +71,9 @@ def create_block_instances(docs: list[list[list[int]]], first_doc_index: int, sp
         for index, (number, _) in enumerate(numbered):
             rng = random.Random(document_seed(seed, dupe, number))
             rows += _document_instances(docs, index, spec, rng)
-    return _to_arrays(rows, spec, specials, np.random.default_rng([seed, dupe_factor, first_doc_index]))
+    rng = np.random.default_rng([seed, dupe_factor, first_doc_index])
+    batches = [_to_arrays(rows[i:i + ARRAY_ROWS], spec, specials, rng) for i in range(0, max(len(rows), 1), ARRAY_ROWS)]
+    return batches[0] if len(batches) == 1 else {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
 def _randint(rng: random.Random, low: int, high: int) -> int:
