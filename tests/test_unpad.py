@@ -64,8 +64,8 @@ def test_squad_unpadded_matches_padded(vocab_file, squad_dev):
     set_unpad(model)
     unpadded, grads = loss_and_grads(model, lambda: model(**batch))
     torch.testing.assert_close(unpadded.loss, torch.stack([o.loss for o in alone]).mean(), atol=TOL, rtol=TOL)
-    for name in padded_grads:
-        torch.testing.assert_close(grads[name], padded_grads[name], atol=TOL, rtol=TOL, msg=name)
+    for name, expected in padded_grads.items():
+        torch.testing.assert_close(grads[name], expected, atol=TOL, rtol=TOL, msg=name)
     for i, out in enumerate(alone):
         n = out.start_logits.shape[1]
         torch.testing.assert_close(unpadded.start_logits[i, :n], out.start_logits[0], atol=TOL, rtol=TOL)

@@ -80,9 +80,8 @@ def varlen_attention(q, k, v, lengths: list[int], dropout_p: float):
     sizes = [L * n for L, n in runs]
     outputs = []
     for (L, n), qs, ks, vs in zip(runs, q.split(sizes), k.split(sizes), v.split(sizes)):
-        def view(t):  # (n*L, heads, D) -> (n, heads, L, D)
-            return t.view(n, L, *t.shape[1:]).transpose(1, 2)
-        context = F.scaled_dot_product_attention(view(qs), view(ks), view(vs), dropout_p=dropout_p)
+        qs, ks, vs = (t.view(n, L, *t.shape[1:]).transpose(1, 2) for t in (qs, ks, vs))  # (n, heads, L, D)
+        context = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p)
         outputs.append(context.transpose(1, 2).reshape(n * L, -1))
     return torch.cat(outputs)
 
@@ -117,7 +116,7 @@ def encode_unpadded(bert, input_ids, attention_mask, token_type_ids=None):
 
 def unpadded_bert_forward(bert, input_ids, attention_mask, token_type_ids=None) -> BertModelOutput:
     """BertModel.forward without padding FLOPs; last_hidden_state re-padded (zeros at padding)."""
-    hidden, index, lengths = encode_unpadded(bert, input_ids, attention_mask, token_type_ids)
+    hidden, index, _ = encode_unpadded(bert, input_ids, attention_mask, token_type_ids)
     B, T = input_ids.shape
     padded = hidden.new_zeros(B * T, hidden.shape[-1]).index_copy(0, index, hidden).view(B, T, -1)
     pooled = bert.pooler(padded) if bert.pooler is not None else None
