@@ -42,7 +42,9 @@ def write_shard(path: Path, pieces, num_rows: int, seq_len: int, max_pred: int, 
     """Write `pieces` (an iterable of dicts of arrays, in order) as one HDF5 shard of num_rows rows."""
     dims = {"N": num_rows, "L": seq_len, "P": max_pred}
     fields = fields_for(static_masking)
-    with h5py.File(path, "w") as f:
+    # No HDF5 chunk cache: with it (HDF5 2.0's default 1 MB per dataset) the writer's peak RSS grew with the
+    # shard's rows (63 MB at 10,000 rows, 97 MB at 75,000 in one process); without, 58 and 65 MB.
+    with h5py.File(path, "w", rdcc_nbytes=0) as f:
         datasets = {}
         for name, (dtype, shape) in fields.items():
             full = tuple(dims[d] for d in shape)
