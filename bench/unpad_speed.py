@@ -2,7 +2,7 @@
 SQuAD v1.1 dev windows at seq 384 (BertForQuestionAnswering) and phase-2 shards at seq 512 built by the
 repo's own data prep from the shared Wikipedia dump (BertForPreTraining). One training step = forward +
 backward (the optimizer step is the same in every mode and left out). Modes run interleaved, round by
-round on the same batch; ratios are of minimum step times (medians beside them).
+round on the same batch; a ratio is the median over rounds of the per-round ratio (range beside it).
 
     python bench/unpad_speed.py --model mini --batch 16 --rounds 5
 
@@ -86,11 +86,12 @@ def measure(modes: dict, batches: list, rounds: int) -> dict[str, list[float]]:
 
 
 def report(title: str, times: dict, base: str, real_fraction: float, notes: str = "") -> None:
-    best = {k: min(v) for k, v in times.items()}
+    """Per round (same batch in every mode) the base's time over the mode's; median and range of those."""
     print(f"{title}: real tokens {100 * real_fraction:.0f} % of the padded batch{notes}")
     for name, t in times.items():
-        print(f"  {name:<15} min {best[name]:7.3f} s  median {statistics.median(t):7.3f} s  "
-              f"{best[base] / best[name]:5.2f}x vs {base}")
+        ratios = sorted(b / x for b, x in zip(times[base], t))
+        print(f"  {name:<15} median {statistics.median(t):7.3f} s  min {min(t):7.3f} s  "
+              f"{statistics.median(ratios):5.2f}x vs {base} (median of rounds; {ratios[0]:.2f}-{ratios[-1]:.2f})")
 
 
 def main(argv=None) -> int:
