@@ -289,3 +289,23 @@ def test_output_dir_of_another_run_is_refused(tmp_path, corpus, vocab_file, caps
     assert run(corpus, vocab_file, out, "--dupe_factor", "2") == 2
     assert "is from a run with different dupe_factor" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_memory_bounds_blocks_and_array_batches(tmp_path, monkeypatch):
+    """Issue 20: a block ends at MAX_BLOCK_DOCS documents however small they are, and instances become arrays
+    in batches of ARRAY_ROWS rows with the same fields and the same rows as one batch would give."""
+    from bertspeed.data_prep import create_pretraining_data as cpd, instances
+    text = tmp_path / "short.txt"
+    text.write_text("".join(f"entry {i} is short.\n\n" for i in range(2 * cpd.MAX_BLOCK_DOCS + 5)), encoding="utf-8")
+    sizes = [len(docs) for _, _, docs, _ in cpd.iter_blocks([str(text)], 1 << 20)]
+    assert sizes == [cpd.MAX_BLOCK_DOCS, cpd.MAX_BLOCK_DOCS, 5]
+    docs = [[[5 + (d * 7 + s) % 90 for s in range(9)] for _ in range(3)] for d in range(40)]
+    spec = instances.InstanceSpec(32, 5)
+    specials = instances.Specials(1, 2, 3, 100, np.zeros(100, bool))
+    whole = instances.create_block_instances(docs, 0, spec, specials, 1, 1)
+    monkeypatch.setattr(instances, "ARRAY_ROWS", 7)
+    batched = instances.create_block_instances(docs, 0, spec, specials, 1, 1)
+    assert len(whole["input_ids"]) > 7 and whole.keys() == batched.keys()
+    for k in ("input_mask", "segment_ids", "next_sentence_labels"):  # masking draws differ, the rows do not
+        np.testing.assert_array_equal(whole[k], batched[k])
+    assert ((batched["masked_lm_positions"] > 0).sum(1) >= 1).all()
