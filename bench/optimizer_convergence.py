@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bertspeed.pretrain import demo, demo_plan  # noqa: E402
+from bertspeed.pretrain.report import unigram_baseline  # noqa: E402
 from bertspeed.pretrain.sample_data import prepare_sample_data  # noqa: E402
 from bertspeed.training.hardware import host_info, host_label  # noqa: E402
 
@@ -36,7 +37,7 @@ def shards(work: Path) -> tuple[Path, Path, Path]:
 
 
 def run(work: Path, name: str, lr: float, args, train: Path, heldout: Path, vocab: Path) -> Path:
-    out = work / f"run_{name}"
+    out = work / f"run_{name}{args.tag}"
     params = {"lr": lr, "weight_decay": 0.01}
     if name == "thor":
         params.update(damping=args.thor_damping, damping_min=args.thor_damping / 100, damping_power=1.0,
@@ -45,15 +46,16 @@ def run(work: Path, name: str, lr: float, args, train: Path, heldout: Path, voca
               "train_batch_size": args.batch, "gradient_clipping": 1.0 if name != "thor" else 0.0,
               "steps_per_print": 10 ** 9, "zero_optimization": {"stage": 0},
               "optimizer": {"type": {"lamb": "Lamb", "adamw": "AdamW", "thor": "THOR"}[name], "params": params}}
-    (work / f"ds_{name}.json").write_text(json.dumps(config))
+    ds = work / f"ds_{name}{args.tag}.json"
+    ds.write_text(json.dumps(config))
     model = demo_plan.model_config(args.hidden, args.layers)
-    model.to_json_file(work / "model.json")
+    model.to_json_file(work / f"model{args.tag}.json")
     if not (out / "summary.json").is_file():
         subprocess.run([sys.executable, str(ROOT / "pretrain" / "run_pretraining.py"), "--deepspeed_config",
-                        str(work / f"ds_{name}.json"), "--input_dir", str(train), "--eval_dir", str(heldout),
+                        str(ds), "--input_dir", str(train), "--eval_dir", str(heldout),
                         "--eval_interval", str(args.eval_interval), "--eval_samples", "512", "--config_file",
-                        str(work / "model.json"), "--vocab_file", str(vocab), "--output_dir", str(out),
-                        "--max_steps", str(args.steps), "--warmup_proportion", "0.05", "--precision", "fp32",
+                        str(work / f"model{args.tag}.json"), "--vocab_file", str(vocab), "--output_dir", str(out),
+                        "--max_steps", str(args.steps), "--warmup_proportion", str(args.warmup_proportion), "--precision", "fp32",
                         "--seed", "7", "--log_interval", "1", "--checkpoint_interval", str(args.steps),
                         "--disable_progress_bar"], check=True)
     return out
@@ -87,6 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--target", type=float, default=0.10, help="held-out MLM accuracy to reach")
     parser.add_argument("--thor_frequency", type=int, default=20)
     parser.add_argument("--thor_damping", type=float, default=0.05)
+    parser.add_argument("--warmup_proportion", type=float, default=0.05)
+    parser.add_argument("--tag", default="", help="suffix of the run folders (compare other settings in one work_dir)")
     args = parser.parse_args(argv)
     lrs = {**LR, **{k: float(v) for k, v in (item.split("=") for item in args.lr)}}
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,9 @@ def main(argv=None) -> int:
     results = {name: time_to_target(run(args.work_dir, name, lrs[name], args, train, heldout, vocab), args.target)
                for name in args.optimizers}
     base = (results.get("lamb") or {}).get("reached")
-    print(f"target held-out MLM accuracy {args.target}, batch {args.batch}, model {args.layers}x{args.hidden}")
+    unigram = unigram_baseline(train, heldout)
+    print(f"target held-out MLM accuracy {args.target}, batch {args.batch}, model {args.layers}x{args.hidden}, "
+          f"warmup {args.warmup_proportion}; unigram baseline {unigram:.4f}")
     for name, r in results.items():
         reached = r["reached"]
         where = f"step {reached['step']}, {reached['seconds']:.0f} s" if reached else "not reached"
@@ -104,8 +110,9 @@ def main(argv=None) -> int:
         print(f"  {name:6s} lr {lrs[name]:g}: {where}{ratio}; final acc {r['final_mlm_acc']:.4f}, "
               f"at [MASK] {r['final_mlm_acc_at_mask']:.4f}, {r['train_seconds']:.0f} s training")
     settings = {**vars(args), "work_dir": str(args.work_dir)}
-    (args.work_dir / "results.json").write_text(json.dumps({"host": host_label(host_info("fp32")), "args": settings,
-                                                            "lr": lrs, "results": results}, indent=1))
+    (args.work_dir / f"results{args.tag}.json").write_text(json.dumps({"host": host_label(host_info("fp32")), "args": settings,
+                                                            "lr": lrs, "unigram_mlm_acc": unigram,
+                                                                          "results": results}, indent=1))
     return 0
 
 

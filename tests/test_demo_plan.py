@@ -52,6 +52,10 @@ def test_later_stages_scale_with_the_time_left_and_sequence_length():
     small, large = (demo_plan.squad_plan(s, config, 170.0, 6.0) for s in (60.0, 120.0))
     assert large.train_questions > small.train_questions >= 64
     assert demo_plan.squad_plan(1e6, config, 170.0, 6.0).train_questions == demo_plan.SQUAD_MAX_QUESTIONS
+    # two runs (pretrained and random init) of the planned size fit the time they were planned in
+    plan = demo_plan.squad_plan(120.0, config, 170.0, 6.0)
+    assert demo_plan.squad_seconds(plan.train_questions, config, 170.0, 6.0) <= 120.0 < demo_plan.squad_seconds(
+        plan.train_questions + 2, config, 170.0, 6.0)
 
 
 def test_corpus_grows_with_the_budget():

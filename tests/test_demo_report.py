@@ -25,3 +25,13 @@ def test_verdict_says_whether_the_model_uses_context(mlm_acc, at_mask, expected)
     if at_mask is None:
         assert "[MASK]" not in verdict
     assert "Whole demo run: 13.0 minutes." in text
+
+
+@pytest.mark.parametrize("random_f1, phrase", [(3.1, "against 3.10 from a randomly initialised model (+2.80: pretraining "
+                                                     "helps)."),
+                                               (7.0, "(pretraining did not help here).")])
+def test_report_compares_squad_with_random_init(random_f1, phrase):
+    text = render({**BASE, "mlm_acc": 0.136, "mlm_acc_at_mask": 0.1, "squad_random_init_exact_match": 1.0,
+                   "squad_random_init_f1": random_f1}, minutes=13.0)
+    assert phrase in text.split("\n\n")[-2]
+    assert f"| SQuAD v1.1 dev subset F1, same finetuning from random init | {random_f1:.2f} |" in text

@@ -1,6 +1,7 @@
 """The whole pipeline on a laptop CPU, sized to a wall-time budget: sample data -> data prep (own
 8k WordPiece vocab) -> phase 1 and phase 2 pretraining (two local ranks through the deepspeed
-launcher) -> SQuAD finetuning -> report.
+launcher) -> SQuAD finetuning of the pretrained model and, as the control, of a randomly
+initialised one -> report.
 
     python -m bertspeed.pretrain.demo [--budget_minutes 20] [--output_dir demo_out/default] [--precision auto]
 
@@ -60,15 +61,17 @@ class Clock:
         return self.budget - self.spent() - demo_plan.REPORT_SECONDS
 
 
-def run(cmd: list, log: Path, deadline: float | None = None) -> tuple[float, bool]:
-    """Run a command with its output shown live and kept in `log`; returns (seconds taken, whether it
-    was stopped). After `deadline` seconds its process group gets SIGTERM: a pretraining run's ranks
-    then write a checkpoint and exit."""
-    print(f"\n$ {' '.join(map(str, cmd))}", flush=True)
+def run(cmd: list, log: Path, deadline: float | None = None, show: bool = True,
+        threads: int | None = None) -> tuple[float, bool]:
+    """Run a command with its output shown live (unless `show` is false) and kept in `log`; returns
+    (seconds taken, whether it was stopped). After `deadline` seconds its process group gets SIGTERM: a
+    pretraining run's ranks then write a checkpoint and exit. `threads` caps its torch threads."""
+    print(f"\n$ {' '.join(map(str, cmd))}" + ("" if show else f"  (output in {log})"), flush=True)
     start, stopped = time.perf_counter(), threading.Event()
     with open(log, "a", encoding="utf-8") as sink:
         proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, start_new_session=True)
+                                text=True, bufsize=1, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None)
 
         def stop():
             if proc.poll() is None:
@@ -80,7 +83,7 @@ def run(cmd: list, log: Path, deadline: float | None = None) -> tuple[float, boo
         try:
             timer and timer.start()
             for line in proc.stdout:
-                sys.stdout.write(line)
+                show and sys.stdout.write(line)
                 sink.write(line)
             code = proc.wait()
         except BaseException:  # Ctrl-C: the command runs in its own session, so stop it here
@@ -162,20 +165,56 @@ def pretrain_stage(out: Path, name: str, shards: Path, eval_shards: Path, ds: Pa
                         "stopped_at_deadline": stopped})
 
 
-def squad_stage(out: Path, data: dict, plan: dict) -> None:
-    stage = out / "squad"
+def random_init_stage(out: Path, seed: int = 42) -> Path:
+    """A randomly initialised model of the demo's shape and vocab (our initialisation, as pretraining
+    starts from), saved as a model folder: the control run of SQuAD finetuning."""
+    import torch
+
+    from bertspeed.model.checkpoint import save_pretrained
+    from bertspeed.model.config import BertConfig
+    from bertspeed.model.model import BertForPreTraining
+
+    stage = out / "random_init"
+    if not stage_done(stage):
+        torch.manual_seed(seed)
+        model = BertForPreTraining(BertConfig.from_json_file(out / "model_config.json"))
+        save_pretrained(model, stage, vocab_file=out / "shards" / "vocab.txt", do_lower_case=True)
+        mark_done(stage, {"seconds": 0.0, "seed": seed})
+    return stage
+
+
+def squad_stages(out: Path, data: dict, plan: dict) -> None:
+    """SQuAD finetuning of the pretrained model and of a randomly initialised one, side by side (each
+    start-up, mostly single-threaded imports, overlaps the other run; the cores are split between them);
+    the first one's output is shown."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = [("squad", out / "phase2", True), ("squad_random_init", random_init_stage(out), False)]
+    with ThreadPoolExecutor(len(runs)) as pool:
+        threads = max(1, (os.cpu_count() or 2) // len(runs))
+        for future in [pool.submit(squad_stage, out, data, plan, *r, threads=threads) for r in runs]:
+            future.result()
+
+
+def squad_stage(out: Path, data: dict, plan: dict, name: str, model_dir: Path, primary: bool = True,
+                threads: int | None = None) -> None:
+    """SQuAD finetuning of `model_dir` into OUTPUT_DIR/<name>; every run gets the same settings. A run that
+    is not `primary` runs beside the primary one: its output goes to its log only and its seconds are not
+    added to the budget spent."""
+    stage = out / name
     if stage_done(stage):
         return
     stage.mkdir(parents=True, exist_ok=True)
     squad = plan["squad"]
     seconds, _ = run([sys.executable, paths.folder("finetune") / "run_squad.py", "--train_file", data["squad_train"],
-                      "--predict_file", data["squad_dev"], "--model_dir", out / "phase2", "--output_dir", stage,
+                      "--predict_file", data["squad_dev"], "--model_dir", model_dir, "--output_dir", stage,
                       "--max_seq_length", demo_plan.SQUAD_SEQ, "--doc_stride", 128,
                       "--max_train_samples", squad["train_questions"],
                       "--max_eval_samples", squad["eval_questions"], "--num_train_epochs", 1,
                       "--learning_rate", demo_plan.SQUAD_LR, "--train_batch_size", demo_plan.SQUAD_BATCH,
-                      "--precision", plan["precision"]["precision"], "--no_save_model"], stage / "log.txt")
-    mark_done(stage, {"seconds": seconds})
+                      "--precision", plan["precision"]["precision"], "--no_save_model"], stage / "log.txt",
+                     show=primary, threads=threads)
+    mark_done(stage, {"seconds": seconds if primary else 0.0, "run_seconds": seconds})
 
 
 def measured_phase1(out: Path) -> tuple[float, float]:
@@ -251,7 +290,7 @@ def main(argv=None) -> int:
                    ds_config(out, "phase2", demo_plan.PHASE2_MICRO, demo_plan.PHASE2_LR), phase2["steps"],
                    precision, deadline=1.1 * phase2["seconds"] + 10, init=out / "phase1")
     plan_stage(out, plan, "squad", lambda: demo_plan.squad_plan(clock.left(), config, speed, start_seconds / 2))
-    squad_stage(out, data, plan)
+    squad_stages(out, data, plan)
     text = report.write_report(out, minutes=clock.spent() / 60)
     print("\n" + text)
     return 0

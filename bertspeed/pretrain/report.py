@@ -73,6 +73,7 @@ def collect(demo: Path) -> dict:
     phase1, phase2 = read_metrics(demo / "phase1"), read_metrics(demo / "phase2")
     p1_dir, p2_dir = prep["phase_dirs"]
     squad = json.loads((demo / "squad" / "eval_results.json").read_text())
+    squad_random = json.loads((demo / "squad_random_init" / "eval_results.json").read_text())
     instances = json.loads((demo / "shards" / "train" / p1_dir / MANIFEST).read_text())
     return {
         "corpus_mb": prep["corpus_mb"], "prep_mb_per_s": prep["mb_per_s"],
@@ -84,6 +85,7 @@ def collect(demo: Path) -> dict:
         "mlm_acc_at_mask": last(phase2, "eval/mlm_acc_at_mask"),
         "unigram_mlm_acc": unigram_baseline(demo / "shards" / "train" / p2_dir, demo / "shards" / "heldout" / p2_dir),
         "squad_exact_match": squad["exact_match"], "squad_f1": squad["f1"],
+        "squad_random_init_exact_match": squad_random["exact_match"], "squad_random_init_f1": squad_random["f1"],
         **run_facts(demo),
     }
 
@@ -109,6 +111,12 @@ def render(r: dict, minutes: float | None, curves: str = "![curves](curves.png)"
         verdict += (", so it also predicts from context." if at_mask > CONTEXT_FACTOR * r["unigram_mlm_acc"] else
                     f" against the unigram baseline's {fmt(r['unigram_mlm_acc'])}: it has learned to copy visible "
                     "tokens but not yet to predict from context (from-scratch BERT's early plateau; see the README).")
+    random_f1 = r.get("squad_random_init_f1")
+    if random_f1 is not None:
+        gain = r["squad_f1"] - random_f1
+        verdict += (f" SQuAD F1 after the same finetuning: {fmt(r['squad_f1'], '{:.2f}')} from our pretrained checkpoint "
+                    f"against {fmt(random_f1, '{:.2f}')} from a randomly initialised model "
+                    + (f"(+{gain:.2f}: pretraining helps)." if gain > 0 else "(pretraining did not help here)."))
     rows = [
         ("data prep throughput (extract + vocab + shards, 2 workers)", f"{fmt(r['prep_mb_per_s'], '{:.2f}')} MB/s "
                                                                f"over {fmt(r['corpus_mb'], '{:.1f}')} MB"),
@@ -122,6 +130,9 @@ def render(r: dict, minutes: float | None, curves: str = "![curves](curves.png)"
         ("held-out NSP accuracy (final; chance 0.5)", fmt(r["nsp_acc"])),
         ("SQuAD v1.1 dev subset exact match", fmt(r["squad_exact_match"], "{:.2f}")),
         ("SQuAD v1.1 dev subset F1", fmt(r["squad_f1"], "{:.2f}")),
+        ("SQuAD v1.1 dev subset exact match, same finetuning from random init",
+         fmt(r.get("squad_random_init_exact_match"), "{:.2f}")),
+        ("SQuAD v1.1 dev subset F1, same finetuning from random init", fmt(random_f1, "{:.2f}")),
     ]
     lines = ["# bertspeed demo report", ""]
     if minutes is not None:
