@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from itertools import cycle
 from pathlib import Path
 
 import numpy as np
