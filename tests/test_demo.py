@@ -55,6 +55,8 @@ def test_report_matches_metrics_files(demo):
     assert f"| held-out MLM accuracy at [MASK] positions (final) | {at_mask:.3f} |" in report
     squad = json.loads((out / "squad" / "eval_results.json").read_text())
     assert f"| SQuAD v1.1 dev subset F1 | {squad['f1']:.2f} |" in report
+    control = json.loads((out / "squad_random_init" / "eval_results.json").read_text())
+    assert f"| SQuAD v1.1 dev subset F1, same finetuning from random init | {control['f1']:.2f} |" in report
     shards = out / "shards"
     p2 = json.loads((shards / ".done").read_text())["phase_dirs"][1]
     assert results["unigram_mlm_acc"] == unigram_baseline(shards / "train" / p2, shards / "heldout" / p2)
