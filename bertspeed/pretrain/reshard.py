@@ -89,11 +89,17 @@ def from_partitions(files: list[Path]) -> tuple[dict, list[dict], list[dict] | N
     return full, scalars, hyper
 
 
-def stage0_names(module: torch.nn.Module, weight_decay: float) -> list[list[str]]:
-    """Parameter names in the order of the parameter groups an unpartitioned optimizer holds (optim.py)."""
+def parameter_names(module: torch.nn.Module) -> dict[int, str]:
+    """id(parameter) -> its first name (a tied parameter keeps the name it is saved under)."""
     names = {}
     for name, p in module.named_parameters():
         names.setdefault(id(p), name)
+    return names
+
+
+def stage0_names(module: torch.nn.Module, weight_decay: float) -> list[list[str]]:
+    """Parameter names in the order of the parameter groups an unpartitioned optimizer holds (optim.py)."""
+    names = parameter_names(module)
     return [[names[id(p)] for p in group["params"]] for group in param_groups(module, weight_decay)]
 
 
@@ -160,9 +166,7 @@ def into_stage0(engine, full: dict, scalars: list[dict], folder: Path) -> None:
     if engine.optimizer is not optimizer:
         raise CheckpointError(f"{folder}: this run's ZeRO 0 optimizer is wrapped ({type(engine.optimizer).__name__}, "
                               "fp16/bf16): a checkpoint of another ZeRO stage or world size resumes here in fp32 only")
-    names = {}
-    for name, p in engine.module.named_parameters():
-        names.setdefault(id(p), name)
+    names = parameter_names(engine.module)
     _check_names(full, {names[id(p)] for g in optimizer.param_groups for p in g["params"]}, folder)
     for group, group_scalars in zip(optimizer.param_groups, scalars):
         for p in group["params"]:
