@@ -52,15 +52,6 @@ def embed(embeddings, input_ids, token_type_ids, position_ids):
     return embeddings.dropout(embeddings.LayerNorm(x))
 
 
-def qkv_heads(self_attention, x):
-    """Q, K, V of (..., H) tokens as (..., heads, H / heads) each, one GEMM (HF weight names)."""
-    weight = torch.cat((self_attention.query.weight, self_attention.key.weight, self_attention.value.weight))
-    bias = torch.cat((self_attention.query.bias, self_attention.key.bias, self_attention.value.bias))
-    H = x.shape[-1]
-    qkv = F.linear(x, weight, bias).view(*x.shape[:-1], 3, self_attention.num_heads, H // self_attention.num_heads)
-    return qkv.unbind(-3)
-
-
 def length_runs(lengths: list[int]) -> list[tuple[int, int]]:
     """Runs of equal consecutive lengths: (length, count) pairs."""
     runs: list[tuple[int, int]] = []
@@ -89,7 +80,7 @@ def varlen_attention(q, k, v, lengths: list[int], dropout_p: float):
 def encoder_layer(layer, x, attend):
     """One BertLayer on tokens x with attention function `attend(q, k, v, dropout_p)`."""
     sa = layer.attention.self
-    q, k, v = qkv_heads(sa, x)
+    q, k, v = sa.qkv(x)
     context = attend(q, k, v, sa.dropout_p if sa.training else 0.0)
     attended = layer.attention.output(context, x)
     return layer.output(layer.intermediate(attended), attended)
