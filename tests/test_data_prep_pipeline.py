@@ -302,9 +302,10 @@ def test_memory_bounds_blocks_and_array_batches(tmp_path, monkeypatch):
     docs = [[[5 + (d * 7 + s) % 90 for s in range(9)] for _ in range(3)] for d in range(40)]
     spec = instances.InstanceSpec(32, 5)
     specials = instances.Specials(1, 2, 3, 100, np.zeros(100, bool))
-    whole = instances.create_block_instances(docs, 0, spec, specials, 1, 1)
+    block = instances.TokenizedBlock.from_lists(docs)
+    whole = instances.create_block_instances(block, spec, specials, 1, 1)
     monkeypatch.setattr(instances, "ARRAY_ROWS", 7)
-    batched = instances.create_block_instances(docs, 0, spec, specials, 1, 1)
+    batched = instances.create_block_instances(block, spec, specials, 1, 1)
     assert len(whole["input_ids"]) > 7 and whole.keys() == batched.keys()
     for k in ("input_mask", "segment_ids", "next_sentence_labels"):  # masking draws differ, the rows do not
         np.testing.assert_array_equal(whole[k], batched[k])

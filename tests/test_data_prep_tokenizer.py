@@ -92,6 +92,11 @@ def test_raw_wikipedia_dump_matches_reference(vocab_file, wiki_dump, lower):
     fast = FastWordPiece.from_vocab_file(vocab_file, do_lower_case=lower)
     expected = ref_ids(reference(vocab_file, lower), texts)
     assert [t for t, want in zip(texts, expected) if fast.token_ids(t) != want] == []
+    # Many lines at once (data prep's path), batches included, with lines that give no ids at all
+    texts = texts + ["", "\x00 \x01", "x"]
+    expected = expected + [[], [], fast.token_ids("x")]
+    ids, lengths = fast.lines_ids(texts, batch=97)
+    assert lengths.tolist() == [len(e) for e in expected] and ids.tolist() == [i for e in expected for i in e]
 
 
 def test_punctuation_scan_covers_all_of_unicode():

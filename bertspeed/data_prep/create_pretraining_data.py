@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from bertspeed.data_prep import schema
 from bertspeed.data_prep.fast_tokenizer import FastWordPiece
-from bertspeed.data_prep.instances import InstanceSpec, Specials, create_block_instances
+from bertspeed.data_prep.instances import InstanceSpec, Specials, TokenizedBlock, create_block_instances
 from bertspeed.data_prep.masking import continuation_table
 from bertspeed.data_prep.readers import iter_segmented_documents
 from bertspeed.data_prep.shards import (
@@ -188,11 +188,11 @@ def part_path(part_dir: Path, block: int) -> Path:
 
 def _make_parts(block: int, first_doc: int, docs: list[list[str]]) -> list[int]:
     w = _worker
-    token_ids = w["fast"].token_ids
-    tokenized = [[token_ids(line) for line in doc] for doc in docs]
+    tokens, lengths = w["fast"].lines_ids([line for doc in docs for line in doc])
+    tokenized = TokenizedBlock.from_lengths(tokens, lengths, [len(doc) for doc in docs], first_doc)
     counts = []
     for spec, part_dir in zip(w["specs"], w["part_dirs"]):
-        arrays = create_block_instances(tokenized, first_doc, spec, w["specials"], w["seed"], w["dupe"])
+        arrays = create_block_instances(tokenized, spec, w["specials"], w["seed"], w["dupe"])
         order = np.random.default_rng([w["seed"], block, spec.max_seq_length]).permutation(len(arrays["input_ids"]))
         _save_part(part_path(part_dir, block), {k: _compact(k, v[order], w["specials"].vocab_size)
                                                 for k, v in arrays.items()})

@@ -16,6 +16,9 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from itertools import chain
+
+import numpy as np
 
 from bertspeed.model.tokenizer import BertTokenizer
 
@@ -106,6 +109,10 @@ class _Cache(dict):
         return ids
 
 
+LINE_BREAK = "\x00"
+LINES_PER_BATCH = 4096
+
+
 def _split_punctuation(chunk: str) -> list[str]:
     """BERT's punctuation split of one whitespace-free, normalised chunk ("(u.s.)" -> "(", "u", ".", ...)."""
     return _ASCII_WORDS.findall(chunk) if chunk.isascii() else _unicode_words().findall(chunk)
@@ -143,7 +150,10 @@ class FastWordPiece:
                 return wordpiece(chunk)
             return tuple(i for w in _split_punctuation(chunk) for i in word_ids(w))
 
-        self._chunk_ids = _Cache(chunk_ids, max_cache, seed).__getitem__
+        # The line break of lines_ids: BERT's normalisation drops NUL, so no normalised chunk is one.
+        if any(LINE_BREAK in self.normalize(f"{c}{LINE_BREAK}b") for c in ("a", "\xe9")):
+            raise ValueError("the tokenizer's normaliser keeps NUL characters; FastWordPiece needs it to drop them")
+        self._chunk_ids = _Cache(chunk_ids, max_cache, {**seed, LINE_BREAK: (-1,)}).__getitem__
 
     @classmethod
     def from_vocab_file(cls, vocab_file, do_lower_case: bool = True) -> "FastWordPiece":
@@ -165,3 +175,18 @@ class FastWordPiece:
 
     def token_ids(self, text: str) -> list[int]:
         return [i for ids in map(self._chunk_ids, self.normalize(text).split()) for i in ids]
+
+    def lines_ids(self, lines: list[str], batch: int = LINES_PER_BATCH) -> tuple[np.ndarray, np.ndarray]:
+        """token_ids of many lines at once: (all their ids one after another [int32], ids per line [int64]).
+        The lines are joined with a break chunk and looked up in one pass of C-level calls (split, map over the
+        cache, chain), `batch` lines at a time so the chunk strings of a huge block never exist all at once."""
+        ids, lengths = [], []
+        for i in range(0, len(lines), batch):
+            chunks = f" {LINE_BREAK} ".join(map(self.normalize, lines[i:i + batch])).split()
+            flat = np.array(list(chain.from_iterable(map(self._chunk_ids, chunks))), np.int32)
+            breaks = np.flatnonzero(flat < 0)
+            lengths.append(np.diff(breaks, prepend=-1, append=len(flat)) - 1)
+            ids.append(flat[flat >= 0])
+        if not ids:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        return np.concatenate(ids), np.concatenate(lengths).astype(np.int64)

@@ -11,12 +11,16 @@ bounded memory and worker-count independence, the "other document" is drawn from
 documents (data_prep.create_pretraining_data groups the stream into blocks of about a
 megabyte of text), and every document has its own RNG seeded from
 (seed, dupe round, global document index).
+
+A block's tokens are one flat array (TokenizedBlock); the segments of a document lie one after
+another in it, so A and B of every instance are each one contiguous range of that array. The
+per-document loop only decides ranges from segment lengths (same random draws as on token lists);
+the rows are then gathered and masked with NumPy, ARRAY_ROWS at a time.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 
@@ -60,19 +64,54 @@ def document_seed(seed: int, dupe: int, doc_index: int) -> int:
     return (seed << 64) | (dupe << 48) | doc_index
 
 
-def create_block_instances(docs: list[list[list[int]]], first_doc_index: int, spec: InstanceSpec,
-                           specials: Specials, seed: int, dupe_factor: int) -> dict[str, np.ndarray]:
+@dataclass
+class TokenizedBlock:
+    """A block's documents as one flat token array: document d is segments doc_segments[d]..doc_segments[d+1]-1,
+    segment s is tokens[starts[s]:starts[s] + lengths[s]]. Only non-empty segments and documents are kept;
+    numbers[d] is document d's global index (empty documents still count); first is the global index of the
+    block's first document, empty or not."""
+    tokens: np.ndarray  # [T] int32
+    starts: list[int]
+    lengths: list[int]
+    doc_segments: list[int]  # [D + 1]
+    numbers: list[int]  # [D]
+    first: int
+
+    @classmethod
+    def from_lengths(cls, tokens: np.ndarray, line_lengths: np.ndarray, lines_per_doc, first_doc_index: int):
+        """From the ids of all lines one after another, each line's id count and each document's line count."""
+        line_lengths = np.asarray(line_lengths, np.int64)
+        line_starts = np.cumsum(line_lengths) - line_lengths
+        doc_of_line = np.repeat(np.arange(len(lines_per_doc)), lines_per_doc)
+        keep = line_lengths > 0
+        kept_docs, per_doc = np.unique(doc_of_line[keep], return_counts=True)
+        doc_segments = np.concatenate(([0], np.cumsum(per_doc)))
+        return cls(np.asarray(tokens, np.int32), line_starts[keep].tolist(), line_lengths[keep].tolist(),
+                   doc_segments.tolist(), (kept_docs + first_doc_index).tolist(), first_doc_index)
+
+    @classmethod
+    def from_lists(cls, docs: list[list[list[int]]], first_doc_index: int = 0) -> "TokenizedBlock":
+        """From documents given as lists of segments of ids."""
+        lines = [seg for doc in docs for seg in doc]
+        flat = np.array([i for seg in lines for i in seg], np.int32)
+        return cls.from_lengths(flat, [len(s) for s in lines], [len(d) for d in docs], first_doc_index)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+
+def create_block_instances(block: TokenizedBlock, spec: InstanceSpec, specials: Specials, seed: int,
+                           dupe_factor: int) -> dict[str, np.ndarray]:
     """All instances of a block of documents, as arrays in the HDF5 schema."""
-    numbered = [(first_doc_index + i, [s for s in d if s]) for i, d in enumerate(docs)]
-    numbered = [(number, doc) for number, doc in numbered if doc]
-    docs = [doc for _, doc in numbered]
-    rows = []  # (tokens_a, tokens_b, is_random_next)
+    rows = []  # (a start, a length, b start, b length, is_random_next)
     for dupe in range(dupe_factor):
-        for index, (number, _) in enumerate(numbered):
+        for index, number in enumerate(block.numbers):
             rng = random.Random(document_seed(seed, dupe, number))
-            rows += _document_instances(docs, index, spec, rng)
-    rng = np.random.default_rng([seed, dupe_factor, first_doc_index])
-    batches = [_to_arrays(rows[i:i + ARRAY_ROWS], spec, specials, rng) for i in range(0, max(len(rows), 1), ARRAY_ROWS)]
+            _document_instances(block, index, spec, rng, rows)
+    rng = np.random.default_rng([seed, dupe_factor, block.first])
+    ranges = np.array(rows, np.int64).reshape(-1, 5)
+    batches = [_to_arrays(block.tokens, ranges[i:i + ARRAY_ROWS], spec, specials, rng)
+               for i in range(0, max(len(ranges), 1), ARRAY_ROWS)]
     return batches[0] if len(batches) == 1 else {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
@@ -81,91 +120,94 @@ def _randint(rng: random.Random, low: int, high: int) -> int:
     return low + int(rng.random() * (high - low + 1))
 
 
-def _document_instances(docs, index, spec: InstanceSpec, rng: random.Random):
-    document = docs[index]
+def _document_instances(block: TokenizedBlock, index: int, spec: InstanceSpec, rng: random.Random, out: list):
+    """Append the document's instances to `out` as (a start, a length, b start, b length, is_random)."""
+    first, end = block.doc_segments[index], block.doc_segments[index + 1]
+    starts, lengths = block.starts, block.lengths
     max_num_tokens = spec.max_seq_length - 3
     target = max_num_tokens
     if rng.random() < spec.short_seq_prob:
         target = _randint(rng, 2, max_num_tokens)
-    out, chunk, length, i = [], [], 0, 0
-    while i < len(document):
-        chunk.append(document[i])
-        length += len(document[i])
-        if i == len(document) - 1 or length >= target:
-            lone = len(chunk) == 1 and len(chunk[0]) >= 2
+    chunk_first, length, i = first, 0, first
+    while i < end:
+        length += lengths[i]
+        if i == end - 1 or length >= target:
+            pieces = [lengths[s] for s in range(chunk_first, i + 1)]
+            lone = len(pieces) == 1 and pieces[0] >= 2
             if lone:  # cut a lone segment so it can still get a true next half (see module doc)
-                cut = _randint(rng, 1, len(chunk[0]) - 1)
-                chunk = [chunk[0][:cut], chunk[0][cut:]]
-            a_end = _randint(rng, 1, len(chunk) - 1) if len(chunk) >= 2 else 1
-            tokens_a = list(chain.from_iterable(chunk[:a_end]))
-            if len(chunk) == 1 or rng.random() < 0.5:
-                tokens_b, is_random = _random_segment(docs, index, target - len(tokens_a), rng)
+                cut = _randint(rng, 1, pieces[0] - 1)
+                pieces = [cut, pieces[0] - cut]
+            a_end = _randint(rng, 1, len(pieces) - 1) if len(pieces) >= 2 else 1
+            a_start, a_len = starts[chunk_first], sum(pieces[:a_end])
+            if len(pieces) == 1 or rng.random() < 0.5:
+                b_start, b_len, is_random = _random_segment(block, index, target - a_len, rng)
                 if not lone:
-                    i -= len(chunk) - a_end  # put the unused segments back
+                    i -= len(pieces) - a_end  # put the unused segments back
             else:
-                tokens_b, is_random = list(chain.from_iterable(chunk[a_end:])), False
-            _truncate_pair(tokens_a, tokens_b, max_num_tokens, rng)
-            out.append((tokens_a, tokens_b, is_random))
-            chunk, length = [], 0
+                b_start, b_len, is_random = a_start + a_len, length - a_len, False
+            a_start, a_len, b_start, b_len = _truncate_pair(a_start, a_len, b_start, b_len, max_num_tokens, rng)
+            out.append((a_start, a_len, b_start, b_len, is_random))
+            chunk_first, length = i + 1, 0
         i += 1
-    return out
 
 
-def _random_segment(docs, index, target_length, rng: random.Random):
+def _random_segment(block: TokenizedBlock, index: int, target_length: int, rng: random.Random):
+    """(start, length, is_random) of a span of another document: segments from a random one on, until
+    target_length is reached (at least one segment)."""
     other = index
     for _ in range(10):
-        other = _randint(rng, 0, len(docs) - 1)
+        other = _randint(rng, 0, len(block) - 1)
         if other != index:
             break
-    doc = docs[other]
-    tokens = []
-    for seg in doc[_randint(rng, 0, len(doc) - 1):]:
-        tokens += seg
-        if len(tokens) >= target_length:
+    first, end = block.doc_segments[other], block.doc_segments[other + 1]
+    seg = first + _randint(rng, 0, end - first - 1)
+    start, length = block.starts[seg], 0
+    for s in range(seg, end):
+        length += block.lengths[s]
+        if length >= target_length:
             break
-    return tokens, other != index
+    return start, length, other != index
 
 
-def _truncate_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng: random.Random):
-    """BERT's truncation in closed form: repeatedly drop a token from the longer list (B on ties),
-    from its front or back with probability 1/2 each."""
-    excess = len(tokens_a) + len(tokens_b) - max_num_tokens
+def _truncate_pair(a_start: int, a_len: int, b_start: int, b_len: int, max_num_tokens: int, rng: random.Random):
+    """BERT's truncation in closed form: repeatedly drop a token from the longer span (B on ties), from its
+    front or back with probability 1/2 each. Returns the new (a start, a length, b start, b length)."""
+    excess = a_len + b_len - max_num_tokens
     if excess <= 0:
-        return
-    gap = min(abs(len(tokens_a) - len(tokens_b)), excess)
-    rest = excess - gap
-    cut_a = rest // 2 + (gap if len(tokens_a) > len(tokens_b) else 0)
-    for tokens, cut in ((tokens_a, cut_a), (tokens_b, excess - cut_a)):
-        if cut:
-            front = rng.getrandbits(cut).bit_count()  # Binomial(cut, 1/2)
-            del tokens[:front]
-            del tokens[len(tokens) - (cut - front):]
+        return a_start, a_len, b_start, b_len
+    gap = min(abs(a_len - b_len), excess)
+    cut_a = (excess - gap) // 2 + (gap if a_len > b_len else 0)
+    cut_b = excess - cut_a
+    if cut_a:
+        a_start += rng.getrandbits(cut_a).bit_count()  # tokens dropped at the front: Binomial(cut, 1/2)
+    if cut_b:
+        b_start += rng.getrandbits(cut_b).bit_count()
+    return a_start, a_len - cut_a, b_start, b_len - cut_b
 
 
-def _to_arrays(rows, spec: InstanceSpec, sp: Specials, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    n, L, P = len(rows), spec.max_seq_length, spec.max_predictions
-    input_ids = np.zeros((n, L), np.int32)
-    segment_ids = np.zeros((n, L), np.int8)
-    a_lengths = np.array([len(a) for a, _, _ in rows], np.int64)
-    lengths = a_lengths + np.array([len(b) for _, b, _ in rows], np.int64) + 3  # [CLS] A [SEP] B [SEP]
-    nsp = np.array([is_random for _, _, is_random in rows], np.int8)
-    flat = [sp.cls_id]
-    for a, b, _ in rows:
-        flat += a
-        flat.append(sp.sep_id)
-        flat += b
-        flat += (sp.sep_id, sp.cls_id)
+def _to_arrays(tokens: np.ndarray, ranges: np.ndarray, spec: InstanceSpec, sp: Specials,
+               rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """[CLS] A [SEP] B [SEP] rows gathered from the block's tokens (ranges: [n, 5] as in _document_instances),
+    padded to the sequence length, then masked."""
+    n, L, P = len(ranges), spec.max_seq_length, spec.max_predictions
+    a_start, a_len, b_start, b_len = (ranges[:, k, None] for k in range(4))
+    lengths = (a_len + b_len + 3)[:, 0]
     cols = np.arange(L)[None, :]
+    in_b = cols >= a_len + 2
+    source = np.where(in_b, b_start + cols - a_len - 2, a_start + cols - 1)
     real = cols < lengths[:, None]
-    input_ids[real] = np.array(flat[:-1], np.int32)  # row-major order = the rows one after another
-    segment_ids[real & (cols >= a_lengths[:, None] + 2)] = 1
+    inside = real & (cols != 0) & (cols != a_len + 1) & (cols != lengths[:, None] - 1)
+    input_ids = np.where(inside, tokens[np.where(inside, source, 0)], 0).astype(np.int32)
+    input_ids[:, 0] = sp.cls_id
+    input_ids[real & ~inside & (cols > 0)] = sp.sep_id
     input_mask = real.astype(np.int8)
+    segment_ids = (real & in_b).astype(np.int8)
     out = {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids,
-           "next_sentence_labels": nsp}
+           "next_sentence_labels": ranges[:, 4].astype(np.int8)}
     if not spec.static_masking:
-        out["word_starts"] = (~sp.continuation[input_ids] & input_mask.astype(bool)).astype(np.int8)
+        out["word_starts"] = (~sp.continuation[input_ids] & real).astype(np.int8)
         return out
-    maskable = input_mask.astype(bool) & (cols != 0) & (cols != a_lengths[:, None] + 1) & (cols != lengths[:, None] - 1)
+    maskable = inside
     if spec.whole_word_mask:
         positions, labels = np.zeros((n, P), np.int32), np.zeros((n, P), np.int32)
         for r in range(n):
