@@ -1,17 +1,24 @@
-"""Unpadded and packed forwards give the padded model's losses and gradients (fp32, 1e-5) on real data."""
+"""Unpadded and packed forwards give the padded model's losses and gradients (fp32, 1e-5) on real data; packed
+finetuning also its predictions and scores (SQuAD windows, a GLUE task), through the drivers' --pack too."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from pretrain_helpers import make_shards
 
-from bertspeed.finetune import squad
+from bertspeed.finetune import glue, run_glue, run_squad, squad
 from bertspeed.finetune.batches import collate_padded
+from bertspeed.finetune.metrics import glue_metrics
+from bertspeed.model.checkpoint import save_pretrained
 from bertspeed.model.config import BertConfig
-from bertspeed.model.heads import BertForQuestionAnswering, BertForSequenceClassification
+from bertspeed.model.crf import BertCRFForTokenClassification
+from bertspeed.model.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
 from bertspeed.model.model import BertForPreTraining
+from bertspeed.model.packing import plan_packing
 from bertspeed.model.tokenizer import BertTokenizer
-from bertspeed.model.unpad import set_unpad
+from bertspeed.model.unpad import set_pack, set_unpad
 from bertspeed.pretrain.data import PretrainingData, list_shards
 from bertspeed.pretrain.packing import pack_batch
 
@@ -39,37 +46,59 @@ def assert_same(a, b):
         torch.testing.assert_close(grads_b[name], grads_a[name], atol=TOL, rtol=TOL, msg=name)
 
 
-def test_squad_unpadded_matches_padded(vocab_file, squad_dev):
+@pytest.fixture(scope="module")
+def squad_dev_set(vocab_file, squad_dev):
+    """The tokenizer and SQuAD v1.1 dev (dataset, contexts, questions), read once."""
+    return BertTokenizer.from_vocab_file(vocab_file), *squad.read_squad(squad_dev)
+
+
+def squad_features(squad_dev_set, count: int, training: bool = True):
+    """The first `count` questions and their windows at seq 384 (only their contexts tokenized)."""
+    tokenizer, dataset, contexts, examples = squad_dev_set
+    examples = examples[:count]
+    contexts = contexts[: max(e.context_id for e in examples) + 1]
+    features, offsets = squad.featurize(examples, contexts, tokenizer, max_seq_length=384, doc_stride=128,
+                                        max_query_length=64, training=training)
+    return dataset, contexts, examples, features, offsets
+
+
+def each_window_alone(model, features):
+    """The padded model on each window alone (no padding): outputs, and gradients of the mean loss."""
+    model.zero_grad()
+    alone = []
+    for f in features:
+        out = model(**collate_padded([f]))
+        (out.loss / len(features)).backward()
+        alone.append(out)
+    return alone, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_windows_match(alone, grads_alone, out, grads):
+    """QA: the mean loss, gradients and each window's logits equal those of the window run alone."""
+    torch.testing.assert_close(out.loss, torch.stack([o.loss for o in alone]).mean(), atol=TOL, rtol=TOL)
+    assert grads.keys() == grads_alone.keys()
+    for name, expected in grads_alone.items():
+        torch.testing.assert_close(grads[name], expected, atol=TOL, rtol=TOL, msg=name)
+    for i, one in enumerate(alone):
+        n = one.start_logits.shape[1]
+        torch.testing.assert_close(out.start_logits[i, :n], one.start_logits[0], atol=TOL, rtol=TOL)
+        torch.testing.assert_close(out.end_logits[i, :n], one.end_logits[0], atol=TOL, rtol=TOL)
+
+
+def test_squad_unpadded_matches_padded(squad_dev_set):
     """Real SQuAD windows at seq 384, padded to 384. The padded QA loss puts its padding logits into the
     softmax (as transformers does), so the reference is the padded model on each window alone, unpadded:
     logits, loss (mean over windows) and gradients."""
-    tokenizer = BertTokenizer.from_vocab_file(vocab_file)
-    _, contexts, examples = squad.read_squad(squad_dev)
-    features, _ = squad.featurize(examples[:6], contexts, tokenizer, max_seq_length=384, doc_stride=128,
-                                  max_query_length=64, training=True)
+    *_, features, _ = squad_features(squad_dev_set, 6)
     batch = collate_padded(features)
     pad = 384 - batch["input_ids"].shape[1]
     batch = {k: (torch.nn.functional.pad(v, (0, pad)) if v.dim() == 2 else v) for k, v in batch.items()}
     assert 0 < batch["attention_mask"].float().mean() < 1
     torch.manual_seed(0)
     model = BertForQuestionAnswering(tiny_config()).eval()
-    model.zero_grad()
-    alone = []
-    for f in features:
-        one = collate_padded([f])
-        out = model(**one)
-        (out.loss / len(features)).backward()
-        alone.append(out)
-    padded_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    alone, grads_alone = each_window_alone(model, features)
     set_unpad(model)
-    unpadded, grads = loss_and_grads(model, lambda: model(**batch))
-    torch.testing.assert_close(unpadded.loss, torch.stack([o.loss for o in alone]).mean(), atol=TOL, rtol=TOL)
-    for name, expected in padded_grads.items():
-        torch.testing.assert_close(grads[name], expected, atol=TOL, rtol=TOL, msg=name)
-    for i, out in enumerate(alone):
-        n = out.start_logits.shape[1]
-        torch.testing.assert_close(unpadded.start_logits[i, :n], out.start_logits[0], atol=TOL, rtol=TOL)
-        torch.testing.assert_close(unpadded.end_logits[i, :n], out.end_logits[0], atol=TOL, rtol=TOL)
+    assert_windows_match(alone, grads_alone, *loss_and_grads(model, lambda: model(**batch)))
 
     # GLUE's head (pooler on [CLS]) on the same real question/context pairs: padded batch vs unpadded.
     classifier = BertForSequenceClassification(tiny_config(num_labels=3)).eval()
@@ -78,6 +107,69 @@ def test_squad_unpadded_matches_padded(vocab_file, squad_dev):
     padded = loss_and_grads(classifier, lambda: classifier(**inputs, labels=labels))
     set_unpad(classifier)
     assert_same(padded, loss_and_grads(classifier, lambda: classifier(**inputs, labels=labels)))
+
+
+def test_squad_packed_matches_padded(squad_dev_set):
+    """Real SQuAD windows packed into rows of 384 (--pack): as --unpad, loss, gradients and logits of each
+    window run alone; and the same predictions, n-best probabilities and EM/F1 as the padded model's."""
+    dataset, _, _, features, _ = squad_features(squad_dev_set, 8)
+    batch = collate_padded(features)
+    assert plan_packing(batch["attention_mask"], 384).num_rows < len(features) // 2 + 1  # two windows a row
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_config()).eval()
+    alone, grads_alone = each_window_alone(model, features)
+    dev = squad_features(squad_dev_set, 8, training=False)
+    padded_answers = squad_answers(model, dataset, dev)
+    set_pack(model, 384)
+    assert_windows_match(alone, grads_alone, *loss_and_grads(model, lambda: model(**batch)))
+    packed_answers = squad_answers(model, dataset, dev)
+    assert packed_answers[0] == padded_answers[0] and packed_answers[2] == padded_answers[2]
+    for qid, candidates in padded_answers[1].items():
+        assert [c["text"] for c in packed_answers[1][qid]] == [c["text"] for c in candidates]
+        torch.testing.assert_close([c["probability"] for c in packed_answers[1][qid]],
+                                   [c["probability"] for c in candidates], atol=TOL, rtol=TOL)
+
+
+def squad_answers(model, dataset, dev):
+    """run_squad's prediction path on one batch: predictions, n-best lists, EM/F1 on these questions."""
+    _, contexts, examples, features, offsets = dev
+    batch = collate_padded(features)
+    with torch.no_grad():
+        logits = run_squad._extract(model(**batch), batch)
+    predictions, nbest, null_odds, best = squad.decode(examples, contexts, features, offsets, logits)
+    asked = run_squad._restrict(dataset, {e.qid for e in examples})
+    return predictions, nbest, run_squad.score(asked, predictions, null_odds, best, version_2=False)
+
+
+def test_glue_and_token_heads_packed_match_padded(vocab_file, glue_dir):
+    """Real MRPC dev pairs (GLUE), batch padded to its longest vs packed into rows of 128: the classifier's
+    loss, gradients, logits, predictions and scores ([CLS] pooled per pair); a token classifier and the CRF
+    tagger on the same tokens (a label per token)."""
+    task = glue.get_task("MRPC")
+    examples = glue.read_examples(task, glue_dir / "MRPC" / "dev.tsv")[:24]
+    batch = collate_padded(glue.featurize(examples, BertTokenizer.from_vocab_file(vocab_file), 128))
+    mask = batch["attention_mask"].bool()
+    assert plan_packing(batch["attention_mask"], 128).num_rows <= len(examples) // 2
+    torch.manual_seed(0)
+    token_labels = (batch["input_ids"] % 5).masked_fill(~mask, -100)
+    cases = [(BertForSequenceClassification(tiny_config(num_labels=2)), batch),
+             (BertForTokenClassification(tiny_config(num_labels=5)), {**batch, "labels": token_labels}),
+             (BertCRFForTokenClassification(tiny_config(num_labels=5)),
+              {**batch, "labels": token_labels, "word_mask": batch["attention_mask"]})]
+    outputs = []
+    for model, inputs in cases:
+        model.eval()
+        padded = loss_and_grads(model, lambda: model(**inputs))
+        set_pack(model, 128)
+        packed = loss_and_grads(model, lambda: model(**inputs))
+        assert_same(padded, packed)
+        select = mask if packed[0].logits.dim() == 3 else slice(None)
+        torch.testing.assert_close(packed[0].logits[select], padded[0].logits[select], atol=TOL, rtol=TOL)
+        outputs.append((padded[0], packed[0]))
+    assert outputs[2][1].tags == outputs[2][0].tags  # the CRF's Viterbi paths
+    labels = [e.label for e in examples]
+    scores = [glue_metrics(task.metric_name, out.logits.argmax(-1).numpy(), labels) for out in outputs[0]]
+    assert scores[1] == scores[0]
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +219,22 @@ def test_unpad_refuses_a_mask_with_holes():
     ids = torch.ones(1, 8, dtype=torch.long)
     with pytest.raises(ValueError, match="ones then zeros"):
         model(ids, torch.tensor([[1, 1, 0, 1, 0, 0, 0, 0]]))
+
+
+def test_run_glue_with_pack_scores_as_the_padded_model(tmp_path, glue_dir, vocab_file):
+    """--pack through a driver: it trains (a step) and scores MRPC dev; the padded model scoring the saved weights
+    writes the same predictions and scores. --unpad with --pack is refused naming both."""
+    torch.manual_seed(0)
+    save_pretrained(BertForPreTraining(BertConfig.preset("tiny")), tmp_path / "hf", vocab_file=vocab_file)
+    common = ["--task_name", "MRPC", "--data_dir", str(glue_dir / "MRPC"), "--max_eval_samples", "32",
+              "--no_test_predictions"]
+    run_glue.main([*common, "--model_dir", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "packed"), "--pack",
+                   "--max_train_samples", "8", "--max_steps", "1", "--per_device_train_batch_size", "8"])
+    run_glue.main([*common, "--model_dir", str(tmp_path / "packed" / "model"), "--output_dir",
+                   str(tmp_path / "padded"), "--num_train_epochs", "0"])
+    results = [json.loads((tmp_path / run / "eval_results.json").read_text()) for run in ("packed", "padded")]
+    assert results[0] == results[1] and results[0]["eval_examples"] == 32
+    assert (tmp_path / "packed" / "dev_predictions.tsv").read_text() == \
+        (tmp_path / "padded" / "dev_predictions.tsv").read_text()
+    with pytest.raises(ValueError, match="give only one of --unpad and --pack"):
+        run_glue.parse_args([*common, "--model_dir", "m", "--output_dir", "o", "--unpad", "--pack"])

@@ -13,9 +13,9 @@ from bertspeed.finetune.settings import FinetuneSettings, ModelSettings
 from bertspeed.finetune.trainer import Trainer, set_seed
 from bertspeed.model.foreign import from_opened, open_checkpoint
 from bertspeed.model.layers import use_fused_kernels
-from bertspeed.model.unpad import set_unpad
 from bertspeed.model.tokenizer import BertTokenizer, read_vocab
 from bertspeed.model.tokenizer_config import decide_do_lower_case
+from bertspeed.model.unpad import set_pack, set_unpad
 from bertspeed.training.atomic import write_json_atomic
 from bertspeed.training.distributed import Runtime, setup_runtime, shutdown_distributed
 from bertspeed.training.hardware import Precision, choose_precision, host_info
@@ -58,6 +58,7 @@ def start(settings: FinetuneSettings, model_class, trains: bool = True, **config
     tokenizer, vocab = load_tokenizer(source.folder, settings.vocab_file, settings.do_lower_case)
     model, report = from_opened(model_class, source, **config_changes)
     set_unpad(model, settings.unpad)
+    set_pack(model, settings.max_seq_length if settings.pack else None)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"{vocab} has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
     output_dir = Path(settings.output_dir)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from bertspeed.model.layers import FUSED_KERNELS_HELP
+from bertspeed.model.unpad import check_one_layout
 from bertspeed.training.hardware import PRECISION_HELP, PRECISIONS
 from bertspeed.training.pathcheck import check_input_dir, check_input_file, check_model_path, check_output_dir
 from bertspeed.training.runs import LATEST
@@ -84,6 +85,8 @@ class FinetuneSettings(ModelSettings):
     overwrite_output_dir: bool = setting(False, help="start over in an --output_dir holding another run's "
                                                      "checkpoints (they are deleted)")
     no_save_model: bool = setting(False, help="do not write the finetuned model to OUT/model")
+    pack: bool = setting(False, help="pack each batch's sequences into as few rows of --max_seq_length as fit "
+                                     "(block-diagonal attention, positions per sequence; same results)")
     # training
     num_train_epochs: float = setting(3.0, help="0 evaluates the model as loaded")
     max_steps: int = setting(-1, help="optimizer steps to train; overrides --num_train_epochs (-1: off)")
@@ -144,6 +147,7 @@ class FinetuneSettings(ModelSettings):
                 raise ValueError(f"--deepspeed {self.deepspeed} and --deepspeed_config {self.deepspeed_config} "
                                  "name different files: give one")
             self.deepspeed_config = self.deepspeed
+        check_one_layout(self.unpad, self.pack)
         if self.num_train_epochs < 0:
             raise ValueError(f"--num_train_epochs must be >= 0, got {self.num_train_epochs}")
         if not self.learning_rate > 0:

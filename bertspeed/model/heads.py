@@ -74,9 +74,9 @@ class BertForQuestionAnswering(BertPreTrainedModel):
                 start_positions=None, end_positions=None):
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
         start, end = self.qa_outputs(hidden).float().unbind(dim=-1)  # (B, T) each
-        if getattr(self.bert, "unpad", False) and attention_mask is not None:
-            # --unpad computes no padding token: padding takes no part in the softmax (the padded model's
-            # numbers for each sequence run without padding).
+        if self.bert.skips_padding and attention_mask is not None:
+            # --unpad / --pack compute no padding token: padding takes no part in the softmax (the padded
+            # model's numbers for each sequence run without padding).
             pad = ~attention_mask.bool()
             start, end = start.masked_fill(pad, -torch.inf), end.masked_fill(pad, -torch.inf)
         loss = None

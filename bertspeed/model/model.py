@@ -202,12 +202,20 @@ class BertModel(BertPreTrainedModel):
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.unpad = False  # real tokens only (unpad.set_unpad, --unpad)
+        self.pack_length = None  # sequences packed into rows of this many tokens (unpad.set_pack, --pack)
         self.init_weights()
 
+    @property
+    def skips_padding(self) -> bool:
+        """No padding token is computed (--unpad, --pack): the heads leave padding out of a softmax over tokens."""
+        return self.unpad or self.pack_length is not None
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False):
-        if getattr(self, "unpad", False) and attention_mask is not None and not output_hidden_states:
-            from bertspeed.model.unpad import unpadded_bert_forward  # set by unpad.set_unpad (--unpad)
-            return unpadded_bert_forward(self, input_ids, attention_mask, token_type_ids)
+        if self.skips_padding and attention_mask is not None and not output_hidden_states:
+            from bertspeed.model import unpad
+            forward = unpad.unpadded_bert_forward if self.unpad else unpad.packed_bert_forward
+            return forward(self, input_ids, attention_mask, token_type_ids)
         key_mask = None
         # Eager mode skips an all-ones mask (SDPA is faster without one); under torch.compile the mask is
         # always kept, because a branch on tensor values would break the graph. Results are the same.

@@ -1,12 +1,17 @@
-"""Unpadded (varlen) and packed BERT forwards: no GEMM, LayerNorm or GELU runs on a padding token.
+"""Unpadded (varlen) and packed BERT forwards: the GEMMs, LayerNorms and GELUs run on the real tokens only
+(unpadded) or on rows nearly full of them (packed).
 
 Unpadded: the real tokens of a padded batch (attention_mask a prefix of ones in every row) are flattened to
-(N, H) with `cu_seqlens`, every dense op runs on those N rows, and attention runs per sequence (one SDPA call
-per run of equal-length sequences, no mask). `set_unpad(model)` makes every BertModel inside `model` do this
-in its forward; it re-pads its output to (B, T, H) (zeros at padding) so every head works unchanged.
+(N, H) with their sequence lengths, every dense op runs on those N rows, and attention runs per sequence (one
+SDPA call per run of equal-length sequences, no mask). `set_unpad(model)` makes every BertModel inside `model`
+do this in its forward; it re-pads its output to (B, T, H) (zeros at padding) so every head works unchanged.
 
-Packed: several instances share a row (`bertspeed.pretrain.packing`): per-token position ids and instance ids,
-attention through a block-diagonal mask, NSP from each instance's own [CLS].
+Packed: several sequences share a row (`bertspeed.model.packing`, first-fit decreasing), with per-sequence
+position and token type ids; attention is block-diagonal (each sequence attends to its own tokens: varlen
+attention over the runs of the rows). Pretraining packs each micro-batch itself (`bertspeed.pretrain.packing`,
+NSP from each instance's own [CLS]); `set_pack(model, row_length)` makes every BertModel pack its batch into
+rows of `row_length` and unpack its output to the batch's layout, so every finetuning head runs on each
+sequence's own tokens ([CLS] pooled per sequence, QA softmax over its tokens, a label per token).
 
 Both use the padded model's weights and modules (same state dict); dropout draws differ, results in eval mode
 equal the padded model's to fp32 rounding. NEZHA (relative positions) is refused.
@@ -17,26 +22,41 @@ import torch
 import torch.nn.functional as F
 
 from bertspeed.model.model import IGNORE_INDEX, BertModel, BertModelOutput, PreTrainingOutput
+from bertspeed.model.packing import packed_inputs, plan_packing, prefix_lengths
 
 
 def set_unpad(model: torch.nn.Module, enabled: bool = True) -> None:
     """Make every BertModel in `model` run unpadded (enabled) or padded."""
-    for module in model.modules():
-        if isinstance(module, BertModel):
-            if enabled and module.config.is_nezha:
-                raise ValueError("--unpad: NEZHA's relative attention has no unpadded path")
-            module.unpad = enabled
+    for bert in _berts(model, "--unpad", enabled):
+        bert.unpad = enabled
+
+
+def set_pack(model: torch.nn.Module, row_length: int | None) -> None:
+    """Make every BertModel in `model` pack each batch's sequences into rows of `row_length` tokens (None: off)."""
+    for bert in _berts(model, "--pack", row_length is not None):
+        bert.pack_length = row_length
+
+
+def _berts(model: torch.nn.Module, flag: str, enabled: bool) -> list[BertModel]:
+    berts = [m for m in model.modules() if isinstance(m, BertModel)]
+    if enabled and any(bert.config.is_nezha for bert in berts):
+        raise ValueError(f"{flag}: NEZHA's relative attention has no unpadded or packed path")
+    for bert in berts:
+        check_one_layout(bert.unpad, bert.pack_length is not None)
+    return berts
+
+
+def check_one_layout(unpad: bool, pack: bool) -> None:
+    """--unpad and --pack exclude each other (the drivers' settings and set_unpad/set_pack check it)."""
+    if unpad and pack:
+        raise ValueError("give only one of --unpad and --pack (packed rows are already free of padding FLOPs)")
 
 
 def flat_indices(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """(B, T) mask of prefix ones -> flat indices of the real tokens into B*T, position ids, lengths."""
-    lengths = attention_mask.sum(dim=1)
-    T = attention_mask.shape[1]
-    positions = torch.arange(T, device=attention_mask.device)
-    if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
-        raise ValueError("unpadding needs attention_mask rows of ones then zeros (real tokens first)")
-    real = attention_mask.reshape(-1).bool()
-    index = real.nonzero().squeeze(1)
+    lengths = prefix_lengths(attention_mask, "unpadding")
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    index = attention_mask.reshape(-1).bool().nonzero().squeeze(1)
     return index, positions.expand_as(attention_mask).reshape(-1)[index], lengths.tolist()
 
 
@@ -114,25 +134,34 @@ def unpadded_bert_forward(bert, input_ids, attention_mask, token_type_ids=None) 
     return BertModelOutput(padded, pooled, None)
 
 
-def block_mask(instance_ids: torch.Tensor) -> torch.Tensor:
-    """(R, T) instance ids (0 = padding) -> (R, 1, T, T) bool: a token attends to its own instance;
-    a padding token to itself only (so no row of the softmax is empty)."""
-    same = instance_ids[:, :, None] == instance_ids[:, None, :]
-    real = (instance_ids > 0)[:, :, None] & (instance_ids > 0)[:, None, :]
-    eye = torch.eye(instance_ids.shape[1], dtype=torch.bool, device=instance_ids.device)
-    return (same & real | eye)[:, None]
+def segment_lengths(instance_ids: torch.Tensor) -> list[int]:
+    """(R, C) instance ids (0 = padding) -> lengths of the runs of one instance, or of a row's padding, with the
+    rows laid end to end."""
+    R, C = instance_ids.shape
+    key = torch.arange(R, device=instance_ids.device)[:, None] * (C + 1) + instance_ids
+    return torch.unique_consecutive(key.reshape(-1), return_counts=True)[1].tolist()
 
 
 def encode_packed(bert, packed: dict) -> torch.Tensor:
-    """Packed rows (bertspeed.pretrain.packing) -> hidden (R, T, H)."""
-    mask = block_mask(packed["instance_ids"])
+    """Packed rows (`bertspeed.model.packing.packed_inputs`) -> hidden (R, C, H). Block-diagonal attention: each
+    instance attends to its own tokens only (varlen attention over the rows' runs; a row's padding to itself)."""
     x = embed(bert.embeddings, packed["input_ids"], packed["token_type_ids"], packed["position_ids"])
+    R, C = packed["input_ids"].shape
+    lengths = segment_lengths(packed["instance_ids"])
 
-    def attend(q, k, v, dropout_p):  # (R, T, heads, D) each
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        return context.transpose(1, 2).flatten(2)
+    def attend(q, k, v, dropout_p):  # (R, C, heads, D) each
+        q, k, v = (t.reshape(R * C, *t.shape[2:]) for t in (q, k, v))
+        return varlen_attention(q, k, v, lengths, dropout_p).view(R, C, -1)
     return run_encoder(bert, x, attend)
+
+
+def packed_bert_forward(bert, input_ids, attention_mask, token_type_ids=None) -> BertModelOutput:
+    """BertModel.forward on the batch packed into rows of bert.pack_length tokens; last_hidden_state unpacked to
+    the batch's layout (zeros at padding), so the pooler and every head see each sequence's own tokens."""
+    layout = plan_packing(attention_mask, bert.pack_length)
+    hidden = layout.gather(encode_packed(bert, packed_inputs(layout, input_ids, token_type_ids)))
+    pooled = bert.pooler(hidden) if bert.pooler is not None else None
+    return BertModelOutput(hidden, pooled, None)
 
 
 def packed_pretraining_forward(model, packed: dict) -> PreTrainingOutput:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertspeed.model.layers import FUSED_KERNELS_HELP
+from bertspeed.model.unpad import check_one_layout
 from bertspeed.pretrain.nvidia import add_nvidia_flags, alias_conflict, check_nvidia_flags, note, nvidia_flags
 from bertspeed.pretrain.optim import OPTIMIZERS, thor_params
 from bertspeed.training.hardware import PRECISION_HELP, PRECISIONS
@@ -154,8 +155,7 @@ class PretrainArgs:
             raise ValueError("give exactly one of --config_file and --model_preset (or --init_checkpoint)")
         if self.config_file and self.model_preset:
             raise ValueError("give only one of --config_file and --model_preset")
-        if self.unpad and self.pack:
-            raise ValueError("give only one of --unpad and --pack (packed rows are already free of padding FLOPs)")
+        check_one_layout(self.unpad, self.pack)
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
