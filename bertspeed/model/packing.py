@@ -60,8 +60,12 @@ class PackLayout:
 
     def scatter(self, values: torch.Tensor, fill) -> torch.Tensor:
         """(B, T) per-token values -> (R, C), `fill` where no token is."""
+        return self.place(values.reshape(-1)[self.source], fill)
+
+    def place(self, values: torch.Tensor, fill=0) -> torch.Tensor:
+        """(N,) values of the real tokens (row-major) -> (R, C), `fill` where no token is."""
         out = torch.full((self.num_rows * self.capacity,), fill, dtype=values.dtype, device=values.device)
-        return out.index_copy(0, self.target, values.reshape(-1)[self.source]).view(self.num_rows, self.capacity)
+        return out.index_copy(0, self.target, values).view(self.num_rows, self.capacity)
 
     def gather(self, packed: torch.Tensor) -> torch.Tensor:
         """(R, C, ...) -> (B, T, ...) in the batch's layout, zeros at padding."""
@@ -69,14 +73,6 @@ class PackLayout:
         flat = packed.reshape(self.num_rows * self.capacity, *packed.shape[2:])
         out = flat.new_zeros(B * T, *packed.shape[2:]).index_copy(0, self.source, flat[self.target])
         return out.view(B, T, *packed.shape[2:])
-
-    def segment_lengths(self) -> list[int]:
-        """Token runs of the packed rows laid end to end: each row's sequences, then its padding (if any)."""
-        out = []
-        for members in self.rows:
-            used = [self.lengths[i] for i in members]
-            out += used + ([self.capacity - sum(used)] if sum(used) < self.capacity else [])
-        return out
 
 
 def plan_packing(attention_mask: torch.Tensor, capacity: int | None = None) -> PackLayout:
@@ -105,11 +101,4 @@ def packed_inputs(layout: PackLayout, input_ids: torch.Tensor, token_type_ids: t
         token_type_ids = torch.zeros_like(input_ids)
     sequence = layout.source // layout.batch_shape[1]
     return {"input_ids": layout.scatter(input_ids, 0), "token_type_ids": layout.scatter(token_type_ids, 0),
-            "position_ids": _place(layout, layout.positions),
-            "instance_ids": _place(layout, layout.slot[sequence] + 1)}
-
-
-def _place(layout: PackLayout, values: torch.Tensor) -> torch.Tensor:
-    """Per real token values (N,) -> (R, C), 0 where no token is."""
-    out = torch.zeros(layout.num_rows * layout.capacity, dtype=torch.long, device=values.device)
-    return out.index_copy(0, layout.target, values.long()).view(layout.num_rows, layout.capacity)
+            "position_ids": layout.place(layout.positions), "instance_ids": layout.place(layout.slot[sequence] + 1)}
