@@ -20,9 +20,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -319,6 +317,14 @@ def prepare_work_dir(work: Path, config: dict) -> None:
         write_json_atomic(stored, config)
 
 
+def start_pool(workers: int, init: tuple):
+    """Worker processes (imported here: one worker, the common case, does not pay for the import)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+    ctx = get_context("spawn")  # no fork of a process holding tokenizers' threads
+    return ProcessPoolExecutor(workers, ctx, _init_worker, init)
+
+
 def run(args: CreateDataSettings) -> list[dict]:
     phases = phase_specs(args)
     files = list_files(args.input, TEXT_SUFFIXES)
@@ -341,10 +347,9 @@ def run(args: CreateDataSettings) -> list[dict]:
     for d in part_dirs:
         d.mkdir(exist_ok=True)
     started = time.time()
-    ctx = get_context("spawn")  # no fork of a process holding tokenizers' threads
     init = (args.vocab_file, args.do_lower_case, [s for s, _ in phases], part_dirs, args.random_seed,
             args.dupe_factor)
-    pool = ProcessPoolExecutor(args.workers, ctx, _init_worker, init) if args.workers > 1 else None
+    pool = start_pool(args.workers, init) if args.workers > 1 else None
     if pool is None:
         _init_worker(*init, tok=tokenizer)
     try:

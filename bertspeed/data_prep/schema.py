@@ -1,6 +1,6 @@
 """The HDF5 shard schema (NVIDIA-compatible). The one place these names and dtypes live.
 
-One file per shard, gzip-compressed datasets; N instances, L = sequence length,
+One file per shard, byte-shuffled gzip-compressed datasets; N instances, L = sequence length,
 P = max predictions per sequence.
 """
 from __future__ import annotations
@@ -23,8 +23,12 @@ UNMASKED_FIELDS = {k: v for k, v in MASKED_FIELDS.items() if not k.startswith("m
 # Unmasked shards also mark word starts for whole-word masking (1 = first piece of a word).
 WORD_START_FIELD = ("word_starts", np.int8, ("N", "L"))
 
+# gzip level 1 after HDF5's byte-shuffle filter (both built into every HDF5, so any h5py reader, NVIDIA's
+# included, reads them): written in half the CPU time of plain gzip level 4 (NVIDIA's) and about 10 % smaller
+# on phase-1 shards (issue 20: it was a quarter of data prep's time).
 COMPRESSION = "gzip"
-COMPRESSION_LEVEL = 4
+COMPRESSION_LEVEL = 1
+SHUFFLE = True
 MANIFEST = "manifest.json"
 
 # Masking definition (BERT / NVIDIA): 15 % of tokens, 80 % [MASK], 10 % random, 10 % kept.

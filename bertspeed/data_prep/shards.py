@@ -51,7 +51,7 @@ def write_shard(path: Path, pieces, num_rows: int, seq_len: int, max_pred: int, 
             chunks = (min(CHUNK_ROWS, num_rows),) + full[1:]
             datasets[name] = f.create_dataset(name, full, dtype=dtype, chunks=chunks,
                                               compression=schema.COMPRESSION,
-                                              compression_opts=schema.COMPRESSION_LEVEL)
+                                              compression_opts=schema.COMPRESSION_LEVEL, shuffle=schema.SHUFFLE)
         row = 0
         for piece in pieces:
             n = len(piece["input_ids"])
