@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from bertspeed.model.config import BertConfig
 from bertspeed.model.layers import LayerNorm, attention
+from bertspeed.model.mlm_loss import linear_cross_entropy
 from bertspeed.model.nezha import relative_table
 
 IGNORE_INDEX = -100  # label value that takes no part in a loss (as in transformers)
@@ -249,6 +250,15 @@ class BertLMPredictionHead(nn.Module):
     def forward(self, x):
         return self.decoder(self.transform(x))
 
+    def loss(self, x, labels, fused: bool):
+        """(logits, mean cross-entropy) of the hidden states `x` (M, H) against `labels` (M,). With `fused`
+        and a gradient to compute, the decoder and the loss run tile by tile (mlm_loss.py, faster) and the
+        logits are not returned (None)."""
+        if fused and torch.is_grad_enabled() and x.shape[0] > 0:
+            return None, linear_cross_entropy(self.transform(x), self.decoder.weight, self.bias, labels)
+        logits = self(x)  # (M, V)
+        return logits, F.cross_entropy(logits.float(), labels)
+
 
 class BertPreTrainingHeads(nn.Module):
     def __init__(self, config: BertConfig):
@@ -263,8 +273,8 @@ class PreTrainingOutput:
     mlm_loss: torch.Tensor | None
     nsp_loss: torch.Tensor | None
     # (B, T, V) without labels; with labels only the masked positions, (M, V)
-    # in row-major order of `labels != -100`.
-    prediction_logits: torch.Tensor
+    # in row-major order of `labels != -100`; None when training with the fused MLM loss.
+    prediction_logits: torch.Tensor | None
     seq_relationship_logits: torch.Tensor  # (B, 2)
     mlm_labels: torch.Tensor | None = None  # (M,) labels of the rows of prediction_logits
     hidden_states: tuple | None = None
@@ -272,6 +282,10 @@ class PreTrainingOutput:
 
 class BertForPreTraining(BertPreTrainedModel):
     """BERT with its masked-LM and next-sentence heads; decoder tied to word embeddings."""
+
+    # In training (with labels and gradients) the MLM decoder and its loss run fused (mlm_loss.py) and
+    # prediction_logits is None; set False to get the logits (slower). Eval always returns them.
+    fused_mlm_loss = True
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -297,8 +311,8 @@ class BertForPreTraining(BertPreTrainedModel):
             # Sparse prediction: the vocab projection runs on masked positions only.
             selected = labels != IGNORE_INDEX
             mlm_labels = labels[selected]
-            logits = self.cls.predictions(out.last_hidden_state[selected])  # (M, V)
-            mlm_loss = F.cross_entropy(logits.float(), mlm_labels)
+            logits, mlm_loss = self.cls.predictions.loss(out.last_hidden_state[selected], mlm_labels,
+                                                          fused=self.training and self.fused_mlm_loss)
         nsp_loss = None
         if next_sentence_label is not None:
             nsp_loss = F.cross_entropy(seq_logits.float(), next_sentence_label.view(-1))
