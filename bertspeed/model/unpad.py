@@ -175,7 +175,7 @@ def packed_pretraining_forward(model, packed: dict) -> PreTrainingOutput:
     labels = packed["labels"]
     selected = labels != IGNORE_INDEX
     mlm_labels = labels[selected]
-    logits = model.cls.predictions(hidden[selected])
-    mlm_loss = F.cross_entropy(logits.float(), mlm_labels)
+    logits, mlm_loss = model.cls.predictions.loss(hidden[selected], mlm_labels,
+                                                  fused=model.training and model.fused_mlm_loss)
     nsp_loss = F.cross_entropy(seq_logits.float(), packed["next_sentence_label"][has])
     return PreTrainingOutput(mlm_loss + nsp_loss, mlm_loss, nsp_loss, logits, seq_logits, mlm_labels)
