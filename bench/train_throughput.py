@@ -12,9 +12,13 @@ Rows (per model):
                  (`bert`, then `cls.predictions` on hidden[masked]): the fast way to use it
   ours_plain     our model, plain loop, fp32, sparse MLM head (no DeepSpeed: the overhead reference)
   ours_plain_bf16  the same under torch.autocast(bfloat16), the like-for-like of hf_gathered_bf16
+  ours_unfused / _bf16   ours_plain with the MLM decoder + loss unfused (fused_mlm_loss = False): what
+                 the tiled loss of bertspeed/model/mlm_loss.py gains
   ours_ds_fp32   our model under DeepSpeed (ZeRO 0), fp32, sparse MLM head
   ours_ds_bf16   under DeepSpeed with its bf16 mode (bf16 weights, fp32 master weights)
   ours_ds_bf16_compile   the same with torch.compile of each encoder layer (nn.Module.compile)
+--clock cpu times each step in CPU time of this process (time.process_time; the GEMM peak too): with
+--threads 1 on a shared host it is not inflated by other jobs' time slices, as wall time is.
 Ratios: each row's seq/s over hf_fp32 and over hf_gathered of its precision; DeepSpeed overhead = 1 - t(ours_plain) / t(ours_ds_fp32).
 By default the bf16 rows run only where bf16 is native and faster (bert.hardware.probe_bf16).
 
@@ -119,10 +123,12 @@ def runners(config: BertConfig, batch: dict, which: list[str]) -> dict:
                                  ("hf_gathered_fp32", "gathered", False), ("hf_gathered_bf16", "gathered", True)):
             if name in which:
                 out[name] = (lambda h, a: lambda: plain_step(hf, hf_opt, batch, autocast=a, hf=h))(head, bf16)
-    for name, bf16 in (("ours_plain", False), ("ours_plain_bf16", True)):
+    for name, bf16, fused in (("ours_plain", False, True), ("ours_plain_bf16", True, True),
+                              ("ours_unfused", False, False), ("ours_unfused_bf16", True, False)):
         if name in which:
             torch.manual_seed(0)
             ours = BertForPreTraining(config).train()
+            ours.fused_mlm_loss = fused
             ours_opt = lamb_for(ours)
             out[name] = (lambda m, o, a: lambda: plain_step(m, o, batch, autocast=a, hf=None))(ours, ours_opt, bf16)
     for name, precision, comp in (("ours_ds_fp32", "fp32", False), ("ours_ds_bf16", "bf16", False),
@@ -133,7 +139,7 @@ def runners(config: BertConfig, batch: dict, which: list[str]) -> dict:
     return out
 
 
-def measure(steps_by_name: dict, warmup: int, steps: int, peaks: dict) -> dict:
+def measure(steps_by_name: dict, warmup: int, steps: int, peaks: dict, clock=time.perf_counter) -> dict:
     """Interleave the configurations step by step so load changes hit all of them alike. The GEMM
     peak is probed again after every round (kept as the maximum in `peaks`): on a shared machine a
     single probe can land in a busy moment and make the roofline fraction look too good."""
@@ -143,16 +149,19 @@ def measure(steps_by_name: dict, warmup: int, steps: int, peaks: dict) -> dict:
     times = {name: [] for name in steps_by_name}
     for _ in range(steps):
         for name, step in steps_by_name.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             step()
-            times[name].append(time.perf_counter() - t0)
-        for precision, value in gemm_peaks().items():
+            times[name].append(clock() - t0)
+        for precision, value in gemm_peaks(clock=clock).items():
             peaks[precision] = max(peaks.get(precision, 0.0), value)
     return times
 
 
 ALL = ["hf_fp32", "hf_bf16", "hf_gathered_fp32", "hf_gathered_bf16", "ours_plain", "ours_plain_bf16",
-       "ours_ds_fp32", "ours_ds_bf16", "ours_ds_bf16_compile"]
+       "ours_unfused", "ours_unfused_bf16", "ours_ds_fp32", "ours_ds_bf16", "ours_ds_bf16_compile"]
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def precision_of(config_name: str) -> str:
@@ -183,19 +192,23 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", nargs="+", default=None, choices=ALL,
                         help="rows to run (default: all, bf16 rows only where bf16 is native)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="time steps and GEMM probes in wall time or in this process's CPU time "
+                             "(use cpu with --threads 1 on a shared host)")
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = args.configs or default_configs()
-    host, peaks = host_info(), gemm_peaks()
+    clock = CLOCKS[args.clock]
+    host, peaks = host_info(), gemm_peaks(clock=clock)
     from bertspeed.training.distributed import init_distributed
     init_distributed(600)
     results = []
     for name in args.models:
         config = BertConfig.preset(name, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         batch = synthetic_batch(config, args.batch, args.seq, args.predictions)
-        times = measure(runners(config, batch, configs), args.warmup, args.steps, peaks)
+        times = measure(runners(config, batch, configs), args.warmup, args.steps, peaks, clock)
         best = {cfg: min(t) for cfg, t in times.items()}
         step_flops = args.batch * config.pretraining_flops(args.seq, args.predictions)
         for cfg, t in times.items():
@@ -214,7 +227,7 @@ def main(argv=None) -> int:
             r["fraction_of_gemm_peak"] = r["gflops"] / peak if peak else None
     print(f"host: {host_label(host)}; measured GEMM peak (max over the run's probes) "
           + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
-    print(f"batch {args.batch} x {args.seq}, {args.steps} timed steps, ratios of minimum step times")
+    print(f"batch {args.batch} x {args.seq}, {args.steps} timed steps, {args.clock} clock, ratios of minimum step times")
     for r in results:
         if r["config"] == "deepspeed_overhead":
             print(f"{r['model']:>6}  DeepSpeed overhead: {100 * r['fraction_of_step']:.1f} % of the step")
@@ -226,7 +239,8 @@ def main(argv=None) -> int:
                   f"  {r['seq_per_s']:7.2f} seq/s  {r['gflops']:6.1f} GFLOP/s = {roof:>4} of {precision_of(r['config'])}"
                   f" peak  {ratio} vs hf_fp32  {gathered} vs hf_gathered_{precision_of(r['config'])}")
     if args.output:
-        Path(args.output).write_text(json.dumps({"host": host, "gemm_peak_gflops": peaks, "results": results},
+        Path(args.output).write_text(json.dumps({"host": host, "clock": args.clock, "gemm_peak_gflops": peaks,
+                                                 "results": results},
                                                 indent=2) + "\n")
     return 0
 

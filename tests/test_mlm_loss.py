@@ -71,8 +71,8 @@ def test_pretraining_model_fused_equals_unfused():
     ids = torch.randint(0, 99, (3, 11), generator=gen)
     labels = torch.full_like(ids, -100)
     labels[:, [2, 5, 7]] = torch.randint(0, 99, (3, 3), generator=gen)
-    batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids),
-                 labels=labels, next_sentence_label=torch.tensor([0, 1, 0]))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+             "labels": labels, "next_sentence_label": torch.tensor([0, 1, 0])}
     results = []
     for fused in (False, True):
         model.fused_mlm_loss = fused

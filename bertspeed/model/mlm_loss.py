@@ -91,7 +91,7 @@ def _forward(ctx, x, weight, bias, labels, dtype, need_grad, rows, cols):
     total, vocab = x.shape[0], weight.shape[0]
     xc, wc = x.to(dtype), weight.to(dtype)
     bc = None if bias is None else bias.to(dtype)
-    f32 = dict(dtype=torch.float32, device=x.device)
+    f32 = {"dtype": torch.float32, "device": x.device}
     gx = torch.zeros(x.shape, **f32) if need_grad else None
     gw = torch.zeros(weight.shape, **f32) if need_grad else None
     gb = torch.zeros(vocab, **f32) if need_grad and bias is not None else None
