@@ -40,17 +40,25 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids=None):
+    def forward(self, input_ids, token_type_ids=None, position_ids=None):
+        """input_ids (B, T) -> (B, T, H); position_ids (the shape of input_ids, any shape) default to 0..T-1
+        in every row (unpad.py passes each token's position within its own sequence)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        if self.position_embeddings is not None:
-            T = input_ids.shape[1]
-            if T > self.position_embeddings.num_embeddings:
-                raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
-                                 f"{self.position_embeddings.num_embeddings}")
-            x = x + self.position_embeddings(torch.arange(T, device=input_ids.device))
-        return self.dropout(self.LayerNorm(x))  # (B, T, H)
+        if self.position_embeddings is None:
+            if position_ids is not None:
+                raise ValueError("position ids need absolute position embeddings (NEZHA has none)")
+            return self.dropout(self.LayerNorm(x))
+        limit = self.position_embeddings.num_embeddings
+        if position_ids is None:
+            if input_ids.shape[1] > limit:
+                raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings {limit}")
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)
+        elif position_ids.numel() and int(position_ids.max()) >= limit:
+            raise ValueError(f"position {int(position_ids.max())} exceeds max_position_embeddings {limit}")
+        x = x + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(x))
 
 
 class BertSelfAttention(nn.Module):
@@ -74,10 +82,14 @@ class BertSelfAttention(nn.Module):
         H = x.shape[-1]
         return F.linear(x, weight, bias).view(*x.shape[:-1], 3, self.num_heads, H // self.num_heads).unbind(-3)
 
-    def forward(self, x, key_mask):
+    def forward(self, x, key_mask, attend=None):
+        """x (B, T, H) -> context (B, T, H). `attend(q, k, v, dropout_p)` replaces the attention for another
+        layout of the tokens (unpad.py: x (N, H), q/k/v (N, heads, H / heads) -> (N, H))."""
+        dropout_p = self.dropout_p if self.training else 0.0
+        if attend is not None:
+            return attend(*self.qkv(x), dropout_p)
         B, T, H = x.shape
         q, k, v = (t.transpose(1, 2) for t in self.qkv(x))  # (B, heads, T, H / heads) views
-        dropout_p = self.dropout_p if self.training else 0.0
         relative = None if self.max_relative_position is None else (self.relative_table, self.max_relative_position)
         context = attention(q, k, v, key_mask, dropout_p, relative)  # (B, heads, T, H / heads)
         return context.transpose(1, 2).reshape(B, T, H)
@@ -100,8 +112,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, x, key_mask):
-        return self.output(self.self(x, key_mask), x)
+    def forward(self, x, key_mask, attend=None):
+        return self.output(self.self(x, key_mask, attend), x)
 
 
 class BertIntermediate(nn.Module):
@@ -127,8 +139,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, x, key_mask):
-        attended = self.attention(x, key_mask)
+    def forward(self, x, key_mask, attend=None):
+        attended = self.attention(x, key_mask, attend)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -138,13 +150,14 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
 
-    def forward(self, x, key_mask, output_hidden_states=False):
+    def forward(self, x, key_mask, output_hidden_states=False, attend=None):
+        """`attend`: the attention of another token layout (BertSelfAttention.forward), else masked SDPA."""
         all_hidden = [x] if output_hidden_states else None
         for layer in self.layer:
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, key_mask, use_reentrant=False)
+                x = checkpoint(layer, x, key_mask, attend, use_reentrant=False)
             else:
-                x = layer(x, key_mask)
+                x = layer(x, key_mask, attend)
             if output_hidden_states:
                 all_hidden.append(x)
         return x, (tuple(all_hidden) if output_hidden_states else None)

@@ -60,18 +60,6 @@ def flat_indices(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return index, positions.expand_as(attention_mask).reshape(-1)[index], lengths.tolist()
 
 
-def embed(embeddings, input_ids, token_type_ids, position_ids):
-    """BertEmbeddings on tokens of any shape with explicit position ids (same order of additions)."""
-    if embeddings.position_embeddings is None:
-        raise ValueError("unpadding/packing needs absolute position embeddings (not NEZHA)")
-    if int(position_ids.max()) >= embeddings.position_embeddings.num_embeddings:
-        raise ValueError(f"position {int(position_ids.max())} exceeds max_position_embeddings "
-                         f"{embeddings.position_embeddings.num_embeddings}")
-    x = embeddings.word_embeddings(input_ids) + embeddings.token_type_embeddings(token_type_ids)
-    x = x + embeddings.position_embeddings(position_ids)
-    return embeddings.dropout(embeddings.LayerNorm(x))
-
-
 def length_runs(lengths: list[int]) -> list[tuple[int, int]]:
     """Runs of equal consecutive lengths: (length, count) pairs."""
     runs: list[tuple[int, int]] = []
@@ -97,22 +85,9 @@ def varlen_attention(q, k, v, lengths: list[int], dropout_p: float):
     return torch.cat(outputs)
 
 
-def encoder_layer(layer, x, attend):
-    """One BertLayer on tokens x with attention function `attend(q, k, v, dropout_p)`."""
-    sa = layer.attention.self
-    q, k, v = sa.qkv(x)
-    context = attend(q, k, v, sa.dropout_p if sa.training else 0.0)
-    attended = layer.attention.output(context, x)
-    return layer.output(layer.intermediate(attended), attended)
-
-
 def run_encoder(bert, x, attend):
-    for layer in bert.encoder.layer:
-        if bert.encoder.gradient_checkpointing and bert.training:
-            x = torch.utils.checkpoint.checkpoint(encoder_layer, layer, x, attend, use_reentrant=False)
-        else:
-            x = encoder_layer(layer, x, attend)
-    return x
+    """The encoder's layers on tokens x of any layout, attention by `attend` (BertSelfAttention.forward)."""
+    return bert.encoder(x, None, attend=attend)[0]
 
 
 def encode_unpadded(bert, input_ids, attention_mask, token_type_ids=None):
@@ -120,7 +95,7 @@ def encode_unpadded(bert, input_ids, attention_mask, token_type_ids=None):
     index, positions, lengths = flat_indices(attention_mask)
     if token_type_ids is None:
         token_type_ids = torch.zeros_like(input_ids)
-    x = embed(bert.embeddings, input_ids.reshape(-1)[index], token_type_ids.reshape(-1)[index], positions)
+    x = bert.embeddings(input_ids.reshape(-1)[index], token_type_ids.reshape(-1)[index], positions)
     x = run_encoder(bert, x, lambda q, k, v, p: varlen_attention(q, k, v, lengths, p))
     return x, index, lengths
 
@@ -145,7 +120,7 @@ def segment_lengths(instance_ids: torch.Tensor) -> list[int]:
 def encode_packed(bert, packed: dict) -> torch.Tensor:
     """Packed rows (`bertspeed.model.packing.packed_inputs`) -> hidden (R, C, H). Block-diagonal attention: each
     instance attends to its own tokens only (varlen attention over the rows' runs; a row's padding to itself)."""
-    x = embed(bert.embeddings, packed["input_ids"], packed["token_type_ids"], packed["position_ids"])
+    x = bert.embeddings(packed["input_ids"], packed["token_type_ids"], packed["position_ids"])
     R, C = packed["input_ids"].shape
     lengths = segment_lengths(packed["instance_ids"])
 
