@@ -215,12 +215,21 @@ def test_packing_keeps_every_token_label_and_position(pretraining_batch):
         sorted(batch["next_sentence_label"].tolist())
 
 
-def test_unpad_refuses_a_mask_with_holes():
+def test_unpad_and_pack_refuse_a_mask_with_holes_and_each_other():
     model = BertForPreTraining(tiny_config()).eval()
     set_unpad(model)
     ids = torch.ones(1, 8, dtype=torch.long)
+    holes = torch.tensor([[1, 1, 0, 1, 0, 0, 0, 0]])
     with pytest.raises(ValueError, match="ones then zeros"):
-        model(ids, torch.tensor([[1, 1, 0, 1, 0, 0, 0, 0]]))
+        model(ids, holes)
+    with pytest.raises(ValueError, match="only one of --unpad and --pack"):
+        set_pack(model, 8)
+    set_unpad(model, False)
+    set_pack(model, 8)
+    with pytest.raises(ValueError, match="packing needs attention_mask rows of ones then zeros"):
+        model.bert(ids, holes)
+    with pytest.raises(ValueError, match="only one of --unpad and --pack"):
+        set_unpad(model)
 
 
 def test_run_glue_with_pack_scores_as_the_padded_model(tmp_path, glue_dir, vocab_file):

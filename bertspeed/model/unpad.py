@@ -28,12 +28,14 @@ from bertspeed.model.packing import packed_inputs, plan_packing, prefix_lengths
 def set_unpad(model: torch.nn.Module, enabled: bool = True) -> None:
     """Make every BertModel in `model` run unpadded (enabled) or padded."""
     for bert in _berts(model, "--unpad", enabled):
+        check_one_layout(enabled, bert.pack_length is not None)
         bert.unpad = enabled
 
 
 def set_pack(model: torch.nn.Module, row_length: int | None) -> None:
     """Make every BertModel in `model` pack each batch's sequences into rows of `row_length` tokens (None: off)."""
     for bert in _berts(model, "--pack", row_length is not None):
+        check_one_layout(bert.unpad, row_length is not None)
         bert.pack_length = row_length
 
 
@@ -41,8 +43,6 @@ def _berts(model: torch.nn.Module, flag: str, enabled: bool) -> list[BertModel]:
     berts = [m for m in model.modules() if isinstance(m, BertModel)]
     if enabled and any(bert.config.is_nezha for bert in berts):
         raise ValueError(f"{flag}: NEZHA's relative attention has no unpadded or packed path")
-    for bert in berts:
-        check_one_layout(bert.unpad, bert.pack_length is not None)
     return berts
 
 
