@@ -86,7 +86,8 @@ class FinetuneSettings(ModelSettings):
                                                      "checkpoints (they are deleted)")
     no_save_model: bool = setting(False, help="do not write the finetuned model to OUT/model")
     pack: bool = setting(False, help="pack each batch's sequences into as few rows of --max_seq_length as fit "
-                                     "(block-diagonal attention, positions per sequence; same results)")
+                                     "(block-diagonal attention, positions per sequence; same results); batches "
+                                     "mix lengths (not grouped by length) so that rows fill")
     # training
     num_train_epochs: float = setting(3.0, help="0 evaluates the model as loaded")
     max_steps: int = setting(-1, help="optimizer steps to train; overrides --num_train_epochs (-1: off)")

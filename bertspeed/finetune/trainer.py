@@ -272,7 +272,9 @@ class Trainer:
     def _epoch_batches(self, lengths: list[int], micro: int, epoch: int) -> list:
         """This rank's batches of `epoch` (a new shuffle per epoch)."""
         settings = self.settings
-        batches = length_grouped_batches(lengths, micro, settings.seed + epoch, not settings.no_group_by_length)
+        # --pack: rows fill best from batches of mixed lengths (grouped ones hold sequences of one length)
+        group = not (settings.no_group_by_length or settings.pack)
+        batches = length_grouped_batches(lengths, micro, settings.seed + epoch, group)
         return shard_batches(batches, self.rt.rank, self.rt.world_size)
 
     def _at_boundary(self, micro_step: int) -> bool:
@@ -354,7 +356,7 @@ class Trainer:
         rt = self.rt
         module = self.engine or self.model
         module.eval()
-        order = sorted(range(len(features)), key=lambda i: lengths[i])
+        order = self._prediction_order(lengths)
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         results = {}
         for batch_ids in tqdm(shard_batches(batches, rt.rank, rt.world_size), desc="predict",
@@ -367,6 +369,14 @@ class Trainer:
         results = rt.gather_dict(results)
         module.train()
         return [results[i] for i in range(len(features))]
+
+    def _prediction_order(self, lengths: list[int]) -> list[int]:
+        """By length, so that dynamic padding pads little; with --pack a fixed shuffle, so that short and long
+        sequences share rows (SQuAD dev windows in batches of 64: 94 % of a packed row is real tokens, 75 %
+        when sorted)."""
+        if self.settings.pack:
+            return np.random.default_rng(0).permutation(len(lengths)).tolist()
+        return sorted(range(len(lengths)), key=lambda i: lengths[i])
 
     def state_dict_for_export(self):
         """Full fp32 weights on every rank (ZeRO-3 partitions are gathered first)."""
