@@ -95,7 +95,7 @@ def test_raw_wikipedia_dump_matches_reference(vocab_file, wiki_dump, lower):
     # Many lines at once (data prep's path), batches included, with lines that give no ids at all
     texts = texts + ["", "\x00 \x01", "x"]
     expected = expected + [[], [], fast.token_ids("x")]
-    ids, lengths = fast.lines_ids(texts, batch=97)
+    ids, lengths = fast.lines_ids(texts, batch_chars=4000)
     assert lengths.tolist() == [len(e) for e in expected] and ids.tolist() == [i for e in expected for i in e]
 
 

@@ -12,6 +12,7 @@ A rerun skips finished parts and shards. Output identical for any --workers.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -190,10 +191,12 @@ def _make_parts(block: int, first_doc: int, docs: list[list[str]]) -> list[int]:
     tokenized = TokenizedBlock.from_lengths(tokens, lengths, [len(doc) for doc in docs], first_doc)
     counts = []
     for spec, part_dir in zip(w["specs"], w["part_dirs"]):
-        arrays = create_block_instances(tokenized, spec, w["specials"], w["seed"], w["dupe"])
+        compact = functools.partial(_compact, vocab_size=w["specials"].vocab_size)
+        arrays = create_block_instances(tokenized, spec, w["specials"], w["seed"], w["dupe"], store=compact)
         order = np.random.default_rng([w["seed"], block, spec.max_seq_length]).permutation(len(arrays["input_ids"]))
-        _save_part(part_path(part_dir, block), {k: _compact(k, v[order], w["specials"].vocab_size)
-                                                for k, v in arrays.items()})
+        for name in list(arrays):  # one field at a time, so only one field is ever held twice
+            arrays[name] = arrays[name][order]
+        _save_part(part_path(part_dir, block), arrays)
         counts.append(len(order))
     return counts
 

@@ -89,7 +89,7 @@ class _Cache(dict):
 
 
 LINE_BREAK = "\x00"
-LINES_PER_BATCH = 4096
+CHARS_PER_BATCH = 1 << 16
 
 
 def _split_punctuation(chunk: str) -> list[str]:
@@ -166,13 +166,19 @@ class FastWordPiece:
     def token_ids(self, text: str) -> list[int]:
         return [i for ids in map(self._chunk_ids, self.normalize(text).split()) for i in ids]
 
-    def lines_ids(self, lines: list[str], batch: int = LINES_PER_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    def lines_ids(self, lines: list[str], batch_chars: int = CHARS_PER_BATCH) -> tuple[np.ndarray, np.ndarray]:
         """token_ids of many lines at once: (all their ids one after another [int32], ids per line [int64]).
         The lines are joined with a break chunk and looked up in one pass of C-level calls (split, map over the
-        cache, chain), `batch` lines at a time so the chunk strings of a huge block never exist all at once."""
+        cache, chain), about `batch_chars` characters of lines at a time: the chunk strings of a batch take
+        about 50 bytes per character, so they stay a small, fixed amount of memory whatever the block."""
         ids, lengths = [], []
-        for i in range(0, len(lines), batch):
-            chunks = f" {LINE_BREAK} ".join(map(self.normalize, lines[i:i + batch])).split()
+        ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines)))
+        cuts = [0, *np.unique(np.searchsorted(ends, np.arange(batch_chars, ends[-1] if len(ends) else 0,
+                                                             batch_chars), side="right")).tolist(), len(lines)]
+        for lo, hi in zip(cuts, cuts[1:]):
+            if lo == hi:
+                continue
+            chunks = f" {LINE_BREAK} ".join(map(self.normalize, lines[lo:hi])).split()
             flat = np.array(list(chain.from_iterable(map(self._chunk_ids, chunks))), np.int32)
             breaks = np.flatnonzero(flat < 0)
             lengths.append(np.diff(breaks, prepend=-1, append=len(flat)) - 1)

@@ -20,6 +20,7 @@ the rows are then gathered and masked with NumPy, ARRAY_ROWS at a time.
 from __future__ import annotations
 
 import random
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,18 +102,24 @@ class TokenizedBlock:
 
 
 def create_block_instances(block: TokenizedBlock, spec: InstanceSpec, specials: Specials, seed: int,
-                           dupe_factor: int) -> dict[str, np.ndarray]:
-    """All instances of a block of documents, as arrays in the HDF5 schema."""
-    rows = []  # (a start, a length, b start, b length, is_random_next)
+                           dupe_factor: int, store=None) -> dict[str, np.ndarray]:
+    """All instances of a block of documents, as arrays in the HDF5 schema; store(name, array) -> array, if given,
+    turns each batch's arrays into the form kept (e.g. narrower dtypes) before the batches are joined."""
+    rows = array("q")  # per instance: a start, a length, b start, b length, is_random_next
     for dupe in range(dupe_factor):
         for index, number in enumerate(block.numbers):
             rng = random.Random(document_seed(seed, dupe, number))
             _document_instances(block, index, spec, rng, rows)
     rng = np.random.default_rng([seed, dupe_factor, block.first])
-    ranges = np.array(rows, np.int64).reshape(-1, 5)
-    batches = [_to_arrays(block.tokens, ranges[i:i + ARRAY_ROWS], spec, specials, rng)
-               for i in range(0, max(len(ranges), 1), ARRAY_ROWS)]
-    return batches[0] if len(batches) == 1 else {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    ranges = np.frombuffer(rows, np.int64).reshape(-1, 5).astype(np.int32)  # int32: small [rows, L] temporaries
+    del rows
+    batches = []
+    for i in range(0, max(len(ranges), 1), ARRAY_ROWS):
+        arrays = _to_arrays(block.tokens, ranges[i:i + ARRAY_ROWS], spec, specials, rng)
+        batches.append({k: store(k, v) for k, v in arrays.items()} if store else arrays)
+    if len(batches) == 1:
+        return batches[0]
+    return {k: np.concatenate([b.pop(k) for b in batches]) for k in list(batches[0])}
 
 
 def _randint(rng: random.Random, low: int, high: int) -> int:
@@ -120,8 +127,9 @@ def _randint(rng: random.Random, low: int, high: int) -> int:
     return low + int(rng.random() * (high - low + 1))
 
 
-def _document_instances(block: TokenizedBlock, index: int, spec: InstanceSpec, rng: random.Random, out: list):
-    """Append the document's instances to `out` as (a start, a length, b start, b length, is_random)."""
+def _document_instances(block: TokenizedBlock, index: int, spec: InstanceSpec, rng: random.Random, out: array):
+    """Append the document's instances to `out`, five numbers each: a start, a length, b start, b length,
+    is_random."""
     first, end = block.doc_segments[index], block.doc_segments[index + 1]
     starts, lengths = block.starts, block.lengths
     max_num_tokens = spec.max_seq_length - 3
@@ -146,7 +154,7 @@ def _document_instances(block: TokenizedBlock, index: int, spec: InstanceSpec, r
             else:
                 b_start, b_len, is_random = a_start + a_len, length - a_len, False
             a_start, a_len, b_start, b_len = _truncate_pair(a_start, a_len, b_start, b_len, max_num_tokens, rng)
-            out.append((a_start, a_len, b_start, b_len, is_random))
+            out.extend((a_start, a_len, b_start, b_len, is_random))
             chunk_first, length = i + 1, 0
         i += 1
 
@@ -192,7 +200,7 @@ def _to_arrays(tokens: np.ndarray, ranges: np.ndarray, spec: InstanceSpec, sp: S
     n, L, P = len(ranges), spec.max_seq_length, spec.max_predictions
     a_start, a_len, b_start, b_len = (ranges[:, k, None] for k in range(4))
     lengths = (a_len + b_len + 3)[:, 0]
-    cols = np.arange(L)[None, :]
+    cols = np.arange(L, dtype=np.int32)[None, :]
     in_b = cols >= a_len + 2
     source = np.where(in_b, b_start + cols - a_len - 2, a_start + cols - 1)
     real = cols < lengths[:, None]
