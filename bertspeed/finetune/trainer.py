@@ -352,7 +352,7 @@ class Trainer:
     @torch.no_grad()
     def predict(self, features: list[dict], collate, extract, batch_size: int, lengths: list[int]) -> list:
         """`extract(output, batch)` -> one result per example of the batch; returns them in feature order.
-        Batches of similar length are spread over the ranks and gathered back."""
+        Batches (of similar length; mixed with --pack) are spread over the ranks and gathered back."""
         rt = self.rt
         module = self.engine or self.model
         module.eval()
