@@ -294,11 +294,11 @@ def test_output_dir_of_another_run_is_refused(tmp_path, corpus, vocab_file, caps
 def test_memory_bounds_blocks_and_array_batches(tmp_path, monkeypatch):
     """Issue 20: a block ends at MAX_BLOCK_DOCS documents however small they are, and instances become arrays
     in batches of ARRAY_ROWS rows with the same fields and the same rows as one batch would give."""
-    from bertspeed.data_prep import create_pretraining_data as cpd, instances
+    from bertspeed.data_prep import instances, parts
     text = tmp_path / "short.txt"
-    text.write_text("".join(f"entry {i} is short.\n\n" for i in range(2 * cpd.MAX_BLOCK_DOCS + 5)), encoding="utf-8")
-    sizes = [len(docs) for _, _, docs, _ in cpd.iter_blocks([str(text)], 1 << 20)]
-    assert sizes == [cpd.MAX_BLOCK_DOCS, cpd.MAX_BLOCK_DOCS, 5]
+    text.write_text("".join(f"entry {i} is short.\n\n" for i in range(2 * parts.MAX_BLOCK_DOCS + 5)), encoding="utf-8")
+    sizes = [len(docs) for _, _, docs, _ in parts.iter_blocks([str(text)], 1 << 20)]
+    assert sizes == [parts.MAX_BLOCK_DOCS, parts.MAX_BLOCK_DOCS, 5]
     docs = [[[5 + (d * 7 + s) % 90 for s in range(9)] for _ in range(3)] for d in range(40)]
     spec = instances.InstanceSpec(32, 5)
     specials = instances.Specials(1, 2, 3, 100, np.zeros(100, bool))
