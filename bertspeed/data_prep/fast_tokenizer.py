@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from itertools import chain
+from itertools import chain, pairwise
 
 import numpy as np
 
@@ -175,7 +175,7 @@ class FastWordPiece:
         ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines)))
         cuts = [0, *np.unique(np.searchsorted(ends, np.arange(batch_chars, ends[-1] if len(ends) else 0,
                                                              batch_chars), side="right")).tolist(), len(lines)]
-        for lo, hi in zip(cuts, cuts[1:]):
+        for lo, hi in pairwise(cuts):
             if lo == hi:
                 continue
             chunks = f" {LINE_BREAK} ".join(map(self.normalize, lines[lo:hi])).split()
