@@ -310,3 +310,12 @@ def test_memory_bounds_blocks_and_array_batches(tmp_path, monkeypatch):
     for k in ("input_mask", "segment_ids", "next_sentence_labels"):  # masking draws differ, the rows do not
         np.testing.assert_array_equal(whole[k], batched[k])
     assert ((batched["masked_lm_positions"] > 0).sum(1) >= 1).all()
+
+
+def test_reader_documents_line_by_line(tmp_path):
+    """Issue 20: the NVIDIA-format reader goes line by line; documents end at blank or whitespace-only lines
+    (CR/LF too), lines are stripped, and other line separators (U+2028, \\x85) stay inside a line."""
+    from bertspeed.data_prep.readers import iter_segmented_documents
+    path = tmp_path / "edge.txt"
+    path.write_bytes("a\r\n b \r\n\r\n \t\nc\u2028d\n\u3000\ne\x85f\n\n\n\U0001F600 g".encode())
+    assert list(iter_segmented_documents(str(path))) == [["a", "b"], ["c\u2028d"], ["e\x85f"], ["\U0001F600 g"]]
