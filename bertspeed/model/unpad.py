@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bertspeed.model.layers import attention
 from bertspeed.model.model import IGNORE_INDEX, BertModel, BertModelOutput, PreTrainingOutput
 from bertspeed.model.packing import packed_inputs, plan_packing, prefix_lengths
 
@@ -73,14 +74,15 @@ def length_runs(lengths: list[int]) -> list[tuple[int, int]]:
 
 def varlen_attention(q, k, v, lengths: list[int], dropout_p: float):
     """q, k, v (N, heads, D) of sequences laid end to end -> context (N, heads * D); each sequence attends
-    to itself only; a run of equal lengths is one batched SDPA call. torch.split (not slicing) keeps the
-    backward one concatenation instead of a full-size zero gradient per sequence."""
+    to itself only; a run of equal lengths is one batched call of the padded model's attention op (SDPA, or the
+    fused kernels, fp32 for bf16 training on CPU). torch.split (not slicing) keeps the backward one concatenation
+    instead of a full-size zero gradient per sequence."""
     runs = [(L, n) for L, n in length_runs(lengths) if L]
     sizes = [L * n for L, n in runs]
     outputs = []
     for (L, n), qs, ks, vs in zip(runs, q.split(sizes), k.split(sizes), v.split(sizes)):
         qs, ks, vs = (t.view(n, L, *t.shape[1:]).transpose(1, 2) for t in (qs, ks, vs))  # (n, heads, L, D)
-        context = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p)
+        context = attention(qs, ks, vs, None, dropout_p)  # the padded model's attention op, unmasked
         outputs.append(context.transpose(1, 2).reshape(n * L, -1))
     return torch.cat(outputs)
 
