@@ -43,7 +43,7 @@ def category(name: str, ancestors: set) -> str:
         if key in name:
             return label
     if name == "aten::copy_":
-        return "copy_ (autocast casts, contiguous copies)"
+        return "copy_ (addmm's bias broadcast into its output, autocast casts)"
     if name in ("aten::fill_", "aten::zero_"):
         return "fill_ / zero_"
     return "everything else (adds, sums, indexing, views, autograd)"
