@@ -3,8 +3,9 @@ initial weights, data and batch (one process, ZeRO 0, fp32), run one after the o
 
     python bench/optimizer_convergence.py --work_dir bench_out/convergence --steps 600 --target 0.10
 
-Data: the demo's (SQuAD Wikipedia paragraphs, our 8k vocab, seq 128 shards; built once in --work_dir and
-reused). Each optimizer gets its own peak learning rate (--lr NAME=VALUE; defaults are ones that train this
+Data: the demo's (SQuAD Wikipedia paragraphs, our 8k vocab, its phase-1 shards, seq demo_plan.PHASE1_SEQ; built
+once in --work_dir and reused: an older work_dir keeps the length it was built with). The model is the demo's
+(demo_plan.model_config). Each optimizer gets its own peak learning rate (--lr NAME=VALUE; defaults are ones that train this
 model) and warmup; THOR's other settings are MindSpore's BERT-THOR ones except `frequency` (--thor_frequency)
 and damping. Prints, per optimizer: the first evaluated step at which held-out MLM accuracy reaches --target,
 the training seconds up to that step (sum of the logged step times, evaluation excluded), the final
@@ -29,10 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 LR = {"lamb": 2e-3, "adamw": 1e-3, "thor": 5e-3}
 
 
-def shards(work: Path) -> tuple[Path, Path, Path]:
-    data = prepare_sample_data(work / "data", corpus_articles=60, heldout_articles=6, squad_questions=1)
-    demo.data_prep_stage(work, data, demo_plan.CorpusPlan(60, 6, 256))
-    phase = json.loads((work / "shards" / ".done").read_text())["phase_dirs"][0]
+def shards(work: Path, articles: int, seq: int) -> tuple[Path, Path, Path]:
+    """The demo's data prep on `articles` SQuAD articles (a twentieth as many held out), with shards at `seq`
+    (and at the demo's other phase length)."""
+    data = prepare_sample_data(work / "data", corpus_articles=articles, heldout_articles=max(4, articles // 20),
+                               squad_questions=1)
+    second = demo_plan.PHASE2_SEQ if seq == demo_plan.PHASE1_SEQ else seq  # data_prep_stage builds PHASE1_SEQ and this
+    demo.data_prep_stage(work, data, demo_plan.CorpusPlan(articles, max(4, articles // 20), second))
+    dirs = json.loads((work / "shards" / ".done").read_text())["phase_dirs"]
+    phase = next((d for d in dirs if d.startswith(f"seq_len_{seq}_")), None)
+    if phase is None:
+        raise SystemExit(f"{work} holds shards of {dirs}, not seq {seq}: choose another --work_dir")
     return work / "shards" / "train" / phase, work / "shards" / "heldout" / phase, work / "shards" / "vocab.txt"
 
 
@@ -49,6 +57,8 @@ def run(work: Path, name: str, lr: float, args, train: Path, heldout: Path, voca
     ds = work / f"ds_{name}{args.tag}.json"
     ds.write_text(json.dumps(config))
     model = demo_plan.model_config(args.hidden, args.layers)
+    if args.initializer_range:
+        model.initializer_range = args.initializer_range
     model.to_json_file(work / f"model{args.tag}.json")
     if not (out / "summary.json").is_file():
         subprocess.run([sys.executable, str(ROOT / "pretrain" / "run_pretraining.py"), "--deepspeed_config",
@@ -85,6 +95,9 @@ def main(argv=None) -> int:
     parser.add_argument("--eval_interval", type=int, default=50)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--seq", type=int, default=demo_plan.PHASE1_SEQ, help="sequence length of the shards")
+    parser.add_argument("--articles", type=int, default=60, help="SQuAD train articles in the corpus")
+    parser.add_argument("--initializer_range", type=float, help="default: the demo model's, 1/sqrt(hidden)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--target", type=float, default=0.10, help="held-out MLM accuracy to reach")
     parser.add_argument("--thor_frequency", type=int, default=20)
@@ -95,12 +108,12 @@ def main(argv=None) -> int:
     lrs = {**LR, **{k: float(v) for k, v in (item.split("=") for item in args.lr)}}
     args.work_dir.mkdir(parents=True, exist_ok=True)
     print(host_label(host_info("fp32")))
-    train, heldout, vocab = shards(args.work_dir)
+    train, heldout, vocab = shards(args.work_dir, args.articles, args.seq)
     results = {name: time_to_target(run(args.work_dir, name, lrs[name], args, train, heldout, vocab), args.target)
                for name in args.optimizers}
     base = (results.get("lamb") or {}).get("reached")
     unigram = unigram_baseline(train, heldout)
-    print(f"target held-out MLM accuracy {args.target}, batch {args.batch}, model {args.layers}x{args.hidden}, "
+    print(f"target held-out MLM accuracy {args.target}, batch {args.batch}, seq {args.seq}, model {args.layers}x{args.hidden}, "
           f"warmup {args.warmup_proportion}; unigram baseline {unigram:.4f}")
     for name, r in results.items():
         reached = r["reached"]

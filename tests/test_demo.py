@@ -60,6 +60,11 @@ def test_report_matches_metrics_files(demo):
     shards = out / "shards"
     p2 = json.loads((shards / ".done").read_text())["phase_dirs"][1]
     assert results["unigram_mlm_acc"] == unigram_baseline(shards / "train" / p2, shards / "heldout" / p2)
+    p1 = json.loads((shards / ".done").read_text())["phase_dirs"][0]
+    assert results["phase1_unigram_mlm_acc"] == unigram_baseline(shards / "train" / p1, shards / "heldout" / p1)
+    phase1_eval = [r for r in read_metrics(out / "phase1") if "eval/mlm_acc_at_mask" in r][-1]
+    assert (f"| held-out MLM accuracy at [MASK] positions after phase 1 | "
+            f"{phase1_eval['eval/mlm_acc_at_mask']:.3f} |") in report
     assert (out / "curves.png").stat().st_size > 10_000
 
 

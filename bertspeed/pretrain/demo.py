@@ -106,7 +106,7 @@ def data_prep_stage(out: Path, data: dict, corpus: demo_plan.CorpusPlan) -> None
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     log, py, seconds = stage / "log.txt", sys.executable, 0.0
-    phases = [(128, demo_plan.PHASE1_PREDICTIONS), (corpus.phase2_seq_len, corpus.phase2_seq_len * 20 // 128)]
+    phases = [(n, demo_plan.max_predictions(n)) for n in (demo_plan.PHASE1_SEQ, corpus.phase2_seq_len)]
     for split in ("train", "heldout"):
         seconds += run([py, "-m", "bertspeed.data_prep.extract", "--input", data[f"{split}_corpus"], "--input_format", "text",
                         "--output_dir", stage / f"{split}_sentences", "--workers", WORLD_SIZE, "--num_shards", 2],
@@ -131,7 +131,7 @@ def ds_config(out: Path, name: str, micro_batch: int, lr: float) -> Path:
     config = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
               "train_batch_size": micro_batch * WORLD_SIZE, "gradient_clipping": 1.0,
               "steps_per_print": 10 ** 9,
-              "optimizer": {"type": "Lamb", "params": {"lr": lr, "weight_decay": 0.01,
+              "optimizer": {"type": demo_plan.OPTIMIZER, "params": {"lr": lr, "weight_decay": 0.01,
                                                         "betas": [0.9, 0.999], "eps": 1e-6}},
               "zero_optimization": {"stage": 1}}
     path = out / f"ds_{name}.json"
@@ -273,7 +273,9 @@ def main(argv=None) -> int:
 
     def measure(config):
         from bertspeed.pretrain.calibrate import training_seq_per_s
-        return training_seq_per_s(config, demo_plan.PHASE1_MICRO, 128, demo_plan.PHASE1_PREDICTIONS, precision)
+        seq = demo_plan.PHASE1_SEQ
+        return training_seq_per_s(config, demo_plan.PHASE1_MICRO, seq, demo_plan.max_predictions(seq), precision,
+                                  steps=8)  # short steps: the fastest of 8 is steadier on a busy host
 
     phase1 = plan_stage(out, plan, "phase1", lambda: demo_plan.phase1_plan(clock.left(), vocab_size, measure))
     config = demo_plan.model_config(phase1["hidden_size"], phase1["num_hidden_layers"], vocab_size)

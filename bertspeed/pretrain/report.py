@@ -80,7 +80,10 @@ def collect(demo: Path) -> dict:
         "phase1_instances": instances.get("num_instances", instances.get("total_instances")),
         "phase1_steps": last(phase1, "step"), "phase2_steps": last(phase2, "step"),
         "phase1_seq_per_s": median(phase1, "perf/seq_per_s"), "phase2_seq_per_s": median(phase2, "perf/seq_per_s"),
+        "phase1_seq_len": phase_seq_len(p1_dir), "phase2_seq_len": phase_seq_len(p2_dir),
         "phase1_mlm_acc": last(phase1, "eval/mlm_acc"), "phase1_nsp_acc": last(phase1, "eval/nsp_acc"),
+        "phase1_mlm_acc_at_mask": last(phase1, "eval/mlm_acc_at_mask"),
+        "phase1_unigram_mlm_acc": unigram_baseline(demo / "shards" / "train" / p1_dir, demo / "shards" / "heldout" / p1_dir),
         "mlm_acc": last(phase2, "eval/mlm_acc"), "nsp_acc": last(phase2, "eval/nsp_acc"),
         "mlm_acc_at_mask": last(phase2, "eval/mlm_acc_at_mask"),
         "unigram_mlm_acc": unigram_baseline(demo / "shards" / "train" / p2_dir, demo / "shards" / "heldout" / p2_dir),
@@ -91,6 +94,20 @@ def collect(demo: Path) -> dict:
 
 
 CONTEXT_FACTOR = 1.5  # [MASK]-position accuracy above this multiple of the unigram baseline counts as using context
+
+
+def phase_seq_len(phase_dir: str) -> int:
+    """The sequence length in a phase directory's name (seq_len_N_max_pred_P)."""
+    return int(phase_dir.split("_")[2])
+
+
+def context_verdict(at_mask: float, unigram: float, when: str) -> str:
+    return (f" At [MASK] positions alone, where the token can only come from context (elsewhere the model can "
+            f"copy the visible one), accuracy {when} is {fmt(at_mask)}, {at_mask / max(unigram, 1e-9):.1f}x the "
+            f"unigram baseline's {fmt(unigram)}"
+            + (": it predicts from context." if at_mask > CONTEXT_FACTOR * unigram else
+               f", under {CONTEXT_FACTOR}x: not clearly from context yet (from-scratch BERT's early plateau; see "
+               "the README)."))
 
 
 def fmt(value, pattern="{:.3f}") -> str:
@@ -104,13 +121,11 @@ def render(r: dict, minutes: float | None, curves: str = "![curves](curves.png)"
                f"{fmt(r['unigram_mlm_acc'])}." if learned else
                f"The model did NOT clearly learn: held-out MLM accuracy {fmt(r['mlm_acc'])} against a unigram "
                f"baseline of {fmt(r['unigram_mlm_acc'])}.")
-    at_mask = r.get("mlm_acc_at_mask")
+    at_mask, at_mask1 = r.get("mlm_acc_at_mask"), r.get("phase1_mlm_acc_at_mask")
+    if at_mask1 is not None and "phase1_unigram_mlm_acc" in r:
+        verdict += context_verdict(at_mask1, r["phase1_unigram_mlm_acc"], f"after phase 1 (seq {r['phase1_seq_len']})")
     if at_mask is not None:
-        verdict += (f" At [MASK] positions alone, where the token can only come from context (elsewhere the model "
-                    f"can copy the visible one), accuracy is {fmt(at_mask)}")
-        verdict += (", so it also predicts from context." if at_mask > CONTEXT_FACTOR * r["unigram_mlm_acc"] else
-                    f" against the unigram baseline's {fmt(r['unigram_mlm_acc'])}: it has learned to copy visible "
-                    "tokens but not yet to predict from context (from-scratch BERT's early plateau; see the README).")
+        verdict += context_verdict(at_mask, r["unigram_mlm_acc"], f"after phase 2 (seq {r.get('phase2_seq_len', '?')})")
     random_f1 = r.get("squad_random_init_f1")
     if random_f1 is not None:
         gain = r["squad_f1"] - random_f1
@@ -120,13 +135,16 @@ def render(r: dict, minutes: float | None, curves: str = "![curves](curves.png)"
     rows = [
         ("data prep throughput (extract + vocab + shards, 2 workers)", f"{fmt(r['prep_mb_per_s'], '{:.2f}')} MB/s "
                                                                f"over {fmt(r['corpus_mb'], '{:.1f}')} MB"),
-        ("phase 1 pretraining (seq 128)", f"{fmt(r['phase1_seq_per_s'], '{:.1f}')} seq/s, "
-                                          f"{r['phase1_steps']} steps"),
-        ("phase 2 pretraining", f"{fmt(r['phase2_seq_per_s'], '{:.1f}')} seq/s, {r['phase2_steps']} steps"),
+        (f"phase 1 pretraining (seq {r.get('phase1_seq_len', 128)})", f"{fmt(r['phase1_seq_per_s'], '{:.1f}')} "
+                                                                      f"seq/s, {r['phase1_steps']} steps"),
+        (f"phase 2 pretraining (seq {r.get('phase2_seq_len', '?')})", f"{fmt(r['phase2_seq_per_s'], '{:.1f}')} seq/s, "
+                                                                    f"{r['phase2_steps']} steps"),
         ("held-out MLM accuracy after phase 1", fmt(r["phase1_mlm_acc"])),
+        ("held-out MLM accuracy at [MASK] positions after phase 1", fmt(at_mask1)),
+        ("unigram MLM baseline, phase 1 shards (most frequent masked token)", fmt(r.get("phase1_unigram_mlm_acc"))),
         ("held-out MLM accuracy (final)", fmt(r["mlm_acc"])),
         ("held-out MLM accuracy at [MASK] positions (final)", fmt(at_mask)),
-        ("unigram MLM baseline (most frequent masked token)", fmt(r["unigram_mlm_acc"])),
+        ("unigram MLM baseline, phase 2 shards", fmt(r["unigram_mlm_acc"])),
         ("held-out NSP accuracy (final; chance 0.5)", fmt(r["nsp_acc"])),
         ("SQuAD v1.1 dev subset exact match", fmt(r["squad_exact_match"], "{:.2f}")),
         ("SQuAD v1.1 dev subset F1", fmt(r["squad_f1"], "{:.2f}")),
