@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,8 @@ def shards(work: Path, articles: int, seq: int) -> tuple[Path, Path, Path]:
     return work / "shards" / "train" / phase, work / "shards" / "heldout" / phase, work / "shards" / "vocab.txt"
 
 
-def run(work: Path, name: str, lr: float, args, train: Path, heldout: Path, vocab: Path) -> Path:
+def launch(work: Path, name: str, lr: float, args, train: Path, heldout: Path, vocab: Path):
+    """Starts one optimizer's run (unless it finished before): (its run folder, its process or None)."""
     out = work / f"run_{name}{args.tag}"
     params = {"lr": lr, "weight_decay": 0.01}
     if name == "thor":
@@ -56,19 +58,35 @@ def run(work: Path, name: str, lr: float, args, train: Path, heldout: Path, voca
               "optimizer": {"type": {"lamb": "Lamb", "adamw": "AdamW", "thor": "THOR"}[name], "params": params}}
     ds = work / f"ds_{name}{args.tag}.json"
     ds.write_text(json.dumps(config))
-    model = demo_plan.model_config(args.hidden, args.layers)
-    if args.initializer_range:
-        model.initializer_range = args.initializer_range
-    model.to_json_file(work / f"model{args.tag}.json")
-    if not (out / "summary.json").is_file():
-        subprocess.run([sys.executable, str(ROOT / "pretrain" / "run_pretraining.py"), "--deepspeed_config",
+    if (out / "summary.json").is_file():
+        return out, None
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.side_by_side else None
+    return out, subprocess.Popen([sys.executable, str(ROOT / "pretrain" / "run_pretraining.py"), "--deepspeed_config",
                         str(ds), "--input_dir", str(train), "--eval_dir", str(heldout),
                         "--eval_interval", str(args.eval_interval), "--eval_samples", "512", "--config_file",
                         str(work / f"model{args.tag}.json"), "--vocab_file", str(vocab), "--output_dir", str(out),
                         "--max_steps", str(args.steps), "--warmup_proportion", str(args.warmup_proportion), "--precision", "fp32",
                         "--seed", "7", "--log_interval", "1", "--checkpoint_interval", str(args.steps),
-                        "--disable_progress_bar"], check=True)
-    return out
+                        "--disable_progress_bar"], env=env)
+
+
+def run_all(work: Path, lrs: dict, args, train: Path, heldout: Path, vocab: Path) -> dict:
+    """Every optimizer's run folder; one after another, or all at once on one thread each (--side_by_side:
+    the OS shares the cores evenly between them, so their step times compare under the same load)."""
+    model = demo_plan.model_config(args.hidden, args.layers)
+    if args.initializer_range:
+        model.initializer_range = args.initializer_range
+    model.to_json_file(work / f"model{args.tag}.json")  # once: the runs read it as they start
+    outs, procs = {}, []
+    for name in args.optimizers:
+        outs[name], proc = launch(work, name, lrs[name], args, train, heldout, vocab)
+        procs.append(proc)
+        if proc is not None and not args.side_by_side and proc.wait() != 0:
+            raise SystemExit(f"the {name} run failed: see {outs[name]}")
+    for name, proc in zip(args.optimizers, procs):
+        if proc is not None and proc.wait() != 0:
+            raise SystemExit(f"the {name} run failed: see {outs[name]}")
+    return outs
 
 
 def time_to_target(out: Path, target: float) -> dict:
@@ -103,14 +121,16 @@ def main(argv=None) -> int:
     parser.add_argument("--thor_frequency", type=int, default=20)
     parser.add_argument("--thor_damping", type=float, default=0.05)
     parser.add_argument("--warmup_proportion", type=float, default=0.05)
+    parser.add_argument("--side_by_side", action="store_true",
+                        help="run the optimizers at once, one thread each (wall-time ratios under equal load)")
     parser.add_argument("--tag", default="", help="suffix of the run folders (compare other settings in one work_dir)")
     args = parser.parse_args(argv)
     lrs = {**LR, **{k: float(v) for k, v in (item.split("=") for item in args.lr)}}
     args.work_dir.mkdir(parents=True, exist_ok=True)
     print(host_label(host_info("fp32")))
     train, heldout, vocab = shards(args.work_dir, args.articles, args.seq)
-    results = {name: time_to_target(run(args.work_dir, name, lrs[name], args, train, heldout, vocab), args.target)
-               for name in args.optimizers}
+    outs = run_all(args.work_dir, lrs, args, train, heldout, vocab)
+    results = {name: time_to_target(out, args.target) for name, out in outs.items()}
     base = (results.get("lamb") or {}).get("reached")
     unigram = unigram_baseline(train, heldout)
     print(f"target held-out MLM accuracy {args.target}, batch {args.batch}, seq {args.seq}, model {args.layers}x{args.hidden}, "

@@ -46,11 +46,10 @@ def test_report_matches_metrics_files(demo):
     report = (out / "report.md").read_text()
     assert report.split("# bertspeed demo report")[1].strip()[:200] in stdout
     results = json.loads((out / "results.json").read_text())
-    phase2 = read_metrics(out / "phase2")
-    final_eval = [r for r in phase2 if "eval/mlm_acc" in r][-1]
-    assert results["mlm_acc"] == final_eval["eval/mlm_acc"]
-    assert f"| held-out MLM accuracy (final) | {final_eval['eval/mlm_acc']:.3f} |" in report
-    at_mask = final_eval["eval/mlm_acc_at_mask"]
+    final_eval = json.loads((out / "final_eval" / "phase2.json").read_text())  # phase 2's last checkpoint, scored
+    assert results["mlm_acc"] == final_eval["mlm_acc"]
+    assert f"| held-out MLM accuracy (final) | {final_eval['mlm_acc']:.3f} |" in report
+    at_mask = final_eval["mlm_acc_at_mask"]
     assert results["mlm_acc_at_mask"] == at_mask and 0 <= at_mask <= 1
     assert f"| held-out MLM accuracy at [MASK] positions (final) | {at_mask:.3f} |" in report
     squad = json.loads((out / "squad" / "eval_results.json").read_text())
@@ -62,9 +61,8 @@ def test_report_matches_metrics_files(demo):
     assert results["unigram_mlm_acc"] == unigram_baseline(shards / "train" / p2, shards / "heldout" / p2)
     p1 = json.loads((shards / ".done").read_text())["phase_dirs"][0]
     assert results["phase1_unigram_mlm_acc"] == unigram_baseline(shards / "train" / p1, shards / "heldout" / p1)
-    phase1_eval = [r for r in read_metrics(out / "phase1") if "eval/mlm_acc_at_mask" in r][-1]
-    assert (f"| held-out MLM accuracy at [MASK] positions after phase 1 | "
-            f"{phase1_eval['eval/mlm_acc_at_mask']:.3f} |") in report
+    phase1_eval = json.loads((out / "final_eval" / "phase1.json").read_text())
+    assert f"| held-out MLM accuracy at [MASK] positions after phase 1 | {phase1_eval['mlm_acc_at_mask']:.3f} |" in report
     assert (out / "curves.png").stat().st_size > 10_000
 
 

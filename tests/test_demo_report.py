@@ -10,10 +10,10 @@ BASE = {"corpus_mb": 13.2, "prep_mb_per_s": 0.3, "phase1_steps": 600, "phase2_st
 
 @pytest.mark.parametrize("mlm_acc, at_mask, expected", [
     (0.136, 0.060, ["The model learned: held-out MLM accuracy 0.136 is 2.2x the unigram baseline 0.062.",
-                    "accuracy after phase 2 (seq 128) is 0.060, 1.0x the unigram baseline's 0.062, under 1.5x: not "
+                    "accuracy is 0.060 after phase 2 (seq 128), 1.0x its unigram baseline 0.062 (under 1.5x: not "
                     "clearly from context yet"]),
-    (0.300, 0.250, ["The model learned", "accuracy after phase 2 (seq 128) is 0.250, 4.0x the unigram baseline's "
-                                         "0.062: it predicts from context."]),
+    (0.300, 0.250, ["The model learned", "accuracy is 0.250 after phase 2 (seq 128), 4.0x its unigram baseline "
+                                         "0.062 (from context)."]),
     (0.080, 0.050, ["The model did NOT clearly learn: held-out MLM accuracy 0.080 against a unigram baseline of 0.062.",
                     "not clearly from context yet"]),
     (0.136, None, ["The model learned"]),
@@ -32,8 +32,8 @@ def test_verdict_judges_each_phase_against_its_own_baseline():
     text = render({**BASE, "mlm_acc": 0.2, "mlm_acc_at_mask": 0.07, "phase1_mlm_acc_at_mask": 0.13,
                    "phase1_unigram_mlm_acc": 0.054}, minutes=13.0)
     verdict = text.split("\n\n")[-2]
-    assert "accuracy after phase 1 (seq 32) is 0.130, 2.4x the unigram baseline's 0.054: it predicts from context." in verdict
-    assert "accuracy after phase 2 (seq 128) is 0.070, 1.1x the unigram baseline's 0.062, under 1.5x" in verdict
+    assert ("accuracy is 0.130 after phase 1 (seq 32), 2.4x its unigram baseline 0.054 (from context); 0.070 after "
+            "phase 2 (seq 128), 1.1x its unigram baseline 0.062 (under 1.5x") in verdict
     assert "| held-out MLM accuracy at [MASK] positions after phase 1 | 0.130 |" in text
 
 

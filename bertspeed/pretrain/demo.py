@@ -165,6 +165,21 @@ def pretrain_stage(out: Path, name: str, shards: Path, eval_shards: Path, ds: Pa
                         "stopped_at_deadline": stopped})
 
 
+def final_eval_stage(out: Path, heldout: Path, phase_dirs: list[str]) -> None:
+    """Each phase's last checkpoint scored on its held-out shards (`bertspeed evaluate`): a phase stopped at its
+    time share has no evaluation of its own at the step it ended."""
+    stage = out / "final_eval"
+    if stage_done(stage):
+        return
+    stage.mkdir(parents=True, exist_ok=True)
+    seconds = 0.0
+    for name, phase_dir in zip(("phase1", "phase2"), phase_dirs):
+        seconds += run([sys.executable, "-m", "bertspeed.pretrain.evaluate", "--model", out / name,
+                        "--eval_dir", heldout / phase_dir, "--eval_samples", demo_plan.EVAL_SAMPLES,
+                        "--output_file", stage / f"{name}.json"], stage / "log.txt", show=False)[0]
+    mark_done(stage, {"seconds": seconds})
+
+
 def random_init_stage(out: Path, seed: int = 42) -> Path:
     """A randomly initialised model of the demo's shape and vocab (our initialisation, as pretraining
     starts from), saved as a model folder: the control run of SQuAD finetuning."""
@@ -291,6 +306,7 @@ def main(argv=None) -> int:
     pretrain_stage(out, "phase2", shards / phase_dirs[1], heldout / phase_dirs[1],
                    ds_config(out, "phase2", demo_plan.PHASE2_MICRO, demo_plan.PHASE2_LR), phase2["steps"],
                    precision, deadline=1.1 * phase2["seconds"] + 10, init=out / "phase1")
+    final_eval_stage(out, heldout, phase_dirs)
     plan_stage(out, plan, "squad", lambda: demo_plan.squad_plan(clock.left(), config, speed, start_seconds / 2))
     squad_stages(out, data, plan)
     text = report.write_report(out, minutes=clock.spent() / 60)

@@ -1,5 +1,5 @@
 """The demo's results report: a Markdown table and PNG curves, drawn only from the files
-the stages wrote (manifest/.done markers, metrics.jsonl, eval_results.json, HDF5 shards).
+the stages wrote (manifest/.done markers, metrics.jsonl, final_eval/*.json, eval_results.json, HDF5 shards).
 
     python -m bertspeed.pretrain.report DEMO_DIR
 """
@@ -71,6 +71,7 @@ def run_facts(demo: Path) -> dict:
 def collect(demo: Path) -> dict:
     prep = json.loads((demo / "shards" / ".done").read_text())
     phase1, phase2 = read_metrics(demo / "phase1"), read_metrics(demo / "phase2")
+    final1, final2 = (json.loads((demo / "final_eval" / f"{name}.json").read_text()) for name in ("phase1", "phase2"))
     p1_dir, p2_dir = prep["phase_dirs"]
     squad = json.loads((demo / "squad" / "eval_results.json").read_text())
     squad_random = json.loads((demo / "squad_random_init" / "eval_results.json").read_text())
@@ -81,11 +82,10 @@ def collect(demo: Path) -> dict:
         "phase1_steps": last(phase1, "step"), "phase2_steps": last(phase2, "step"),
         "phase1_seq_per_s": median(phase1, "perf/seq_per_s"), "phase2_seq_per_s": median(phase2, "perf/seq_per_s"),
         "phase1_seq_len": phase_seq_len(p1_dir), "phase2_seq_len": phase_seq_len(p2_dir),
-        "phase1_mlm_acc": last(phase1, "eval/mlm_acc"), "phase1_nsp_acc": last(phase1, "eval/nsp_acc"),
-        "phase1_mlm_acc_at_mask": last(phase1, "eval/mlm_acc_at_mask"),
+        "phase1_mlm_acc": final1["mlm_acc"], "phase1_nsp_acc": final1["nsp_acc"],
+        "phase1_mlm_acc_at_mask": final1["mlm_acc_at_mask"],
         "phase1_unigram_mlm_acc": unigram_baseline(demo / "shards" / "train" / p1_dir, demo / "shards" / "heldout" / p1_dir),
-        "mlm_acc": last(phase2, "eval/mlm_acc"), "nsp_acc": last(phase2, "eval/nsp_acc"),
-        "mlm_acc_at_mask": last(phase2, "eval/mlm_acc_at_mask"),
+        "mlm_acc": final2["mlm_acc"], "nsp_acc": final2["nsp_acc"], "mlm_acc_at_mask": final2["mlm_acc_at_mask"],
         "unigram_mlm_acc": unigram_baseline(demo / "shards" / "train" / p2_dir, demo / "shards" / "heldout" / p2_dir),
         "squad_exact_match": squad["exact_match"], "squad_f1": squad["f1"],
         "squad_random_init_exact_match": squad_random["exact_match"], "squad_random_init_f1": squad_random["f1"],
@@ -101,13 +101,14 @@ def phase_seq_len(phase_dir: str) -> int:
     return int(phase_dir.split("_")[2])
 
 
-def context_verdict(at_mask: float, unigram: float, when: str) -> str:
-    return (f" At [MASK] positions alone, where the token can only come from context (elsewhere the model can "
-            f"copy the visible one), accuracy {when} is {fmt(at_mask)}, {at_mask / max(unigram, 1e-9):.1f}x the "
-            f"unigram baseline's {fmt(unigram)}"
-            + (": it predicts from context." if at_mask > CONTEXT_FACTOR * unigram else
-               f", under {CONTEXT_FACTOR}x: not clearly from context yet (from-scratch BERT's early plateau; see "
-               "the README)."))
+def context_verdict(readings: list[tuple[str, float, float]]) -> str:
+    """(when, at-[MASK] accuracy, its unigram baseline) for each evaluated phase -> one sentence."""
+    parts = [f"{fmt(at_mask)} {when}, {at_mask / max(unigram, 1e-9):.1f}x its unigram baseline {fmt(unigram)}"
+             + (" (from context)" if at_mask > CONTEXT_FACTOR * unigram else
+                f" (under {CONTEXT_FACTOR}x: not clearly from context yet; from-scratch BERT's early plateau, see the README)")
+             for when, at_mask, unigram in readings]
+    return (" At [MASK] positions alone, where the token can only come from context (elsewhere the model can copy "
+            f"the visible one), accuracy is {'; '.join(parts)}.") if parts else ""
 
 
 def fmt(value, pattern="{:.3f}") -> str:
@@ -122,10 +123,12 @@ def render(r: dict, minutes: float | None, curves: str = "![curves](curves.png)"
                f"The model did NOT clearly learn: held-out MLM accuracy {fmt(r['mlm_acc'])} against a unigram "
                f"baseline of {fmt(r['unigram_mlm_acc'])}.")
     at_mask, at_mask1 = r.get("mlm_acc_at_mask"), r.get("phase1_mlm_acc_at_mask")
+    readings = []
     if at_mask1 is not None and "phase1_unigram_mlm_acc" in r:
-        verdict += context_verdict(at_mask1, r["phase1_unigram_mlm_acc"], f"after phase 1 (seq {r['phase1_seq_len']})")
+        readings.append((f"after phase 1 (seq {r['phase1_seq_len']})", at_mask1, r["phase1_unigram_mlm_acc"]))
     if at_mask is not None:
-        verdict += context_verdict(at_mask, r["unigram_mlm_acc"], f"after phase 2 (seq {r.get('phase2_seq_len', '?')})")
+        readings.append((f"after phase 2 (seq {r.get('phase2_seq_len', '?')})", at_mask, r["unigram_mlm_acc"]))
+    verdict += context_verdict(readings)
     random_f1 = r.get("squad_random_init_f1")
     if random_f1 is not None:
         gain = r["squad_f1"] - random_f1
