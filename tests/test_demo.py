@@ -71,8 +71,11 @@ def test_phases_ran_as_planned_on_two_ranks_and_own_vocab(demo):
     plan = json.loads((out / "plan.json").read_text())
     phase1_done = json.loads((out / "phase1" / ".done").read_text())
     last_step = read_metrics(out / "phase1")[-1]["step"]
-    assert last_step == phase1_done["steps"]
-    assert last_step == plan["phase1"]["steps"] or phase1_done["stopped_at_deadline"]
+    if phase1_done["stopped_at_deadline"]:  # ended at a checkpoint between two logged steps
+        log_interval = max(plan["phase1"]["steps"] // 40, 1)
+        assert phase1_done["steps"] - log_interval <= last_step <= phase1_done["steps"] <= plan["phase1"]["steps"]
+    else:
+        assert last_step == phase1_done["steps"] == plan["phase1"]["steps"]
     config = json.loads((out / "phase2" / "run_config.json").read_text())
     assert config["args"]["init_checkpoint"] == str(out / "phase1") and config["world_size"] == 2
     assert config["precision"]["precision"] == "fp32"

@@ -40,9 +40,10 @@ EVALUATIONS, EVAL_SAMPLES = 4, 1024
 SHARES = {"phase1": 0.66, "phase2": 0.10, "squad": 0.24}
 SQUAD_RUNS = 2
 REPORT_SECONDS = 10.0  # report, plots and slack at the end
-# Two ranks under DeepSpeed against one in-process measurement: 0.77-1.02 measured (lower for tiny models,
-# whose steps are short beside the all-reduce); a phase that would overrun is stopped at a checkpoint.
-DISTRIBUTED_EFFICIENCY = 0.9
+# Two ranks under DeepSpeed against one in-process measurement: 0.77-1.02 measured at seq 128, 0.80 for
+# 2 x 128 at seq 32 (905 vs 1,135 seq/s; short steps beside the all-reduce); a phase that would overrun
+# is stopped at a checkpoint.
+DISTRIBUTED_EFFICIENCY = 0.8
 SQUAD_MAX_QUESTIONS = 6000
 
 
