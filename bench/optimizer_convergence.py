@@ -1,7 +1,9 @@
 """Steps and wall time to a held-out masked-LM accuracy with THOR, our LAMB and AdamW, from the same
-initial weights, data and batch (one process, ZeRO 0, fp32), run one after the other in one invocation.
+initial weights, data and batch (one process each, ZeRO 0, fp32), in one invocation: one after the other, or
+with --side_by_side all at once on one thread each, so that their step times are taken under the same load.
 
-    python bench/optimizer_convergence.py --work_dir bench_out/convergence --steps 600 --target 0.10
+    python bench/optimizer_convergence.py --work_dir bench_out/convergence32 --batch 64 --steps 2000 \
+        --eval_interval 200 --target 0.15 --warmup_proportion 0.1 --lr lamb=5e-3 adamw=2e-3 --side_by_side
 
 Data: the demo's (SQuAD Wikipedia paragraphs, our 8k vocab, its phase-1 shards, seq demo_plan.PHASE1_SEQ; built
 once in --work_dir and reused: an older work_dir keeps the length it was built with). The model is the demo's
