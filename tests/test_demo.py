@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from bertspeed.data_prep.schema import phase_seq_len
 from bertspeed.pretrain.report import unigram_baseline
 from bertspeed.training.hardware import cpu_model, host_label
 from bertspeed.training.metrics import read_metrics
@@ -61,6 +62,8 @@ def test_report_matches_metrics_files(demo):
     assert results["unigram_mlm_acc"] == unigram_baseline(shards / "train" / p2, shards / "heldout" / p2)
     p1 = json.loads((shards / ".done").read_text())["phase_dirs"][0]
     assert results["phase1_unigram_mlm_acc"] == unigram_baseline(shards / "train" / p1, shards / "heldout" / p1)
+    steps = json.loads((out / "phase1" / ".done").read_text())["steps"]
+    assert f"| phase 1 pretraining (seq {phase_seq_len(p1)}) | {results['phase1_seq_per_s']:.1f} seq/s, {steps} steps |" in report
     phase1_eval = json.loads((out / "final_eval" / "phase1.json").read_text())
     assert f"| held-out MLM accuracy at [MASK] positions after phase 1 | {phase1_eval['mlm_acc_at_mask']:.3f} |" in report
     assert (out / "curves.png").stat().st_size > 10_000

@@ -41,6 +41,11 @@ def phase_dir_name(seq_len: int, max_predictions: int) -> str:
     return f"seq_len_{seq_len}_max_pred_{max_predictions}"
 
 
+def phase_seq_len(dir_name: str) -> int:
+    """The sequence length in a phase_dir_name."""
+    return int(dir_name.removeprefix("seq_len_").split("_max_pred_")[0])
+
+
 def valid_predictions(masked_lm_positions: np.ndarray) -> np.ndarray:
     """Which masked_lm_* entries are real: NVIDIA's reader stops at the first 0 position
     (position 0 is [CLS]), so every entry from there on is padding."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bertspeed.data_prep.schema import MANIFEST, valid_predictions
+from bertspeed.data_prep.schema import MANIFEST, phase_seq_len, valid_predictions
 from bertspeed.training.atomic import write_json_atomic, write_text_atomic
 from bertspeed.training.hardware import host_label
 from bertspeed.training.metrics import read_metrics
@@ -79,7 +79,8 @@ def collect(demo: Path) -> dict:
     return {
         "corpus_mb": prep["corpus_mb"], "prep_mb_per_s": prep["mb_per_s"],
         "phase1_instances": instances.get("num_instances", instances.get("total_instances")),
-        "phase1_steps": last(phase1, "step"), "phase2_steps": last(phase2, "step"),
+        # steps as the phases ended (a phase stopped at its time share ends between two logged steps)
+        **{f"{name}_steps": json.loads((demo / name / ".done").read_text())["steps"] for name in ("phase1", "phase2")},
         "phase1_seq_per_s": median(phase1, "perf/seq_per_s"), "phase2_seq_per_s": median(phase2, "perf/seq_per_s"),
         "phase1_seq_len": phase_seq_len(p1_dir), "phase2_seq_len": phase_seq_len(p2_dir),
         "phase1_mlm_acc": final1["mlm_acc"], "phase1_nsp_acc": final1["nsp_acc"],
@@ -94,11 +95,6 @@ def collect(demo: Path) -> dict:
 
 
 CONTEXT_FACTOR = 1.5  # [MASK]-position accuracy above this multiple of the unigram baseline counts as using context
-
-
-def phase_seq_len(phase_dir: str) -> int:
-    """The sequence length in a phase directory's name (seq_len_N_max_pred_P)."""
-    return int(phase_dir.split("_")[2])
 
 
 def context_verdict(readings: list[tuple[str, float, float]]) -> str:
