@@ -200,6 +200,7 @@ def _thor_run(rank=0, world=1, init_file=None, result_file=None):
     if world > 1:
         if rank == 0:
             torch.save(model.state_dict(), result_file)
+        dist.barrier()  # both ranks done before gloo is torn down (a rank tearing down early aborted once)
         dist.destroy_process_group()
     return model.state_dict()
 
