@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bertspeed.data_prep.schema import phase_seq_len  # noqa: E402
 from bertspeed.pretrain import demo, demo_plan  # noqa: E402
 from bertspeed.pretrain.report import unigram_baseline  # noqa: E402
 from bertspeed.pretrain.sample_data import prepare_sample_data  # noqa: E402
@@ -41,7 +42,7 @@ def shards(work: Path, articles: int, seq: int) -> tuple[Path, Path, Path]:
     second = demo_plan.PHASE2_SEQ if seq == demo_plan.PHASE1_SEQ else seq  # data_prep_stage builds PHASE1_SEQ and this
     demo.data_prep_stage(work, data, demo_plan.CorpusPlan(articles, max(4, articles // 20), second))
     dirs = json.loads((work / "shards" / ".done").read_text())["phase_dirs"]
-    phase = next((d for d in dirs if d.startswith(f"seq_len_{seq}_")), None)
+    phase = next((d for d in dirs if phase_seq_len(d) == seq), None)
     if phase is None:
         raise SystemExit(f"{work} holds shards of {dirs}, not seq {seq}: choose another --work_dir")
     return work / "shards" / "train" / phase, work / "shards" / "heldout" / phase, work / "shards" / "vocab.txt"
