@@ -69,5 +69,11 @@ def main(argv=None) -> int:
     return int(result or 0)
 
 
+def run() -> None:
+    """The `bertspeed` program (main() is for callers in-process)."""
+    from bertspeed.training.distributed import exit_process
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

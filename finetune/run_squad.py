@@ -6,6 +6,7 @@ from pathlib import Path
 # This checkout's bertspeed (replacing this folder on sys.path, whose files must not shadow anything).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 from bertspeed.finetune.run_squad import entry  # noqa: E402
+from bertspeed.training.distributed import exit_process  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(entry())
+    exit_process(entry())

@@ -115,6 +115,7 @@ def env() -> dict:
     e["PYTHONPATH"] = str(ROOT)
     e["OMP_NUM_THREADS"] = "1"
     e["PYTHONUNBUFFERED"] = "1"
+    e["PYTHONFAULTHANDLER"] = "1"  # a rank that aborts or crashes prints every thread's Python stack
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(key, None)
     return e

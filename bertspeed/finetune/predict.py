@@ -28,6 +28,7 @@ from bertspeed.model.checkpoint import CheckpointError
 from bertspeed.model.crf import BertCRFForTokenClassification
 from bertspeed.model.foreign import check_complete, open_checkpoint
 from bertspeed.model.heads import BertForQuestionAnswering, BertForSequenceClassification
+from bertspeed.training.distributed import exit_process
 from bertspeed.training.hardware import autocast
 from bertspeed.training.settings import setting
 
@@ -164,4 +165,4 @@ def entry(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(entry())
+    exit_process(entry())

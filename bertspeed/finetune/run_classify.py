@@ -16,7 +16,6 @@ spearmanr for --task_type regression), OUT/eval_predictions.jsonl and OUT/test_p
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -30,6 +29,7 @@ from bertspeed.finetune.settings import FinetuneSettings, default_of, parse_sett
 from bertspeed.finetune.trainer import collate_padded
 from bertspeed.model.heads import BertForSequenceClassification
 from bertspeed.training.atomic import open_atomic
+from bertspeed.training.distributed import exit_process
 from bertspeed.training.settings import setting
 
 TASK_TYPES = ("classification", "regression")
@@ -144,4 +144,4 @@ def entry(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(entry())
+    exit_process(entry())

@@ -13,7 +13,6 @@ submission files for the test set (OUT/submission/<Task>.tsv) and the finetuned 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -26,6 +25,7 @@ from bertspeed.finetune.cli import main_guard, start
 from bertspeed.finetune.metrics import glue_metrics
 from bertspeed.finetune.settings import FinetuneSettings, default_of, parse_settings
 from bertspeed.model.heads import BertForSequenceClassification
+from bertspeed.training.distributed import exit_process
 from bertspeed.training.settings import setting
 
 
@@ -131,4 +131,4 @@ def entry(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(entry())
+    exit_process(entry())

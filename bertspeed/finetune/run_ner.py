@@ -12,7 +12,6 @@ OUT/eval_predictions.* and OUT/test_predictions.* in the input's format, OUT/met
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,6 +26,7 @@ from bertspeed.model.checkpoint import resolve_model_dir
 from bertspeed.model.config import BertConfig
 from bertspeed.model.crf import BertCRFForTokenClassification
 from bertspeed.model.heads import BertForTokenClassification
+from bertspeed.training.distributed import exit_process
 from bertspeed.training.settings import setting
 
 
@@ -162,4 +162,4 @@ def entry(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(entry())
+    exit_process(entry())

@@ -16,7 +16,6 @@ Without --train_file (or with --num_train_epochs 0) the model is evaluated as lo
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -28,6 +27,7 @@ from bertspeed.finetune.metrics import squad_v1_evaluate, squad_v2_evaluate
 from bertspeed.finetune.settings import FinetuneSettings, SpanSettings, default_of, parse_settings
 from bertspeed.model.heads import BertForQuestionAnswering
 from bertspeed.training.atomic import write_json_atomic
+from bertspeed.training.distributed import exit_process
 from bertspeed.training.settings import setting
 
 
@@ -137,4 +137,4 @@ def entry(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(entry())
+    exit_process(entry())

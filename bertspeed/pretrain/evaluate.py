@@ -23,7 +23,7 @@ from bertspeed.model.tokenizer import read_vocab
 from bertspeed.pretrain.data import dynamic_masking, eval_batches, list_shards
 from bertspeed.pretrain.scoring import all_ranks, results_of, score_sums
 from bertspeed.training.atomic import write_json_atomic
-from bertspeed.training.distributed import setup_runtime, shutdown_distributed
+from bertspeed.training.distributed import exit_process, setup_runtime, shutdown_distributed
 from bertspeed.training.pathcheck import check_input_dir, check_input_file, check_model_path, check_output_file
 from bertspeed.training.settings import parse, setting
 
@@ -104,4 +104,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

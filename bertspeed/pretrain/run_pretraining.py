@@ -29,7 +29,7 @@ from bertspeed.pretrain.optim import build_optimizer, build_schedule, use_deepsp
 from bertspeed.pretrain.trainer import Trainer
 from bertspeed.training import runs
 from bertspeed.training.atomic import write_json_atomic
-from bertspeed.training.distributed import init_distributed
+from bertspeed.training.distributed import exit_process, init_distributed
 from bertspeed.training.hardware import choose_precision, with_precision
 from bertspeed.training.metrics import MetricsWriter
 from bertspeed.training.params import param_groups
@@ -242,4 +242,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
