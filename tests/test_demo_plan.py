@@ -4,6 +4,7 @@ import pytest
 from bertspeed.pretrain import demo_plan
 
 SPEED = {64: 1600.0, 128: 640.0, 256: 160.0}  # in-process training seq/s at PHASE1_SEQ by hidden size
+SPEED2 = {64: 200.0, 128: 80.0, 256: 20.0}  # the same at PHASE2_SEQ, global batch PHASE2_BATCH
 MIN_STEPS = {hidden: steps for hidden, _, steps in demo_plan.SHAPES}
 
 
@@ -15,9 +16,13 @@ def plan1(monkeypatch):
     def plan(seconds):
         measured = []
 
-        def measure(config):
-            measured.append(config.hidden_size)
+        def measure(config, seq, batch):
             assert config.vocab_size == 8000 and config.hidden_dropout_prob == 0.0
+            if seq == demo_plan.PHASE2_SEQ:
+                assert batch == demo_plan.PHASE2_BATCH
+                return SPEED2[config.hidden_size]
+            assert (seq, batch) == (demo_plan.PHASE1_SEQ, demo_plan.PHASE1_MICRO)
+            measured.append(config.hidden_size)
             return SPEED[config.hidden_size]
 
         return demo_plan.phase1_plan(seconds, 8000, measure), measured
@@ -29,8 +34,28 @@ def test_phase1_takes_the_largest_shape_that_gets_its_learning_steps(plan1):
     plan, measured = plan1(3000.0)
     assert (plan.hidden_size, plan.num_hidden_layers) == (256, 4) and measured == [64, 128, 256]
     expected = demo_plan.DISTRIBUTED_EFFICIENCY * SPEED[256]
-    train = demo_plan.SHARES["phase1"] * 3000 - 12 - demo_plan.eval_seconds(expected)
+    stage, phase2 = demo_plan.pretraining_split(3000, 12, demo_plan.DISTRIBUTED_EFFICIENCY * SPEED2[256])
+    assert (plan.seconds, plan.phase2_seconds) == (stage, phase2)
+    train = stage - 12 - demo_plan.eval_seconds(expected)
     assert plan.steps == int(train * expected / 64) >= MIN_STEPS[256]
+    assert plan.squad_seconds == demo_plan.SHARES["squad"] * 3000
+
+
+def test_phase2_gets_the_time_for_its_steps_up_to_half_of_pretraining():
+    shares, batch = demo_plan.SHARES, demo_plan.PHASE2_BATCH
+    pretraining = (shares["phase1"] + shares["phase2"]) * 1000
+    for speed in (20.0, 40.0, 400.0, 4000.0):
+        phase1, phase2 = demo_plan.pretraining_split(1000, 12, speed)
+        assert phase1 + phase2 == pytest.approx(pretraining)
+        steps = (phase2 - 12 - demo_plan.eval_seconds(speed) / demo_plan.EVALUATIONS) * speed / batch
+        if phase2 == pretraining / 2:  # too slow for its steps in half of pretraining
+            assert steps < demo_plan.PHASE2_MIN_STEPS
+        elif phase2 == shares["phase2"] * 1000:  # its share holds more than its steps
+            assert steps >= demo_plan.PHASE2_MIN_STEPS
+        else:
+            assert steps == pytest.approx(demo_plan.PHASE2_MIN_STEPS)
+    assert demo_plan.pretraining_split(1000, 12, 20.0)[1] == pretraining / 2
+    assert demo_plan.pretraining_split(1000, 12, 4000.0)[1] == shares["phase2"] * 1000
 
 
 def test_phase1_stops_measuring_once_a_shape_falls_short(plan1):
@@ -47,9 +72,11 @@ def test_no_time_left_still_gives_a_minimal_run(plan1):
 
 def test_later_stages_scale_with_the_time_left_and_sequence_length():
     config = demo_plan.model_config(128, 2, 8000)
-    short, long_ = (demo_plan.phase2_plan(300.0, config, 170.0, 12.0, n) for n in (256, 512))
-    assert short.steps > long_.steps > 2 and short.seconds == long_.seconds
-    assert demo_plan.phase2_plan(5.0, config, 170.0, 12.0, 512).steps == 2
+    slow, fast = (demo_plan.phase2_plan(300.0, config, 170.0, speed, 12.0, 100.0) for speed in (20.0, 40.0))
+    assert fast.steps > slow.steps > 2 and fast.seconds == slow.seconds <= 300.0 - min(
+        100.0, demo_plan.squad_seconds(demo_plan.SQUAD_MAX_QUESTIONS, config, 170.0, 6.0))
+    assert fast.steps == int((fast.seconds - 12 - demo_plan.eval_seconds(40.0) / demo_plan.EVALUATIONS) * 40 / 8)
+    assert demo_plan.phase2_plan(5.0, config, 170.0, 40.0, 12.0, 100.0).steps == 2
     small, large = (demo_plan.squad_plan(s, config, 170.0, 6.0) for s in (60.0, 120.0))
     assert large.train_questions > small.train_questions >= 64
     assert demo_plan.squad_plan(1e6, config, 170.0, 6.0).train_questions == demo_plan.SQUAD_MAX_QUESTIONS

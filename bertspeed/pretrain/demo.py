@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -126,6 +127,13 @@ def data_prep_stage(out: Path, data: dict, corpus: demo_plan.CorpusPlan) -> None
                       "phase_dirs": [phase_dir_name(n, p) for n, p in phases]})
 
 
+def free_port() -> int:
+    """A port nothing listens on now: two demos (or a demo and the tests) on one host must not meet."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def ds_config(out: Path, name: str, micro_batch: int, lr: float) -> Path:
     """Precision is left to run_pretraining.py's --precision."""
     config = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
@@ -146,7 +154,7 @@ def pretrain_stage(out: Path, name: str, shards: Path, eval_shards: Path, ds: Pa
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or "deepspeed",
-           "--num_gpus", WORLD_SIZE, "--master_port", 29700 if name == "phase1" else 29701,
+           "--num_gpus", WORLD_SIZE, "--master_port", free_port(),
            paths.folder("pretrain") / "run_pretraining.py", "--deepspeed_config", ds, "--input_dir", shards,
            "--eval_dir", eval_shards, "--eval_interval", max(steps // demo_plan.EVALUATIONS, 1) if init is None else steps,
            "--eval_samples", demo_plan.EVAL_SAMPLES, "--config_file", out / "model_config.json",
@@ -286,10 +294,9 @@ def main(argv=None) -> int:
     phase_dirs = json.loads((out / "shards" / ".done").read_text())["phase_dirs"]
     vocab_size = len(read_vocab(out / "shards" / "vocab.txt"))
 
-    def measure(config):
+    def measure(config, seq, batch):
         from bertspeed.pretrain.calibrate import training_seq_per_s
-        seq = demo_plan.PHASE1_SEQ
-        return training_seq_per_s(config, demo_plan.PHASE1_MICRO, seq, demo_plan.max_predictions(seq), precision,
+        return training_seq_per_s(config, batch, seq, demo_plan.max_predictions(seq), precision,
                                   steps=8)  # short steps: the fastest of 8 is steadier on a busy host
 
     phase1 = plan_stage(out, plan, "phase1", lambda: demo_plan.phase1_plan(clock.left(), vocab_size, measure))
@@ -301,8 +308,10 @@ def main(argv=None) -> int:
                    precision, deadline=1.1 * phase1["seconds"] + 10)
 
     speed, start_seconds = measured_phase1(out)
+    # phase 2's in-process speed, with the two-rank efficiency phase 1 really had
+    phase2_speed = phase1["phase2_seq_per_s_measured"] * speed / phase1["seq_per_s_measured"]
     phase2 = plan_stage(out, plan, "phase2", lambda: demo_plan.phase2_plan(
-        clock.left(), config, speed, start_seconds, corpus.phase2_seq_len))
+        clock.left(), config, speed, phase2_speed, start_seconds, phase1["squad_seconds"]))
     pretrain_stage(out, "phase2", shards / phase_dirs[1], heldout / phase_dirs[1],
                    ds_config(out, "phase2", demo_plan.PHASE2_MICRO, demo_plan.PHASE2_LR), phase2["steps"],
                    precision, deadline=1.1 * phase2["seconds"] + 10, init=out / "phase1")

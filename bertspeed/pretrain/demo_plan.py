@@ -2,9 +2,10 @@
 
 The budget covers everything after set-up: sample data, data prep, both pretraining phases, SQuAD
 and the report. The corpus is sized from the budget alone (data prep is a small share). With the
-time left after data prep, a short in-process measurement of training throughput picks the model
-and phase 1's step count; phase 2 and SQuAD are sized when their turn comes, from the time then
-left and phase 1's real throughput and start-up cost.
+time left after data prep, short in-process measurements of training throughput at both phases'
+shapes pick the model and split the pretraining time: phase 2 first gets the time for the steps it
+needs to learn the positions phase 1 never saw, phase 1 the rest. Phase 2 and SQuAD are sized again
+when their turn comes, from the time then left and phase 1's real throughput and start-up cost.
 """
 from __future__ import annotations
 
@@ -31,12 +32,19 @@ WORLD_SIZE = 2
 OPTIMIZER = "AdamW"
 PHASE1_MICRO, PHASE1_LR = 32, 2e-3
 PHASE2_MICRO, PHASE2_LR = 4, 1e-3
+PHASE2_BATCH = PHASE2_MICRO * WORLD_SIZE
+# Phase 2 from a phase-1 checkpoint must learn positions PHASE1_SEQ..PHASE2_SEQ-1 from scratch: at-[MASK]
+# accuracy (2 x 128, global batch 8) 0.074 after 500 steps, 0.105 (2.0x unigram) after 1,000, 0.139
+# after 2,000; 630 steps on a slow host left it at 1.3x. Phase 2 gets the time for these steps when
+# it fits in half of the pretraining time.
+PHASE2_MIN_STEPS = 1000
 # lr 1e-3 (measured, 3,000 questions, 2 x 128: F1 8.5 pretrained vs 6.5 random init; at 1e-4 neither learns: 4.6, 5.5)
 SQUAD_SEQ, SQUAD_BATCH, SQUAD_LR = 256, 32, 1e-3
 FEATURES_PER_QUESTION = 1.2  # SQuAD windows at 256 tokens, stride 128
 EVALUATIONS, EVAL_SAMPLES = 4, 1024
 # Of the time left after data prep; SQuAD's share covers two finetunings of the same size: from our
-# pretrained checkpoint and from a randomly initialised model (the report compares their F1).
+# pretrained checkpoint and from a randomly initialised model (the report compares their F1). Phase 2's
+# share is its least: it takes more from phase 1 for PHASE2_MIN_STEPS.
 SHARES = {"phase1": 0.66, "phase2": 0.10, "squad": 0.24}
 SQUAD_RUNS = 2
 REPORT_SECONDS = 10.0  # report, plots and slack at the end
@@ -85,25 +93,40 @@ class Phase1Plan:
     steps: int
     seq_per_s_measured: float  # in-process, one rank
     seq_per_s_expected: float  # the two-rank estimate the step count comes from
+    phase2_seq_per_s_measured: float  # in-process, at phase 2's length and global batch
     start_seconds: float
     seconds: float  # planned for the whole stage
+    phase2_seconds: float  # kept for phase 2
+    squad_seconds: float  # kept for SQuAD (both runs)
+
+
+def pretraining_split(seconds_left: float, start: float, phase2_seq_per_s: float) -> tuple[float, float]:
+    """(phase 1's, phase 2's) seconds: phase 2 gets its share, or the time for PHASE2_MIN_STEPS (two-rank
+    `phase2_seq_per_s`) up to half of the pretraining time; phase 1 the rest."""
+    pretraining = (SHARES["phase1"] + SHARES["phase2"]) * seconds_left
+    needed = start + eval_seconds(phase2_seq_per_s) / EVALUATIONS + PHASE2_MIN_STEPS * PHASE2_BATCH / phase2_seq_per_s
+    phase2 = min(max(SHARES["phase2"] * seconds_left, needed), pretraining / 2)
+    return pretraining - phase2, phase2
 
 
 def phase1_plan(seconds_left: float, vocab_size: int, measure) -> Phase1Plan:
-    """The largest shape that gets its learning steps in phase 1's share of the time left, else the
-    smallest. `measure(config)` -> in-process training seq/s at PHASE1_SEQ; the smallest shapes are measured
-    first, larger ones only while they could still qualify."""
+    """The largest shape that gets its learning steps in phase 1's part of the time left, else the
+    smallest. `measure(config, seq_len, batch)` -> in-process training seq/s; the smallest shapes are
+    measured first, larger ones only while they could still qualify."""
     start = launcher_seconds()
-    stage = SHARES["phase1"] * seconds_left
     global_batch = PHASE1_MICRO * WORLD_SIZE
     best = None
     for hidden, layers, min_steps in reversed(SHAPES):
-        measured = measure(model_config(hidden, layers, vocab_size))
+        config = model_config(hidden, layers, vocab_size)
+        measured = measure(config, PHASE1_SEQ, PHASE1_MICRO)
+        measured2 = measure(config, PHASE2_SEQ, PHASE2_BATCH)
         expected = DISTRIBUTED_EFFICIENCY * measured
+        stage, phase2 = pretraining_split(seconds_left, start, DISTRIBUTED_EFFICIENCY * measured2)
         steps = int(max(0.0, stage - start - eval_seconds(expected)) * expected / global_batch)
         if steps < min_steps and best is not None:
             break  # larger shapes get even fewer steps
-        best = Phase1Plan(hidden, layers, max(steps, 10), measured, expected, start, stage)
+        best = Phase1Plan(hidden, layers, max(steps, 10), measured, expected, measured2, start, stage, phase2,
+                          SHARES["squad"] * seconds_left)
     return best
 
 
@@ -130,15 +153,15 @@ class Phase2Plan:
     seconds: float
 
 
-def phase2_plan(seconds_left: float, config: BertConfig, seq_per_s_phase1: float, start_seconds: float,
-                seq_len: int) -> Phase2Plan:
-    """What SQuAD will not need of the time left (its share, or less when its question cap needs less);
-    `seq_per_s_phase1` and `start_seconds` as phase 1 really ran."""
-    squad_share = seconds_left * SHARES["squad"] / (SHARES["phase2"] + SHARES["squad"])
-    stage = seconds_left - min(squad_share, squad_seconds(SQUAD_MAX_QUESTIONS, config, seq_per_s_phase1, start_seconds / 2))
-    speed = scaled_seq_per_s(seq_per_s_phase1, config, seq_len, max_predictions(seq_len))
-    train = stage - start_seconds - eval_seconds(speed) / EVALUATIONS  # phase 2 evaluates once
-    return Phase2Plan(max(2, int(max(0.0, train) * speed / (PHASE2_MICRO * WORLD_SIZE))), seq_len, stage)
+def phase2_plan(seconds_left: float, config: BertConfig, seq_per_s_phase1: float, phase2_seq_per_s: float,
+                start_seconds: float, squad_reserved: float) -> Phase2Plan:
+    """What SQuAD will not need of the time left (the time kept for it, or less when its question cap needs
+    less); phase 1's `seq_per_s_phase1` and `start_seconds` as it really ran, `phase2_seq_per_s` expected
+    on two ranks."""
+    squad = min(squad_reserved, squad_seconds(SQUAD_MAX_QUESTIONS, config, seq_per_s_phase1, start_seconds / 2))
+    stage = seconds_left - squad
+    train = stage - start_seconds - eval_seconds(phase2_seq_per_s) / EVALUATIONS  # phase 2 evaluates once
+    return Phase2Plan(max(2, int(max(0.0, train) * phase2_seq_per_s / PHASE2_BATCH)), PHASE2_SEQ, stage)
 
 
 @dataclass(frozen=True)
