@@ -37,10 +37,10 @@ LR = {"lamb": 2e-3, "adamw": 1e-3, "thor": 5e-3}
 def shards(work: Path, articles: int, seq: int) -> tuple[Path, Path, Path]:
     """The demo's data prep on `articles` SQuAD articles (a twentieth as many held out), with shards at `seq`
     (and at the demo's other phase length)."""
-    data = prepare_sample_data(work / "data", corpus_articles=articles, heldout_articles=max(4, articles // 20),
-                               squad_questions=1)
+    heldout = demo_plan.heldout_articles(articles)
+    data = prepare_sample_data(work / "data", corpus_articles=articles, heldout_articles=heldout, squad_questions=1)
     second = demo_plan.PHASE2_SEQ if seq == demo_plan.PHASE1_SEQ else seq  # data_prep_stage builds PHASE1_SEQ and this
-    demo.data_prep_stage(work, data, demo_plan.CorpusPlan(articles, max(4, articles // 20), second))
+    demo.data_prep_stage(work, data, demo_plan.CorpusPlan(articles, heldout, second))
     dirs = json.loads((work / "shards" / ".done").read_text())["phase_dirs"]
     phase = next((d for d in dirs if phase_seq_len(d) == seq), None)
     if phase is None:
@@ -84,12 +84,16 @@ def run_all(work: Path, lrs: dict, args, train: Path, heldout: Path, vocab: Path
     for name in args.optimizers:
         outs[name], proc = launch(work, name, lrs[name], args, train, heldout, vocab)
         procs.append(proc)
-        if proc is not None and not args.side_by_side and proc.wait() != 0:
-            raise SystemExit(f"the {name} run failed: see {outs[name]}")
+        if not args.side_by_side:
+            wait_for(name, proc, outs[name])
     for name, proc in zip(args.optimizers, procs):
-        if proc is not None and proc.wait() != 0:
-            raise SystemExit(f"the {name} run failed: see {outs[name]}")
+        wait_for(name, proc, outs[name])  # at once when each already ended
     return outs
+
+
+def wait_for(name: str, proc, out: Path) -> None:
+    if proc is not None and proc.wait() != 0:
+        raise SystemExit(f"the {name} run failed: see {out}")
 
 
 def time_to_target(out: Path, target: float) -> dict:

@@ -65,7 +65,12 @@ class CorpusPlan:
 def corpus_plan(budget_minutes: float) -> CorpusPlan:
     """About 20 SQuAD articles (0.65 MB of text) per budget minute, up to 400 (13 MB)."""
     articles = int(min(400, max(24, 20 * budget_minutes)))
-    return CorpusPlan(articles, max(4, articles // 20), PHASE2_SEQ)
+    return CorpusPlan(articles, heldout_articles(articles), PHASE2_SEQ)
+
+
+def heldout_articles(corpus_articles: int) -> int:
+    """Articles held out for evaluation: a twentieth as many, at least 4."""
+    return max(4, corpus_articles // 20)
 
 
 def model_config(hidden: int, layers: int, vocab_size: int = VOCAB_SIZE) -> BertConfig:

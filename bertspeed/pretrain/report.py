@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from bertspeed.data_prep.schema import MANIFEST, phase_seq_len, valid_predictions
+from bertspeed.pretrain.demo_plan import PHASE1_MICRO, PHASE2_BATCH, WORLD_SIZE
 from bertspeed.training.atomic import write_json_atomic, write_text_atomic
 from bertspeed.training.hardware import host_label
 from bertspeed.training.metrics import read_metrics
@@ -52,18 +53,22 @@ def median(records: list[dict], key: str):
     return float(np.median(values)) if values else None
 
 
+def phase_done(demo: Path, name: str) -> dict:
+    """What a pretraining phase's `.done` marker recorded: its steps, seconds, whether it was stopped."""
+    return json.loads((demo / name / ".done").read_text())
+
+
 def run_facts(demo: Path) -> dict:
     """Budget, hardware, precision and the sizes the demo chose (plan.json), and whether a phase
     was stopped at its time share."""
     plan = json.loads((demo / "plan.json").read_text())
     phase1, phase2, squad = plan["phase1"], plan["phase2"], plan["squad"]
-    stopped = [name for name in ("phase1", "phase2")
-               if json.loads((demo / name / ".done").read_text()).get("stopped_at_deadline")]
+    stopped = [name for name in ("phase1", "phase2") if phase_done(demo, name).get("stopped_at_deadline")]
     return {"budget_minutes": plan["budget_minutes"], "host": host_label(plan["host"]),
             "precision": plan["precision"]["precision"], "precision_reason": plan["precision"]["reason"],
             "model": f"{phase1['num_hidden_layers']} layers, hidden {phase1['hidden_size']}",
-            "planned_steps": f"phase 1 {phase1['steps']} (global batch 64), phase 2 {phase2['steps']} "
-                             f"(seq {phase2['seq_len']}, global batch 8)",
+            "planned_steps": f"phase 1 {phase1['steps']} (global batch {PHASE1_MICRO * WORLD_SIZE}), phase 2 "
+                             f"{phase2['steps']} (seq {phase2['seq_len']}, global batch {PHASE2_BATCH})",
             "squad_questions": f"{squad['train_questions']} train, {squad['eval_questions']} dev",
             "stopped_at_deadline": stopped}
 
@@ -80,7 +85,7 @@ def collect(demo: Path) -> dict:
         "corpus_mb": prep["corpus_mb"], "prep_mb_per_s": prep["mb_per_s"],
         "phase1_instances": instances.get("num_instances", instances.get("total_instances")),
         # steps as the phases ended (a phase stopped at its time share ends between two logged steps)
-        **{f"{name}_steps": json.loads((demo / name / ".done").read_text())["steps"] for name in ("phase1", "phase2")},
+        **{f"{name}_steps": phase_done(demo, name)["steps"] for name in ("phase1", "phase2")},
         "phase1_seq_per_s": median(phase1, "perf/seq_per_s"), "phase2_seq_per_s": median(phase2, "perf/seq_per_s"),
         "phase1_seq_len": phase_seq_len(p1_dir), "phase2_seq_len": phase_seq_len(p2_dir),
         "phase1_mlm_acc": final1["mlm_acc"], "phase1_nsp_acc": final1["nsp_acc"],
