@@ -25,7 +25,7 @@ def plan1(monkeypatch):
             measured.append(config.hidden_size)
             return SPEED[config.hidden_size]
 
-        return demo_plan.phase1_plan(seconds, 8000, measure), measured
+        return demo_plan.phase1_plan(lambda: seconds, 8000, measure), measured
 
     return plan
 
@@ -34,7 +34,7 @@ def test_phase1_takes_the_largest_shape_that_gets_its_learning_steps(plan1):
     plan, measured = plan1(3000.0)
     assert (plan.hidden_size, plan.num_hidden_layers) == (256, 4) and measured == [64, 128, 256]
     expected = demo_plan.DISTRIBUTED_EFFICIENCY * SPEED[256]
-    stage, phase2 = demo_plan.pretraining_split(3000, 12, demo_plan.DISTRIBUTED_EFFICIENCY * SPEED2[256])
+    stage, phase2 = demo_plan.pretraining_split(3000, 12, demo_plan.PHASE2_EFFICIENCY * SPEED2[256])
     assert (plan.seconds, plan.phase2_seconds) == (stage, phase2)
     train = stage - 12 - demo_plan.eval_seconds(expected)
     assert plan.steps == int(train * expected / 64) >= MIN_STEPS[256]
@@ -90,3 +90,18 @@ def test_corpus_grows_with_the_budget():
     assert demo_plan.corpus_plan(2) == demo_plan.CorpusPlan(40, 4, demo_plan.PHASE2_SEQ)
     assert demo_plan.corpus_plan(20) == demo_plan.CorpusPlan(400, 20, 4 * demo_plan.PHASE1_SEQ)
     assert demo_plan.corpus_plan(60).corpus_articles == 400
+
+
+def test_the_time_is_split_as_left_after_the_measurements(monkeypatch):
+    monkeypatch.setattr(demo_plan, "launcher_seconds", lambda: 12.0)
+    left = [1000.0]
+
+    def measure(config, seq, batch):
+        left[0] -= 50.0  # each measurement takes time from the budget
+        return (SPEED2 if seq == demo_plan.PHASE2_SEQ else SPEED)[config.hidden_size]
+
+    plan = demo_plan.phase1_plan(lambda: left[0], 8000, measure)
+    assert plan.hidden_size == 128 and left[0] == 700.0  # 256 measured too, and rejected
+    assert plan.squad_seconds == demo_plan.SHARES["squad"] * 800.0  # as left when 128's were measured
+    assert plan.seconds + plan.phase2_seconds == pytest.approx(
+        (demo_plan.SHARES["phase1"] + demo_plan.SHARES["phase2"]) * 800.0)

@@ -299,7 +299,7 @@ def main(argv=None) -> int:
         return training_seq_per_s(config, batch, seq, demo_plan.max_predictions(seq), precision,
                                   steps=8)  # short steps: the fastest of 8 is steadier on a busy host
 
-    phase1 = plan_stage(out, plan, "phase1", lambda: demo_plan.phase1_plan(clock.left(), vocab_size, measure))
+    phase1 = plan_stage(out, plan, "phase1", lambda: demo_plan.phase1_plan(clock.left, vocab_size, measure))
     config = demo_plan.model_config(phase1["hidden_size"], phase1["num_hidden_layers"], vocab_size)
     config.to_json_file(out / "model_config.json")
     shards, heldout = out / "shards" / "train", out / "shards" / "heldout"
@@ -308,8 +308,8 @@ def main(argv=None) -> int:
                    precision, deadline=1.1 * phase1["seconds"] + 10)
 
     speed, start_seconds = measured_phase1(out)
-    # phase 2's in-process speed, with the two-rank efficiency phase 1 really had
-    phase2_speed = phase1["phase2_seq_per_s_measured"] * speed / phase1["seq_per_s_measured"]
+    # phase 2's expected two-rank speed, corrected by how phase 1 really ran against its expectation
+    phase2_speed = demo_plan.PHASE2_EFFICIENCY * phase1["phase2_seq_per_s_measured"] * speed / phase1["seq_per_s_expected"]
     phase2 = plan_stage(out, plan, "phase2", lambda: demo_plan.phase2_plan(
         clock.left(), config, speed, phase2_speed, start_seconds, phase1["squad_seconds"]))
     pretrain_stage(out, "phase2", shards / phase_dirs[1], heldout / phase_dirs[1],
