@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 import torch
-from pretrain_helpers import make_shards
+from pretrain_helpers import ds_config, losses, make_shards, run_pretraining, tiny_model_config
 
 from bertspeed.finetune import glue, run_glue, run_squad, squad
 from bertspeed.finetune.batches import collate_padded
@@ -174,11 +174,15 @@ def test_glue_and_token_heads_packed_match_padded(vocab_file, glue_dir):
 
 
 @pytest.fixture(scope="module")
-def pretraining_batch(tmp_path_factory, squad_dev, vocab_file):
-    """A micro-batch of real phase-2-style shards (sentence pairs of real text of every length)."""
-    shards = make_shards(tmp_path_factory.mktemp("unpad") / "shards", squad_dev, vocab_file, num_shards=1,
-                         seq_len=256, max_pred=40, paragraphs_per_shard=24)
-    return next(PretrainingData(list_shards(shards), 12, 0, 1, seed=0))
+def pretraining_shards(tmp_path_factory, squad_dev, vocab_file):
+    """Real phase-2-style shards (sentence pairs of real text of every length)."""
+    return make_shards(tmp_path_factory.mktemp("unpad") / "shards", squad_dev, vocab_file, num_shards=1,
+                       seq_len=256, max_pred=40, paragraphs_per_shard=24)
+
+
+@pytest.fixture(scope="module")
+def pretraining_batch(pretraining_shards):
+    return next(PretrainingData(list_shards(pretraining_shards), 12, 0, 1, seed=0))
 
 
 def test_pretraining_unpadded_and_packed_match_padded(pretraining_batch):
@@ -199,6 +203,27 @@ def test_pretraining_unpadded_and_packed_match_padded(pretraining_batch):
     assert_same(padded, packed)
     for name in ("mlm_loss", "nsp_loss"):
         torch.testing.assert_close(getattr(packed[0], name), getattr(padded[0], name), atol=TOL, rtol=TOL)
+
+
+def test_run_pretraining_with_unpad_or_pack_trains_as_padded(tmp_path, pretraining_shards):
+    """The driver end to end (DeepSpeed, LAMB, fp32, no dropout): --unpad and --pack give the padded run's
+    losses at every step, so the weights they train are the same."""
+    model = tiny_model_config(tmp_path / "model.json", max_position_embeddings=256, hidden_dropout_prob=0.0,
+                              attention_probs_dropout_prob=0.0)
+    ds = ds_config(tmp_path / "ds.json", micro=12, accumulation=1)
+    runs = {}
+    for layout in ("padded", "unpad", "pack"):
+        run_pretraining(["--deepspeed_config", str(ds), "--input_dir", str(pretraining_shards), "--config_file",
+                         str(model), "--output_dir", str(tmp_path / layout), "--max_steps", "3", "--warmup_steps", "1",
+                         "--log_interval", "1", "--precision", "fp32",
+                         *([] if layout == "padded" else [f"--{layout}"])], ranks=0)
+        runs[layout] = [losses(tmp_path / layout, key) for key in ("train/mlm_loss", "train/nsp_loss")]
+    assert sorted(runs["padded"][0]) == [1, 2, 3]
+    assert all(ratio > 1 for ratio in losses(tmp_path / "pack", "perf/instances_per_row").values())
+    assert json.loads((tmp_path / "unpad" / "run_config.json").read_text())["args"]["unpad"]
+    for layout in ("unpad", "pack"):
+        for got, want in zip(runs[layout], runs["padded"]):
+            assert got == pytest.approx(want, rel=TOL, abs=TOL), layout
 
 
 def test_packing_keeps_every_token_label_and_position(pretraining_batch):

@@ -14,7 +14,7 @@ from bertspeed.model.config import BertConfig
 from bertspeed.pretrain import checkpoint
 from bertspeed.pretrain.args import BatchSizes, PretrainArgs
 from bertspeed.pretrain.data import PretrainingData, eval_batches
-from bertspeed.pretrain.packing import pack_batch
+from bertspeed.pretrain.packing import pack_batch, packing_ratio
 from bertspeed.pretrain.guard import EXIT_SIGNALLED, BadStepCounter, StopOnSignal, TrainingDiverged
 from bertspeed.pretrain.scoring import all_ranks, results_of, score_sums
 from bertspeed.training.metrics import MetricsWriter, throughput
@@ -68,10 +68,16 @@ class Trainer:
         lr = self.engine.get_lr()[0]  # the rate this step uses
         totals = torch.zeros(3)  # loss, mlm, nsp summed over micro-batches
         poisoned = self.step + 1 in self._nan_steps
+        pack_ratios = []
         for i in range(self.batch.accumulation):
             self._seed_micro_batch(i)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self.data).items()}
-            out = self.engine(packed=pack_batch(batch)) if self.args.pack else self.engine(**batch)
+            if self.args.pack:
+                packed = pack_batch(batch)
+                pack_ratios.append(packing_ratio(batch, packed))
+                out = self.engine(packed=packed)
+            else:
+                out = self.engine(**batch)
             loss = out.loss * float("nan") if poisoned else out.loss
             self.engine.backward(loss)
             totals += torch.stack([loss.detach(), out.mlm_loss.detach(), out.nsp_loss.detach()]).float().cpu()
@@ -85,6 +91,8 @@ class Trainer:
                   "optim/lr": lr,
                   "optim/grad_norm": float(grad_norm) if grad_norm is not None else None,
                   "optim/skipped_steps": self.engine.skipped_steps}
+        if pack_ratios:  # this rank's
+            values["perf/instances_per_row"] = sum(pack_ratios) / len(pack_ratios)
         if self.engine.fp16_enabled():
             values["optim/loss_scale"] = getattr(self.engine.optimizer, "cur_scale",
                                                  getattr(self.engine.optimizer, "loss_scale", None))
