@@ -9,7 +9,7 @@ import pytest
 import torch
 from pretrain_helpers import ds_config, losses, make_shards, run_pretraining, tiny_model_config
 
-from bertspeed.finetune import glue, run_glue, run_squad, squad
+from bertspeed.finetune import glue, predict, run_glue, run_squad, squad
 from bertspeed.finetune.batches import collate_padded
 from bertspeed.finetune.metrics import glue_metrics
 from bertspeed.model.checkpoint import save_pretrained
@@ -274,3 +274,22 @@ def test_run_glue_with_pack_scores_as_the_padded_model(tmp_path, glue_dir, vocab
         (tmp_path / "padded" / "dev_predictions.tsv").read_text()
     with pytest.raises(ValueError, match="give only one of --unpad and --pack"):
         run_glue.parse_args([*common, "--model_dir", "m", "--output_dir", "o", "--unpad", "--pack"])
+
+
+def test_predict_with_unpad_gives_the_padded_answers(tmp_path, glue_dir, vocab_file, capsys, monkeypatch):
+    """predict.py --unpad over sentences of many lengths in one batch: the same labels and probabilities."""
+    unpadded = []
+    monkeypatch.setattr(predict, "set_unpad", lambda model, on=True: unpadded.append(on) or set_unpad(model, on))
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig.preset("tiny"))
+    save_pretrained(model, tmp_path / "model", vocab_file=vocab_file)
+    lines = (glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:25]
+    (tmp_path / "in.txt").write_text("".join(f"{r.split(chr(9))[3]}\t{r.split(chr(9))[4]}\n" for r in lines))
+    outputs = []
+    for flags in ([], ["--unpad"]):
+        predict.main(["--model_dir", str(tmp_path / "model"), "--input_file", str(tmp_path / "in.txt"),
+                      "--precision", "fp32", *flags])
+        outputs.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
+    assert unpadded == [False, True]
+    assert [r["label"] for r in outputs[1]] == [r["label"] for r in outputs[0]] and len(outputs[0]) == 24
+    assert [r["probability"] for r in outputs[1]] == pytest.approx([r["probability"] for r in outputs[0]], abs=TOL)

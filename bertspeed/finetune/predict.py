@@ -28,6 +28,7 @@ from bertspeed.model.checkpoint import CheckpointError
 from bertspeed.model.crf import BertCRFForTokenClassification
 from bertspeed.model.foreign import check_complete, open_checkpoint
 from bertspeed.model.heads import BertForQuestionAnswering, BertForSequenceClassification
+from bertspeed.model.unpad import set_unpad
 from bertspeed.training.distributed import exit_process
 from bertspeed.training.hardware import autocast
 from bertspeed.training.settings import setting
@@ -130,6 +131,7 @@ def main(argv=None):
     settings.check_paths()
     use_requested_kernels(settings)
     model, tokenizer = load(settings.model_dir, settings.vocab_file, settings.do_lower_case)
+    set_unpad(model, settings.unpad)
     precision = resolve_precision(settings.precision, None, torch.device("cpu"))
     print(f"precision: {precision}", file=sys.stderr, flush=True)
     with autocast(precision.name, "cpu"):
