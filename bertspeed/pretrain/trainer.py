@@ -14,8 +14,8 @@ from bertspeed.model.config import BertConfig
 from bertspeed.pretrain import checkpoint
 from bertspeed.pretrain.args import BatchSizes, PretrainArgs
 from bertspeed.pretrain.data import PretrainingData, eval_batches
-from bertspeed.pretrain.packing import pack_batch, packing_ratio
 from bertspeed.pretrain.guard import EXIT_SIGNALLED, BadStepCounter, StopOnSignal, TrainingDiverged
+from bertspeed.pretrain.packing import pack_batch, packing_ratio
 from bertspeed.pretrain.scoring import all_ranks, results_of, score_sums
 from bertspeed.training.metrics import MetricsWriter, throughput
 
