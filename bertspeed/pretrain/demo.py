@@ -308,10 +308,8 @@ def main(argv=None) -> int:
                    precision, deadline=1.1 * phase1["seconds"] + 10)
 
     speed, start_seconds = measured_phase1(out)
-    # phase 2's expected two-rank speed, corrected by how phase 1 really ran against its expectation
-    phase2_speed = demo_plan.PHASE2_EFFICIENCY * phase1["phase2_seq_per_s_measured"] * speed / phase1["seq_per_s_expected"]
     phase2 = plan_stage(out, plan, "phase2", lambda: demo_plan.phase2_plan(
-        clock.left(), config, speed, phase2_speed, start_seconds, phase1["squad_seconds"]))
+        clock.left(), config, speed, demo_plan.Phase1Plan(**phase1), start_seconds))
     pretrain_stage(out, "phase2", shards / phase_dirs[1], heldout / phase_dirs[1],
                    ds_config(out, "phase2", demo_plan.PHASE2_MICRO, demo_plan.PHASE2_LR), phase2["steps"],
                    precision, deadline=1.1 * phase2["seconds"] + 10, init=out / "phase1")

@@ -163,15 +163,16 @@ class Phase2Plan:
     seconds: float
 
 
-def phase2_plan(seconds_left: float, config: BertConfig, seq_per_s_phase1: float, phase2_seq_per_s: float,
-                start_seconds: float, squad_reserved: float) -> Phase2Plan:
-    """What SQuAD will not need of the time left (the time kept for it, or less when its question cap needs
-    less); phase 1's `seq_per_s_phase1` and `start_seconds` as it really ran, `phase2_seq_per_s` expected
-    on two ranks."""
-    squad = min(squad_reserved, squad_seconds(SQUAD_MAX_QUESTIONS, config, seq_per_s_phase1, start_seconds / 2))
+def phase2_plan(seconds_left: float, config: BertConfig, seq_per_s_phase1: float, phase1: Phase1Plan,
+                start_seconds: float) -> Phase2Plan:
+    """What SQuAD will not need of the time left (the time `phase1` kept for it, or less when its question cap
+    needs less); `seq_per_s_phase1` and `start_seconds` as phase 1 really ran."""
+    squad = min(phase1.squad_seconds, squad_seconds(SQUAD_MAX_QUESTIONS, config, seq_per_s_phase1, start_seconds / 2))
     stage = seconds_left - squad
-    train = stage - start_seconds - eval_seconds(phase2_seq_per_s) / EVALUATIONS  # phase 2 evaluates once
-    return Phase2Plan(max(2, int(max(0.0, train) * phase2_seq_per_s / PHASE2_BATCH)), PHASE2_SEQ, stage)
+    # two ranks at phase 2's efficiency, corrected by how phase 1 really ran against its expectation
+    speed = PHASE2_EFFICIENCY * phase1.phase2_seq_per_s_measured * seq_per_s_phase1 / phase1.seq_per_s_expected
+    train = stage - start_seconds - eval_seconds(speed) / EVALUATIONS  # phase 2 evaluates once
+    return Phase2Plan(max(2, int(max(0.0, train) * speed / PHASE2_BATCH)), PHASE2_SEQ, stage)
 
 
 @dataclass(frozen=True)
