@@ -73,12 +73,11 @@ def test_no_time_left_still_gives_a_minimal_run(plan1):
 def test_later_stages_scale_with_the_time_left_and_sequence_length():
     config = demo_plan.model_config(128, 2, 8000)
     phase1 = demo_plan.Phase1Plan(128, 2, 2000, 200.0, 160.0, 50.0, 12.0, 500.0, 100.0, 100.0)
-    slow, fast = (demo_plan.phase2_plan(300.0, config, real, phase1, 12.0) for real in (80.0, 160.0))
-    assert fast.steps > slow.steps > 2 and fast.seconds == slow.seconds == 300.0 - min(
-        100.0, demo_plan.squad_seconds(demo_plan.SQUAD_MAX_QUESTIONS, config, 80.0, 6.0))
-    # phase 1 ran as expected: phase 2 at its own efficiency of its in-process speed
-    speed = demo_plan.PHASE2_EFFICIENCY * 50.0
-    assert fast.steps == int((fast.seconds - 12 - demo_plan.eval_seconds(speed) / demo_plan.EVALUATIONS) * speed / 8)
+    short, long_ = (demo_plan.phase2_plan(seconds, config, 160.0, phase1, 12.0) for seconds in (200.0, 300.0))
+    assert long_.steps > short.steps > 2 and long_.seconds == 300.0 - min(
+        100.0, demo_plan.squad_seconds(demo_plan.SQUAD_MAX_QUESTIONS, config, 160.0, 6.0))
+    speed = demo_plan.PHASE2_EFFICIENCY * 50.0  # phase 2's in-process speed at its two-rank efficiency
+    assert long_.steps == int((long_.seconds - 12 - demo_plan.eval_seconds(speed) / demo_plan.EVALUATIONS) * speed / 8)
     assert demo_plan.phase2_plan(5.0, config, 160.0, phase1, 12.0).steps == 2
     small, large = (demo_plan.squad_plan(s, config, 170.0, 6.0) for s in (60.0, 120.0))
     assert large.train_questions > small.train_questions >= 64
