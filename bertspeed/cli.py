@@ -71,8 +71,11 @@ def main(argv=None) -> int:
 
 def run() -> None:
     """The `bertspeed` program (main() is for callers in-process)."""
-    from bertspeed.training.distributed import exit_process
-    exit_process(main())
+    code = main()
+    distributed = sys.modules.get("bertspeed.training.distributed")  # not loaded: no process group was joined
+    if distributed is None:
+        sys.exit(code)
+    distributed.exit_process(code)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def test_no_time_left_still_gives_a_minimal_run(plan1):
     assert plan.hidden_size == 64 and plan.steps == 10
 
 
-def test_later_stages_scale_with_the_time_left_and_sequence_length():
+def test_later_stages_scale_with_the_time_left():
     config = demo_plan.model_config(128, 2, 8000)
     phase1 = demo_plan.Phase1Plan(128, 2, 2000, 200.0, 160.0, 50.0, 12.0, 500.0, 100.0, 100.0)
     short, long_ = (demo_plan.phase2_plan(seconds, config, 160.0, phase1, 12.0) for seconds in (200.0, 300.0))
