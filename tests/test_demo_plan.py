@@ -1,4 +1,6 @@
 """The demo's sizing rules, from given throughputs (the slow test_demo.py runs the real thing)."""
+import json
+
 import pytest
 
 from bertspeed.pretrain import demo_plan
@@ -107,3 +109,15 @@ def test_the_time_is_split_as_left_after_the_measurements(monkeypatch):
     assert plan.squad_seconds == demo_plan.SHARES["squad"] * 800.0  # as left when 128's were measured
     assert plan.seconds + plan.phase2_seconds == pytest.approx(
         (demo_plan.SHARES["phase1"] + demo_plan.SHARES["phase2"]) * 800.0)
+
+
+def test_a_plan_from_another_version_is_refused_by_name(tmp_path):
+    from bertspeed.pretrain.demo import PLAN, load_plan
+
+    old = {"budget_minutes": 20.0, "phase1": {"hidden_size": 128, "num_hidden_layers": 2, "steps": 10}}
+    (tmp_path / PLAN).write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match=f"{tmp_path / PLAN} was planned by another bertspeed version"):
+        load_plan(tmp_path, 20.0, "auto")
+    current = demo_plan.Phase1Plan(128, 2, 2000, 200.0, 160.0, 50.0, 12.0, 500.0, 100.0, 100.0)
+    (tmp_path / PLAN).write_text(json.dumps({**old, "phase1": demo_plan.as_dict(current)}))
+    assert load_plan(tmp_path, 20.0, "auto")["phase1"]["steps"] == 2000

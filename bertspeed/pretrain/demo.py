@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from bertspeed import paths
@@ -254,6 +255,8 @@ def load_plan(out: Path, budget: float, precision_flag: str) -> dict:
         if plan["budget_minutes"] != budget:
             raise SystemExit(f"demo: {out} was planned for a {plan['budget_minutes']}-minute budget; "
                              f"choose another --output_dir for {budget} minutes")
+        if "phase1" in plan and set(plan["phase1"]) != {f.name for f in fields(demo_plan.Phase1Plan)}:
+            raise SystemExit(f"demo: {path} was planned by another bertspeed version; choose another --output_dir")
         return plan
     precision = choose_precision(precision_flag)
     print(f"demo: precision {precision}", flush=True)
