@@ -170,8 +170,9 @@ def pretrain_stage(out: Path, name: str, shards: Path, eval_shards: Path, ds: Pa
     if not (run_dir / "summary.json").is_file():
         raise SystemExit(f"demo: {name} stopped without a summary; its output is in {run_dir / 'log.txt'}")
     summary = json.loads((run_dir / "summary.json").read_text())
+    # a run that ended its steps as its time share ran out got the signal in its teardown: not stopped
     mark_done(run_dir, {"seconds": seconds, "train_seconds": summary["seconds"], "steps": summary["steps"],
-                        "stopped_at_deadline": stopped})
+                        "stopped_at_deadline": stopped and summary["stopped_by_signal"]})
 
 
 def final_eval_stage(out: Path, heldout: Path, phase_dirs: list[str]) -> None:
