@@ -1,4 +1,5 @@
 """The demo's sizing rules, from given throughputs (the slow test_demo.py runs the real thing)."""
+import dataclasses
 import json
 
 import pytest
@@ -81,6 +82,11 @@ def test_later_stages_scale_with_the_time_left():
     speed = demo_plan.PHASE2_EFFICIENCY * 50.0  # phase 2's in-process speed at its two-rank efficiency
     assert long_.steps == int((long_.seconds - 12 - demo_plan.eval_seconds(speed) / demo_plan.EVALUATIONS) * speed / 8)
     assert demo_plan.phase2_plan(5.0, config, 160.0, phase1, 12.0).steps == 2
+    # phase 1 overran into the 60 s kept for phase 2 (SQuAD's 100 s are whole): SQuAD gives way, down to half
+    phase1 = dataclasses.replace(phase1, phase2_seconds=60.0)
+    assert demo_plan.phase2_plan(140.0, config, 160.0, phase1, 12.0).seconds == 60.0
+    assert demo_plan.phase2_plan(100.0, config, 160.0, phase1, 12.0).seconds == 50.0
+    assert demo_plan.phase2_plan(200.0, config, 160.0, phase1, 12.0).seconds == 100.0  # time to spare: phase 2's
     small, large = (demo_plan.squad_plan(s, config, 170.0, 6.0) for s in (60.0, 120.0))
     assert large.train_questions > small.train_questions >= 64
     assert demo_plan.squad_plan(1e6, config, 170.0, 6.0).train_questions == demo_plan.SQUAD_MAX_QUESTIONS

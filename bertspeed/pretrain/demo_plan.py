@@ -166,9 +166,11 @@ class Phase2Plan:
 def phase2_plan(seconds_left: float, config: BertConfig, seq_per_s_phase1: float, phase1: Phase1Plan,
                 start_seconds: float) -> Phase2Plan:
     """What SQuAD will not need of the time left (the time `phase1` kept for it, or less when its question cap
-    needs less); `seq_per_s_phase1` and `start_seconds` as phase 1 really ran."""
+    needs less), but at least the time kept for phase 2 while that is at most half of the time left: a phase 1
+    that overran takes from SQuAD, not from the steps phase 2 needs. `seq_per_s_phase1` and `start_seconds` as
+    phase 1 really ran."""
     squad = min(phase1.squad_seconds, squad_seconds(SQUAD_MAX_QUESTIONS, config, seq_per_s_phase1, start_seconds / 2))
-    stage = seconds_left - squad
+    stage = max(seconds_left - squad, min(phase1.phase2_seconds, seconds_left / 2))
     speed = PHASE2_EFFICIENCY * phase1.phase2_seq_per_s_measured  # on two ranks
     train = stage - start_seconds - eval_seconds(speed) / EVALUATIONS  # phase 2 evaluates once
     return Phase2Plan(max(2, int(max(0.0, train) * speed / PHASE2_BATCH)), PHASE2_SEQ, stage)
