@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from bertspeed.data_prep import fast_tokenizer
 from bertspeed.data_prep.fast_tokenizer import FastWordPiece
 
 ADVERSARIAL = [
@@ -41,19 +43,48 @@ def ref_ids(ref, texts):
     return ids
 
 
+def fast_of(vocab_file, lower=True, compiled=True) -> FastWordPiece:
+    return FastWordPiece(FastWordPiece.from_vocab_file(vocab_file, do_lower_case=lower).tokenizer, compiled=compiled)
+
+
+def test_compiled_wordpiece_is_built():
+    assert fast_tokenizer._wordpiece is not None, "bertspeed/data_prep/_wordpiece.c is not built: pip install -e ."
+
+
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("lower", [True, False])
-def test_adversarial_strings_match_reference(vocab_file, lower):
-    fast = FastWordPiece.from_vocab_file(vocab_file, do_lower_case=lower)
+def test_adversarial_strings_match_reference(vocab_file, lower, compiled):
+    fast = fast_of(vocab_file, lower, compiled)
     expected = ref_ids(reference(vocab_file, lower), ADVERSARIAL)
     for text, want in zip(ADVERSARIAL, expected):
         assert fast.token_ids(text) == want, repr(text)
 
 
-def test_long_words_become_unk(vocab_file):
-    fast = FastWordPiece.from_vocab_file(vocab_file)
+@pytest.mark.parametrize("compiled", [True, False])
+def test_long_words_become_unk(vocab_file, compiled):
+    fast = fast_of(vocab_file, compiled=compiled)
     unk = fast.tokenizer.unk_id
     assert fast.token_ids("a" * 101) == [unk]
     assert fast.token_ids("a" * 100) != [unk]
+    # beyond the compiled path's stack buffer, in a one-byte string and beside a character that widens it
+    assert fast.token_ids("b" * 300 + " x") == fast.token_ids("b" * 300 + " x \U0001F600")[:2] == [unk, fast.tokenizer.vocab["x"]]
+
+
+def test_random_ascii_with_a_small_vocab_matches_reference(tmp_path):
+    """A vocab of 400 pieces makes most words several pieces and many unmatchable ([UNK]): greedy longest
+    match, its give-up rule and punctuation splitting of the compiled path against Hugging Face's."""
+    rng = np.random.default_rng(0)
+    letters = list("abcdefghij")
+    pieces = sorted({"".join(rng.choice(letters, rng.integers(1, 4))) for _ in range(300)})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,-'!$", *pieces, *("##" + p for p in pieces[::2])]
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    alphabet = np.array(list("abcdefghijkABC019 .,-'!$\t\n"))
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 80))) for _ in range(2000)]
+    expected = ref_ids(reference(vocab_file, True), texts)
+    fast = fast_of(vocab_file)
+    assert [t for t, want in zip(texts, expected) if fast.token_ids(t) != want] == []
+    assert sum(row.count(1) for row in expected) > 500  # many words were unmatchable
 
 
 @pytest.mark.parametrize("lower", [True, False])
@@ -74,8 +105,7 @@ def test_cache_stays_bounded_and_exact_when_it_overflows(vocab_file, wiki_dump):
     import bz2
     raw = bz2.open(wiki_dump, "rt", encoding="utf-8").read(300_000)
     texts = [raw[i:i + 1500] for i in range(0, len(raw), 1500)]
-    small = FastWordPiece.from_vocab_file(vocab_file)
-    small = FastWordPiece(small.tokenizer, max_cache=64)
+    small = FastWordPiece(FastWordPiece.from_vocab_file(vocab_file).tokenizer, max_cache=64, compiled=False)
     expected = ref_ids(reference(vocab_file, True), texts)
     assert [small.token_ids(t) for t in texts] == expected
     cache = small._chunk_ids.__self__
@@ -83,13 +113,13 @@ def test_cache_stays_bounded_and_exact_when_it_overflows(vocab_file, wiki_dump):
     assert 0 < len(cache) - len(cache.seed) <= 64
 
 
-@pytest.mark.parametrize("lower", [True, False])
-def test_raw_wikipedia_dump_matches_reference(vocab_file, wiki_dump, lower):
+@pytest.mark.parametrize(("lower", "compiled"), [(True, True), (False, True), (True, False)])
+def test_raw_wikipedia_dump_matches_reference(vocab_file, wiki_dump, lower, compiled):
     """Raw XML + wikitext: markup, entities, many scripts and symbols."""
     import bz2
     raw = bz2.open(wiki_dump, "rt", encoding="utf-8").read(4_000_000)
     texts = [raw[i:i + 1500] for i in range(0, len(raw), 1500)]
-    fast = FastWordPiece.from_vocab_file(vocab_file, do_lower_case=lower)
+    fast = fast_of(vocab_file, lower, compiled)
     expected = ref_ids(reference(vocab_file, lower), texts)
     assert [t for t, want in zip(texts, expected) if fast.token_ids(t) != want] == []
     # Many lines at once (data prep's path), batches included, with lines that give no ids at all

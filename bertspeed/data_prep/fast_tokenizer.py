@@ -8,18 +8,26 @@ and adversarial strings, cased and uncased. Why it is fast:
   the reference normaliser itself (Rust), except the rare text where canonical reordering
   of combining marks makes BERT's normalisation depend on neighbours (the Rust normaliser
   then does the whole string);
-- each whitespace-delimited chunk ("(u.s.)," or "the") is looked up in a dict; only a miss
-  splits it at BERT punctuation and runs its words through the reference WordPiece model.
+- ASCII chunks (whitespace-delimited, "(u.s.)," or "the") go through the compiled module
+  _wordpiece.c: punctuation split and greedy WordPiece over a hash table of the vocab, in C;
+- other chunks (and every chunk where the module is not built) are looked up in a dict; only a
+  miss splits the chunk at BERT punctuation and runs its words through the reference WordPiece model.
 """
 from __future__ import annotations
 
 import re
 import unicodedata
+import warnings
 from itertools import chain, pairwise
 
 import numpy as np
 
 from bertspeed.model.tokenizer import BertTokenizer
+
+try:
+    from bertspeed.data_prep import _wordpiece
+except ImportError:  # not built: `pip install -e .` compiles it
+    _wordpiece = None
 
 # After BERT's clean_text: ASCII is letters/digits, whitespace, or punctuation
 # (every printable ASCII symbol counts as punctuation for BERT).
@@ -114,9 +122,10 @@ class FastWordPiece:
     Text is normalised (ASCII: drop controls + lowercase; else the reference normaliser), split on
     whitespace, and each whitespace-delimited chunk is looked up in a cache; a miss splits the chunk
     at punctuation and runs each word through a second cache over the reference WordPiece model.
-    Both splits are context-free, so caching by chunk is exact."""
+    Both splits are context-free, so caching by chunk is exact. With `compiled` (the default), ASCII
+    chunks skip the caches: _wordpiece.c splits and looks them up in C."""
 
-    def __init__(self, tokenizer: BertTokenizer, max_cache: int = 16_384):
+    def __init__(self, tokenizer: BertTokenizer, max_cache: int = 16_384, compiled: bool = True):
         self.tokenizer = tokenizer
         self.lower = tokenizer.do_lower_case
         self._normalizer = tokenizer.backend.normalizer
@@ -144,6 +153,12 @@ class FastWordPiece:
         if any(LINE_BREAK in self.normalize(f"{c}{LINE_BREAK}b") for c in ("a", "\xe9")):
             raise ValueError("the tokenizer's normaliser keeps NUL characters; FastWordPiece needs it to drop them")
         self._chunk_ids = _Cache(chunk_ids, max_cache, {**seed, LINE_BREAK: (-1,)}).__getitem__
+        self._compiled = None
+        if compiled and _wordpiece is None:
+            warnings.warn("bertspeed.data_prep._wordpiece is not built (`pip install -e .` compiles it): "
+                          "tokenizing in Python, about 2x slower", stacklevel=2)
+        elif compiled:
+            self._compiled = _wordpiece.Vocab(vocab, tokenizer.unk_id, model.max_input_chars_per_word)
 
     @classmethod
     def from_vocab_file(cls, vocab_file, do_lower_case: bool = True) -> "FastWordPiece":
@@ -164,13 +179,19 @@ class FastWordPiece:
         return [w for chunk in self.normalize(text).split() for w in _split_punctuation(chunk)]
 
     def token_ids(self, text: str) -> list[int]:
-        return [i for ids in map(self._chunk_ids, self.normalize(text).split()) for i in ids]
+        return self._ids_of_normalized(self.normalize(text)).tolist()
+
+    def _ids_of_normalized(self, text: str) -> np.ndarray:
+        """int32 ids of normalised text, LINE_BREAK chunks as -1."""
+        if self._compiled is not None:
+            return np.frombuffer(self._compiled.encode(text, self._chunk_ids), np.int32)
+        return np.array(list(chain.from_iterable(map(self._chunk_ids, text.split()))), np.int32)
 
     def lines_ids(self, lines: list[str], batch_chars: int = CHARS_PER_BATCH) -> tuple[np.ndarray, np.ndarray]:
         """token_ids of many lines at once: (all their ids one after another [int32], ids per line [int64]).
-        The lines are joined with a break chunk and looked up in one pass of C-level calls (split, map over the
-        cache, chain), about `batch_chars` characters of lines at a time: the chunk strings of a batch take
-        about 50 bytes per character, so they stay a small, fixed amount of memory whatever the block."""
+        The lines are joined with a break chunk and tokenized in one call (compiled) or one pass of C-level calls
+        (split, map over the cache, chain), about `batch_chars` characters of lines at a time: the chunk strings of
+        the Python path take about 50 bytes per character, so they stay a small, fixed amount of memory."""
         ids, lengths = [], []
         ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines)))
         cuts = [0, *np.unique(np.searchsorted(ends, np.arange(batch_chars, ends[-1] if len(ends) else 0,
@@ -178,8 +199,7 @@ class FastWordPiece:
         for lo, hi in pairwise(cuts):
             if lo == hi:
                 continue
-            chunks = f" {LINE_BREAK} ".join(map(self.normalize, lines[lo:hi])).split()
-            flat = np.array(list(chain.from_iterable(map(self._chunk_ids, chunks))), np.int32)
+            flat = self._ids_of_normalized(f" {LINE_BREAK} ".join(map(self.normalize, lines[lo:hi])))
             breaks = np.flatnonzero(flat < 0)
             lengths.append(np.diff(breaks, prepend=-1, append=len(flat)) - 1)
             ids.append(flat[flat >= 0])
