@@ -29,6 +29,7 @@ ADVERSARIAL = [
     "file\x1cgroup\x1drecord\x1eunit\x1fsep a\u0085b é\x1cè",
     "«word»,(paren)\"quote\"--dash...dots U.S.A.-based e-mail 3.5% $1,000.00 naïve-café",
     "'quoted' \"double\" (paren) don't won't it's U.S.A. e.g. i.e.",
+    "ASCII only\x1cFile\x1dGroup\x0bVT\x0cFF\x7fDEL\x00NUL\tTab\rCR\x1f \x1e\x1c x",
 ]
 
 
@@ -79,7 +80,7 @@ def test_random_ascii_with_a_small_vocab_matches_reference(tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,-'!$", *pieces, *("##" + p for p in pieces[::2])]
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    alphabet = np.array(list("abcdefghijkABC019 .,-'!$\t\n"))
+    alphabet = np.array(list("abcdefghijkABC019 .,-'!$\t\n\r\x0b\x1c\x00\x7f"))
     texts = ["".join(rng.choice(alphabet, rng.integers(0, 80))) for _ in range(2000)]
     expected = ref_ids(reference(vocab_file, True), texts)
     fast = fast_of(vocab_file)

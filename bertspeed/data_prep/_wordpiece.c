@@ -1,16 +1,16 @@
-/* BERT WordPiece ids of ASCII chunks in C, for bertspeed.data_prep.fast_tokenizer.
+/* BERT ids of many lines in C, for bertspeed.data_prep.fast_tokenizer.FastWordPiece.lines_ids.
 
-   Vocab(vocab: dict[str, int], unk_id, max_input_chars_per_word).encode(text, fallback) -> bytes
-   text is already BERT-normalised (fast_tokenizer.FastWordPiece.normalize). It is split on
-   whitespace exactly as str.split() splits it. Each chunk then gives its ids:
-   - the chunk "\0" (FastWordPiece's line break) gives -1;
-   - an ASCII chunk is split into runs of letters/digits and single other characters (after
-     normalisation every other printable ASCII character is BERT punctuation), and each piece
-     goes through greedy longest-match-first WordPiece, as Hugging Face's WordPiece model does it
-     (a word longer than max_input_chars_per_word, or one with an unmatched rest, is unk_id);
-   - any other chunk gives the ints of fallback(chunk), the Python path, which holds the
-     Unicode rules (punctuation categories, non-ASCII vocab entries).
-   The result is the ids as native int32, one after another. */
+   Vocab(vocab: dict[str, int], unk_id, max_input_chars_per_word)
+   .encode_lines(lines, lower, normalize, fallback) -> (bytearray of int32 ids, bytearray of int64 ids per line)
+
+   - An ASCII line is normalised here as BERT does it (drop control characters; lower-case if `lower`),
+     then split on the whitespace left (space, tab, CR, LF) into chunks.
+   - Any other line is normalised by normalize(line) (Python: the Unicode rules) and split as str.split() splits.
+   - An ASCII chunk is split into runs of letters/digits and single other characters (every other printable
+     ASCII character is BERT punctuation), and each piece goes through greedy longest-match-first WordPiece,
+     as Hugging Face's WordPiece model does it: a word longer than max_input_chars_per_word, or one whose rest
+     matches no "##" piece, is unk_id.
+   - Any other chunk gives the ints of fallback(chunk) (Python: punctuation categories, non-ASCII vocab). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -140,7 +140,7 @@ static int ascii_chunk(const Vocab *v, int kind, const void *data, Py_ssize_t lo
         for (Py_ssize_t i = 0; i < n; i++) copy[i] = (char)PyUnicode_READ(kind, data, lo + i);
         s = copy;
     }
-    int status = (n == 1 && s[0] == 0) ? ids_push(out, -1) : ascii_words(v, s, n, out);
+    int status = ascii_words(v, s, n, out);
     PyMem_Free(copy);
     return status;
 }
@@ -163,14 +163,11 @@ static int fallback_chunk(PyObject *text, Py_ssize_t lo, Py_ssize_t hi, PyObject
     return status;
 }
 
-static PyObject *Vocab_encode(Vocab *self, PyObject *args) {
-    PyObject *text, *fallback;
-    if (!PyArg_ParseTuple(args, "UO:encode", &text, &fallback)) return NULL;
+/* A normalised str: chunks split as str.split() splits them. */
+static int encode_text(Vocab *self, PyObject *text, PyObject *fallback, Ids *out) {
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    int all_ascii = PyUnicode_IS_ASCII(text);
-    Ids out = {NULL, 0, 0};
     for (Py_ssize_t i = 0; i < n;) {
         while (i < n && Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i))) i++;
         if (i == n) break;
@@ -179,15 +176,88 @@ static PyObject *Vocab_encode(Vocab *self, PyObject *args) {
         for (; i < n; i++) {
             Py_UCS4 c = PyUnicode_READ(kind, data, i);
             if (Py_UNICODE_ISSPACE(c)) break;
-            ascii &= all_ascii || c < 128;
+            ascii &= c < 128;
         }
-        if ((ascii ? ascii_chunk(self, kind, data, lo, i, &out)
-                   : fallback_chunk(text, lo, i, fallback, &out)) < 0) {
-            PyMem_Free(out.ids);
-            return NULL;
-        }
+        if ((ascii ? ascii_chunk(self, kind, data, lo, i, out) : fallback_chunk(text, lo, i, fallback, out)) < 0)
+            return -1;
     }
-    PyObject *result = PyBytes_FromStringAndSize((const char *)out.ids, out.len * (Py_ssize_t)sizeof(int32_t));
+    return 0;
+}
+
+static int is_ascii_control(char c) { /* BERT's clean_text drops these; \t \n \r are whitespace */
+    return (c >= 0 && c < 32 && c != '\t' && c != '\n' && c != '\r') || c == 127;
+}
+
+/* An ASCII line, normalised here into `buf` (at least n bytes). */
+static int encode_ascii_line(Vocab *self, const char *s, Py_ssize_t n, int lower, char *buf, Ids *out) {
+    Py_ssize_t m = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!is_ascii_control(c)) buf[m++] = (lower && c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
+    for (Py_ssize_t i = 0, lo; i < m;) {
+        while (i < m && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\n' || buf[i] == '\r')) i++;
+        for (lo = i; i < m && !(buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\n' || buf[i] == '\r'); i++)
+            ;
+        if (i > lo && ascii_words(self, buf + lo, i - lo, out) < 0) return -1;
+    }
+    return 0;
+}
+
+static int encode_line(Vocab *self, PyObject *line, int lower, PyObject *normalize, PyObject *fallback, char **buf,
+                       Py_ssize_t *buf_size, Ids *out) {
+    if (!PyUnicode_Check(line)) {
+        PyErr_Format(PyExc_TypeError, "lines must be str, not %.100s", Py_TYPE(line)->tp_name);
+        return -1;
+    }
+    if (PyUnicode_IS_ASCII(line)) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(line);
+        if (n > *buf_size) {
+            char *grown = PyMem_Realloc(*buf, n);
+            if (!grown) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            *buf = grown, *buf_size = n;
+        }
+        return encode_ascii_line(self, (const char *)PyUnicode_DATA(line), n, lower, *buf, out);
+    }
+    PyObject *normalized = PyObject_CallOneArg(normalize, line);
+    if (!normalized) return -1;
+    int status = PyUnicode_Check(normalized) ? encode_text(self, normalized, fallback, out) : -1;
+    if (status < 0 && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "normalize must return str");
+    Py_DECREF(normalized);
+    return status;
+}
+
+static PyObject *Vocab_encode_lines(Vocab *self, PyObject *args) {
+    PyObject *lines, *normalize, *fallback, *seq, *result = NULL;
+    int lower;
+    if (!PyArg_ParseTuple(args, "OpOO:encode_lines", &lines, &lower, &normalize, &fallback)) return NULL;
+    if (!(seq = PySequence_Fast(lines, "lines must be a sequence of str"))) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), buf_size = 0;
+    int64_t *lengths = PyMem_Malloc((count ? count : 1) * sizeof(int64_t));
+    char *buf = NULL;
+    Ids out = {NULL, 0, 0};
+    if (!lengths) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t before = out.len;
+        if (encode_line(self, PySequence_Fast_GET_ITEM(seq, i), lower, normalize, fallback, &buf, &buf_size, &out) < 0)
+            goto done;
+        lengths[i] = out.len - before;
+    }
+    PyObject *ids = PyByteArray_FromStringAndSize((const char *)out.ids, out.len * (Py_ssize_t)sizeof(int32_t));
+    PyObject *per_line = PyByteArray_FromStringAndSize((const char *)lengths, count * (Py_ssize_t)sizeof(int64_t));
+    if (ids && per_line) result = PyTuple_Pack(2, ids, per_line);
+    Py_XDECREF(ids);
+    Py_XDECREF(per_line);
+done:
+    Py_DECREF(seq);
+    PyMem_Free(lengths);
+    PyMem_Free(buf);
     PyMem_Free(out.ids);
     return result;
 }
@@ -243,8 +313,8 @@ static void Vocab_dealloc(Vocab *self) {
 }
 
 static PyMethodDef Vocab_methods[] = {
-    {"encode", (PyCFunction)Vocab_encode, METH_VARARGS,
-     "encode(text, fallback) -> bytes of int32 ids; see the module docstring"},
+    {"encode_lines", (PyCFunction)Vocab_encode_lines, METH_VARARGS,
+     "encode_lines(lines, lower, normalize, fallback) -> (int32 ids, int64 ids per line) as bytearrays"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -252,7 +322,7 @@ static PyTypeObject VocabType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "bertspeed.data_prep._wordpiece.Vocab",
     .tp_basicsize = sizeof(Vocab),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Vocab(vocab, unk_id, max_input_chars_per_word): WordPiece of ASCII chunks in C",
+    .tp_doc = "Vocab(vocab, unk_id, max_input_chars_per_word): see the module docstring",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Vocab_init,
     .tp_dealloc = (destructor)Vocab_dealloc,
@@ -262,7 +332,7 @@ static PyTypeObject VocabType = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_wordpiece",
-    .m_doc = "BERT WordPiece ids of ASCII chunks in C (see bertspeed/data_prep/_wordpiece.c)",
+    .m_doc = "BERT WordPiece ids of many lines in C (see bertspeed/data_prep/_wordpiece.c)",
     .m_size = -1,
 };
 

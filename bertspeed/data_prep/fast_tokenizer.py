@@ -8,8 +8,8 @@ and adversarial strings, cased and uncased. Why it is fast:
   the reference normaliser itself (Rust), except the rare text where canonical reordering
   of combining marks makes BERT's normalisation depend on neighbours (the Rust normaliser
   then does the whole string);
-- ASCII chunks (whitespace-delimited, "(u.s.)," or "the") go through the compiled module
-  _wordpiece.c: punctuation split and greedy WordPiece over a hash table of the vocab, in C;
+- the compiled module _wordpiece.c normalises ASCII lines and tokenizes ASCII chunks (whitespace-delimited,
+  "(u.s.)," or "the"): punctuation split and greedy WordPiece over a hash table of the vocab, in C;
 - other chunks (and every chunk where the module is not built) are looked up in a dict; only a
   miss splits the chunk at BERT punctuation and runs its words through the reference WordPiece model.
 """
@@ -179,19 +179,22 @@ class FastWordPiece:
         return [w for chunk in self.normalize(text).split() for w in _split_punctuation(chunk)]
 
     def token_ids(self, text: str) -> list[int]:
-        return self._ids_of_normalized(self.normalize(text)).tolist()
-
-    def _ids_of_normalized(self, text: str) -> np.ndarray:
-        """int32 ids of normalised text, LINE_BREAK chunks as -1."""
         if self._compiled is not None:
-            return np.frombuffer(self._compiled.encode(text, self._chunk_ids), np.int32)
-        return np.array(list(chain.from_iterable(map(self._chunk_ids, text.split()))), np.int32)
+            return self.lines_ids([text])[0].tolist()
+        return [i for ids in map(self._chunk_ids, self.normalize(text).split()) for i in ids]
 
     def lines_ids(self, lines: list[str], batch_chars: int = CHARS_PER_BATCH) -> tuple[np.ndarray, np.ndarray]:
-        """token_ids of many lines at once: (all their ids one after another [int32], ids per line [int64]).
-        The lines are joined with a break chunk and tokenized in one call (compiled) or one pass of C-level calls
-        (split, map over the cache, chain), about `batch_chars` characters of lines at a time: the chunk strings of
-        the Python path take about 50 bytes per character, so they stay a small, fixed amount of memory."""
+        """token_ids of many lines at once: (all their ids one after another [int32], ids per line [int64])."""
+        if self._compiled is not None:
+            ids, lengths = self._compiled.encode_lines(lines, self.lower, self.normalize, self._chunk_ids)
+            return np.frombuffer(ids, np.int32), np.frombuffer(lengths, np.int64)
+        return self._python_lines_ids(lines, batch_chars)
+
+    def _python_lines_ids(self, lines: list[str], batch_chars: int) -> tuple[np.ndarray, np.ndarray]:
+        """lines_ids without the compiled module. The lines are joined with a break chunk and looked up in one
+        pass of C-level calls (split, map over the cache, chain), about `batch_chars` characters of lines at a
+        time: the chunk strings of a batch take about 50 bytes per character, so they stay a small, fixed amount
+        of memory whatever the block."""
         ids, lengths = [], []
         ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines)))
         cuts = [0, *np.unique(np.searchsorted(ends, np.arange(batch_chars, ends[-1] if len(ends) else 0,
@@ -199,7 +202,8 @@ class FastWordPiece:
         for lo, hi in pairwise(cuts):
             if lo == hi:
                 continue
-            flat = self._ids_of_normalized(f" {LINE_BREAK} ".join(map(self.normalize, lines[lo:hi])))
+            chunks = f" {LINE_BREAK} ".join(map(self.normalize, lines[lo:hi])).split()
+            flat = np.array(list(chain.from_iterable(map(self._chunk_ids, chunks))), np.int32)
             breaks = np.flatnonzero(flat < 0)
             lengths.append(np.diff(breaks, prepend=-1, append=len(flat)) - 1)
             ids.append(flat[flat >= 0])
