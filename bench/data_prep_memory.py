@@ -12,7 +12,8 @@ Two corpora, each written at every size as a prefix of one stream:
   has probably never seen), numbers and punctuation; documents of 1-40 sentences; numpy seed 0.
 Each size runs the pipeline in a fresh process (bench/data_prep_speed.py's run_pipeline: one worker, 128/20,
 dupe factor 1, 8 shards) and reads the child's own peak RSS (VmHWM). Prints each size's peak and the ratio of
-every size's peak to the smallest size's.
+every size's peak to the smallest size's; with --nvidia_bert_dir, also NVIDIA's pipeline on the same prefix
+right after ours, and the speed ratio per core (CPU-seconds).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_prep_speed import ROOT, VOCAB, run_pipeline  # noqa: E402
+from data_prep_speed import ROOT, VOCAB, run_nvidia, run_pipeline  # noqa: E402
 
 SYLLABLES = [c + v for c in "bcdfghjklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ou", "ai", "ee")]
 
@@ -93,7 +94,7 @@ def write_prefix(stream, megabytes: float, path: Path, state: dict) -> int:
     return state["bytes"]
 
 
-def measure(name: str, stream, sizes: list[float], work: Path) -> None:
+def measure(name: str, stream, sizes: list[float], work: Path, nvidia_bert_dir: str | None = None) -> None:
     base = work / f"{name}.txt"
     base.unlink(missing_ok=True)
     state, rows = {"bytes": 0}, []
@@ -103,6 +104,10 @@ def measure(name: str, stream, sizes: list[float], work: Path) -> None:
         rows.append((size / 1e6, r["peak_rss_mb"], r["instances"], size / 1e6 / r["cpu_s"]))
         print(f"{name:9s} {size / 1e6:6.1f} MB: peak RSS {r['peak_rss_mb']:6.1f} MB, {r['instances']} instances, "
               f"{size / 1e6 / r['cpu_s']:.2f} MB per CPU-second", flush=True)
+        if nvidia_bert_dir:
+            theirs = run_nvidia(base, nvidia_bert_dir, work / "nvidia.hdf5")
+            print(f"{name:9s} {size / 1e6:6.1f} MB: NVIDIA {size / 1e6 / theirs['cpu_s']:.2f} MB per CPU-second, "
+                  f"right after ours: ours / NVIDIA per core = {theirs['cpu_s'] / r['cpu_s']:.1f}x", flush=True)
     for size, peak, _, _ in rows[1:]:
         print(f"{name:9s} peak RSS {size:.0f} MB / {rows[0][0]:.0f} MB: {peak / rows[0][1]:.3f}x")
 
@@ -113,6 +118,8 @@ def main() -> None:
     p.add_argument("--sizes_mb", type=float, nargs="+", default=[7, 35, 100])
     p.add_argument("--work_dir", default="/tmp/bertspeed-bench-data-prep-memory")
     p.add_argument("--only", choices=("mixed", "generated"), help="run one corpus only")
+    p.add_argument("--nvidia_bert_dir", help="folder holding bert/ of the bert-tensorflow 1.0.4 wheel: also run "
+                   "NVIDIA's pipeline on every size, right after ours (bench/nvidia_reference.py), for the ratio")
     args = p.parse_args()
     for f in args.mixed:
         if not os.path.isfile(f):
@@ -124,9 +131,9 @@ def main() -> None:
     from bertspeed.training.hardware import host_label
     print(f"host: {host_label()} (one worker; checkout {ROOT})")
     if args.only != "generated":
-        measure("mixed", mixed_stream(args.mixed), args.sizes_mb, work)
+        measure("mixed", mixed_stream(args.mixed), args.sizes_mb, work, args.nvidia_bert_dir)
     if args.only != "mixed":
-        measure("generated", generated_stream(VOCAB), args.sizes_mb, work)
+        measure("generated", generated_stream(VOCAB), args.sizes_mb, work, args.nvidia_bert_dir)
 
 
 if __name__ == "__main__":

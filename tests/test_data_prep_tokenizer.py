@@ -71,21 +71,32 @@ def test_long_words_become_unk(vocab_file, compiled):
     assert fast.token_ids("b" * 300 + " x") == fast.token_ids("b" * 300 + " x \U0001F600")[:2] == [unk, fast.tokenizer.vocab["x"]]
 
 
-def test_random_ascii_with_a_small_vocab_matches_reference(tmp_path):
-    """A vocab of 400 pieces makes most words several pieces and many unmatchable ([UNK]): greedy longest
-    match, its give-up rule and punctuation splitting of the compiled path against Hugging Face's."""
+ASCII_ALPHABET = "abcdefghijkABC019 .,-'!$\t\n\r\x0b\x1c\x00\x7f"
+UNICODE_ALPHABET = ASCII_ALPHABET + "éèüßçñ中文ΣσЖж«»—…’€😀\u00a0\u3000\u0301"
+
+
+@pytest.mark.parametrize("lower", [True, False])
+@pytest.mark.parametrize("alphabet", [ASCII_ALPHABET, UNICODE_ALPHABET], ids=["ascii", "unicode"])
+def test_random_text_with_a_small_vocab_matches_reference(tmp_path, alphabet, lower):
+    """A vocab of a few hundred pieces makes most words several pieces and many unmatchable ([UNK]): greedy
+    longest match over UTF-8, its give-up rule, the character limit and punctuation splitting of the compiled
+    path against Hugging Face's."""
     rng = np.random.default_rng(0)
-    letters = list("abcdefghij")
-    pieces = sorted({"".join(rng.choice(letters, rng.integers(1, 4))) for _ in range(300)})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,-'!$", *pieces, *("##" + p for p in pieces[::2])]
+    letters = list("abcdefghijéüßñ中σж")
+    pieces = sorted({"".join(rng.choice(letters, rng.integers(1, 4))) for _ in range(400)})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,-'!$«—’", *pieces, *("##" + p for p in pieces[::2]),
+             "a", "##a", "é", "##é", "中"]
     vocab_file = tmp_path / "vocab.txt"
-    vocab_file.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    alphabet = np.array(list("abcdefghijkABC019 .,-'!$\t\n\r\x0b\x1c\x00\x7f"))
-    texts = ["".join(rng.choice(alphabet, rng.integers(0, 80))) for _ in range(2000)]
-    expected = ref_ids(reference(vocab_file, True), texts)
-    fast = fast_of(vocab_file)
+    vocab_file.write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
+    chars = np.array(list(alphabet))
+    texts = ["".join(rng.choice(chars, rng.integers(0, 80))) for _ in range(2000)]
+    texts += ["é" * 100, "é" * 101, "中" * 101, "a" * 100 + "é"]  # the limit counts characters, not bytes
+    expected = ref_ids(reference(vocab_file, lower), texts)
+    fast = FastWordPiece(FastWordPiece.from_vocab_file(vocab_file, do_lower_case=lower).tokenizer)
+    assert fast._compiled is not None
     assert [t for t, want in zip(texts, expected) if fast.token_ids(t) != want] == []
     assert sum(row.count(1) for row in expected) > 500  # many words were unmatchable
+    assert expected[-4] != [1] and expected[-3] == [1]  # 100 characters are tokenized, 101 are [UNK]
 
 
 @pytest.mark.parametrize("lower", [True, False])

@@ -1,31 +1,35 @@
 /* BERT ids of many lines in C, for bertspeed.data_prep.fast_tokenizer.FastWordPiece.lines_ids.
 
    Vocab(vocab: dict[str, int], unk_id, max_input_chars_per_word)
-   .encode_lines(lines, lower, normalize, fallback) -> (bytearray of int32 ids, bytearray of int64 ids per line)
+   .encode_lines(lines, lower, normalize, is_punctuation)
+       -> (bytearray of int32 ids, bytearray of int64 ids per line)
 
-   - An ASCII line is normalised here as BERT does it (drop control characters; lower-case if `lower`),
-     then split on the whitespace left (space, tab, CR, LF) into chunks.
-   - Any other line is normalised by normalize(line) (Python: the Unicode rules) and split as str.split() splits.
-   - An ASCII chunk is split into runs of letters/digits and single other characters (every other printable
-     ASCII character is BERT punctuation), and each piece goes through greedy longest-match-first WordPiece,
-     as Hugging Face's WordPiece model does it: a word longer than max_input_chars_per_word, or one whose rest
-     matches no "##" piece, is unk_id.
-   - Any other chunk gives the ints of fallback(chunk) (Python: punctuation categories, non-ASCII vocab). */
+   - An ASCII line is normalised here as BERT does it (drop control characters; lower-case if `lower`) and
+     split on the whitespace left (space, tab, CR, LF) into chunks.
+   - Any other line is normalised by normalize(line) (Python: the Unicode rules) and split as str.split()
+     splits it.
+   - A chunk is split into words at BERT punctuation: in ASCII every character but letters and digits (no
+     other ASCII survives normalisation); above it, is_punctuation(character), asked once per character
+     and kept in a table.
+   - Each word goes through greedy longest-match-first WordPiece over its UTF-8 bytes, ends stepping back
+     a whole character, as Hugging Face's WordPiece model does it: a word of more than
+     max_input_chars_per_word characters, or one whose rest matches no "##" piece, is unk_id. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
+#define UNICODE_SIZE 0x110000
+
 typedef struct {
-    uint64_t hash;
-    const char *key; /* into the Vocab's arena, not NUL-terminated */
-    Py_ssize_t len;
-    int32_t id; /* -1: empty slot */
+    uint32_t hash; /* low bits of the key's hash */
+    int32_t id;    /* -1: empty slot */
+    uint32_t offset, len; /* the key, in the Vocab's arena */
 } Slot;
 
 typedef struct {
     Slot *slots;
-    size_t mask;
+    uint32_t mask;
 } Table;
 
 typedef struct {
@@ -33,6 +37,7 @@ typedef struct {
     Table whole;        /* every token */
     Table continuation; /* "##x" tokens, keyed by "x" */
     char *arena;
+    uint8_t *punctuation; /* per code point: 0 not asked yet, 1 no, 2 yes; allocated at first use */
     int32_t unk_id;
     Py_ssize_t max_chars;
 } Vocab;
@@ -42,40 +47,47 @@ typedef struct {
     Py_ssize_t len, cap;
 } Ids;
 
+/* What one encode_lines call needs besides the Vocab. */
+typedef struct {
+    Ids out;
+    char *buf; /* a line or a word, normalised / as UTF-8 */
+    Py_ssize_t buf_size;
+    PyObject *is_punctuation;
+} Work;
+
 static uint64_t hash_bytes(const char *s, Py_ssize_t n) {
     uint64_t h = 1469598103934665603ULL; /* FNV-1a */
     for (Py_ssize_t i = 0; i < n; i++) {
         h ^= (unsigned char)s[i];
         h *= 1099511628211ULL;
     }
-    return h;
+    return h ^ (h >> 32);
 }
 
 static int table_init(Table *t, Py_ssize_t entries) {
-    size_t size = 16;
-    while (size < (size_t)entries * 2) size <<= 1;
-    t->slots = PyMem_Calloc(size, sizeof(Slot));
-    if (!t->slots) return -1;
-    for (size_t i = 0; i < size; i++) t->slots[i].id = -1;
+    uint32_t size = 16;
+    while (size < (uint64_t)entries * 2) size <<= 1;
+    if (!(t->slots = PyMem_Malloc(size * sizeof(Slot)))) return -1;
+    for (uint32_t i = 0; i < size; i++) t->slots[i].id = -1;
     t->mask = size - 1;
     return 0;
 }
 
-static Slot *table_find(const Table *t, const char *key, Py_ssize_t len, uint64_t h) {
-    for (size_t i = h & t->mask;; i = (i + 1) & t->mask) {
+static Slot *table_find(const Table *t, const char *arena, const char *key, uint32_t len, uint32_t h) {
+    for (uint32_t i = h & t->mask;; i = (i + 1) & t->mask) {
         Slot *s = &t->slots[i];
-        if (s->id < 0 || (s->hash == h && s->len == len && memcmp(s->key, key, len) == 0)) return s;
+        if (s->id < 0 || (s->hash == h && s->len == len && memcmp(arena + s->offset, key, len) == 0)) return s;
     }
 }
 
-static void table_put(Table *t, const char *key, Py_ssize_t len, int32_t id) {
-    uint64_t h = hash_bytes(key, len);
-    Slot *s = table_find(t, key, len, h);
-    s->hash = h, s->key = key, s->len = len, s->id = id;
+static int32_t table_get(const Vocab *v, const Table *t, const char *key, Py_ssize_t len) {
+    return table_find(t, v->arena, key, (uint32_t)len, (uint32_t)hash_bytes(key, len))->id;
 }
 
-static int32_t table_get(const Table *t, const char *key, Py_ssize_t len) {
-    return table_find(t, key, len, hash_bytes(key, len))->id;
+static void table_put(Vocab *v, Table *t, uint32_t offset, uint32_t len, int32_t id) {
+    uint32_t h = (uint32_t)hash_bytes(v->arena + offset, len);
+    Slot *s = table_find(t, v->arena, v->arena + offset, len, h);
+    s->hash = h, s->id = id, s->offset = offset, s->len = len;
 }
 
 static int ids_push(Ids *out, int32_t id) {
@@ -92,17 +104,30 @@ static int ids_push(Ids *out, int32_t id) {
     return 0;
 }
 
-/* Greedy longest-match-first WordPiece of one ASCII word (letters/digits, or one punctuation mark). */
-static int wordpiece(const Vocab *v, const char *word, Py_ssize_t n, Ids *out) {
+static int reserve(Work *w, Py_ssize_t size) {
+    if (size <= w->buf_size) return 0;
+    char *grown = PyMem_Realloc(w->buf, size);
+    if (!grown) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    w->buf = grown, w->buf_size = size;
+    return 0;
+}
+
+/* Greedy longest-match-first WordPiece of one word: n bytes of UTF-8, chars characters. */
+static int wordpiece(const Vocab *v, const char *word, Py_ssize_t n, Py_ssize_t chars, Ids *out) {
     Py_ssize_t first = out->len;
-    if (n <= v->max_chars) {
+    if (chars <= v->max_chars) {
         for (Py_ssize_t start = 0; start < n;) {
             const Table *t = start ? &v->continuation : &v->whole;
             Py_ssize_t end = n;
-            int32_t id = -1;
-            for (; end > start && (id = table_get(t, word + start, end - start)) < 0; end--)
-                ;
-            if (id < 0) goto unknown;
+            int32_t id;
+            while ((id = table_get(v, t, word + start, end - start)) < 0) {
+                do end--;
+                while (end > start && (word[end] & 0xC0) == 0x80); /* back to a character's first byte */
+                if (end == start) goto unknown;
+            }
             if (ids_push(out, id) < 0) return -1;
             start = end;
         }
@@ -113,73 +138,75 @@ unknown:
     return ids_push(out, v->unk_id);
 }
 
-static int is_ascii_alnum(char c) {
+static int is_ascii_alnum(Py_UCS4 c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
+static int is_punctuation(Vocab *v, Work *w, Py_UCS4 c) {
+    if (c < 128) return !is_ascii_alnum(c);
+    if (!v->punctuation && !(v->punctuation = PyMem_Calloc(UNICODE_SIZE, 1))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (!v->punctuation[c]) {
+        PyObject *answer = PyObject_CallFunction(w->is_punctuation, "C", (int)c);
+        int yes = answer ? PyObject_IsTrue(answer) : -1;
+        Py_XDECREF(answer);
+        if (yes < 0) return -1;
+        v->punctuation[c] = yes ? 2 : 1;
+    }
+    return v->punctuation[c] == 2;
+}
+
+/* An ASCII chunk s[0:n]: runs of letters/digits and single other characters, each through WordPiece. */
 static int ascii_words(const Vocab *v, const char *s, Py_ssize_t n, Ids *out) {
     for (Py_ssize_t i = 0, j; i < n; i = j) {
         j = i + 1;
         if (is_ascii_alnum(s[i]))
             while (j < n && is_ascii_alnum(s[j])) j++;
-        if (wordpiece(v, s + i, j - i, out) < 0) return -1;
+        if (wordpiece(v, s + i, j - i, j - i, out) < 0) return -1;
     }
     return 0;
 }
 
-/* One ASCII chunk text[lo:hi]: runs of letters/digits and single other characters, each through WordPiece. */
-static int ascii_chunk(const Vocab *v, int kind, const void *data, Py_ssize_t lo, Py_ssize_t hi, Ids *out) {
-    Py_ssize_t n = hi - lo;
-    char *copy = NULL;
-    const char *s = (const char *)data + lo;
-    if (kind != PyUnicode_1BYTE_KIND) { /* ASCII chunk of a text holding wider characters elsewhere */
-        if (!(copy = PyMem_Malloc(n))) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) copy[i] = (char)PyUnicode_READ(kind, data, lo + i);
-        s = copy;
+static Py_ssize_t put_utf8(char *buf, Py_UCS4 c) {
+    if (c < 0x80) return buf[0] = (char)c, 1;
+    if (c < 0x800) return buf[0] = (char)(0xC0 | c >> 6), buf[1] = (char)(0x80 | (c & 0x3F)), 2;
+    if (c < 0x10000) {
+        buf[0] = (char)(0xE0 | c >> 12), buf[1] = (char)(0x80 | ((c >> 6) & 0x3F)), buf[2] = (char)(0x80 | (c & 0x3F));
+        return 3;
     }
-    int status = ascii_words(v, s, n, out);
-    PyMem_Free(copy);
-    return status;
+    buf[0] = (char)(0xF0 | c >> 18), buf[1] = (char)(0x80 | ((c >> 12) & 0x3F));
+    buf[2] = (char)(0x80 | ((c >> 6) & 0x3F)), buf[3] = (char)(0x80 | (c & 0x3F));
+    return 4;
 }
 
-static int fallback_chunk(PyObject *text, Py_ssize_t lo, Py_ssize_t hi, PyObject *fallback, Ids *out) {
-    PyObject *chunk = PyUnicode_Substring(text, lo, hi);
-    if (!chunk) return -1;
-    PyObject *ids = PyObject_CallOneArg(fallback, chunk);
-    Py_DECREF(chunk);
-    if (!ids) return -1;
-    PyObject *seq = PySequence_Fast(ids, "fallback must return a sequence of ints");
-    Py_DECREF(ids);
-    if (!seq) return -1;
-    int status = 0;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && status == 0; i++) {
-        long id = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        status = (id == -1 && PyErr_Occurred()) ? -1 : ids_push(out, (int32_t)id);
+/* A chunk text[lo:hi] of a normalised str: words at punctuation, each as UTF-8 through WordPiece. */
+static int unicode_chunk(Vocab *v, Work *w, int kind, const void *data, Py_ssize_t lo, Py_ssize_t hi) {
+    if (reserve(w, 4 * (hi - lo)) < 0) return -1;
+    for (Py_ssize_t i = lo; i < hi;) {
+        Py_ssize_t n = 0, chars = 0;
+        int punct = is_punctuation(v, w, PyUnicode_READ(kind, data, i));
+        if (punct < 0) return -1;
+        do {
+            n += put_utf8(w->buf + n, PyUnicode_READ(kind, data, i++));
+            chars++;
+        } while (!punct && i < hi && (punct = is_punctuation(v, w, PyUnicode_READ(kind, data, i))) == 0);
+        if (punct < 0 || wordpiece(v, w->buf, n, chars, &w->out) < 0) return -1;
     }
-    Py_DECREF(seq);
-    return status;
+    return 0;
 }
 
-/* A normalised str: chunks split as str.split() splits them. */
-static int encode_text(Vocab *self, PyObject *text, PyObject *fallback, Ids *out) {
+/* A normalised str, split into chunks as str.split() splits it. */
+static int encode_text(Vocab *v, Work *w, PyObject *text) {
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     for (Py_ssize_t i = 0; i < n;) {
         while (i < n && Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i))) i++;
-        if (i == n) break;
         Py_ssize_t lo = i;
-        int ascii = 1;
-        for (; i < n; i++) {
-            Py_UCS4 c = PyUnicode_READ(kind, data, i);
-            if (Py_UNICODE_ISSPACE(c)) break;
-            ascii &= c < 128;
-        }
-        if ((ascii ? ascii_chunk(self, kind, data, lo, i, out) : fallback_chunk(text, lo, i, fallback, out)) < 0)
-            return -1;
+        while (i < n && !Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i))) i++;
+        if (i > lo && unicode_chunk(v, w, kind, data, lo, i) < 0) return -1;
     }
     return 0;
 }
@@ -188,68 +215,59 @@ static int is_ascii_control(char c) { /* BERT's clean_text drops these; \t \n \r
     return (c >= 0 && c < 32 && c != '\t' && c != '\n' && c != '\r') || c == 127;
 }
 
-/* An ASCII line, normalised here into `buf` (at least n bytes). */
-static int encode_ascii_line(Vocab *self, const char *s, Py_ssize_t n, int lower, char *buf, Ids *out) {
+static int is_ascii_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+/* An ASCII line s[0:n], normalised here into w->buf. */
+static int encode_ascii_line(Vocab *v, Work *w, const char *s, Py_ssize_t n, int lower) {
+    if (reserve(w, n) < 0) return -1;
+    char *buf = w->buf;
     Py_ssize_t m = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         char c = s[i];
         if (!is_ascii_control(c)) buf[m++] = (lower && c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
     }
     for (Py_ssize_t i = 0, lo; i < m;) {
-        while (i < m && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\n' || buf[i] == '\r')) i++;
-        for (lo = i; i < m && !(buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\n' || buf[i] == '\r'); i++)
+        while (i < m && is_ascii_space(buf[i])) i++;
+        for (lo = i; i < m && !is_ascii_space(buf[i]); i++)
             ;
-        if (i > lo && ascii_words(self, buf + lo, i - lo, out) < 0) return -1;
+        if (i > lo && ascii_words(v, buf + lo, i - lo, &w->out) < 0) return -1;
     }
     return 0;
 }
 
-static int encode_line(Vocab *self, PyObject *line, int lower, PyObject *normalize, PyObject *fallback, char **buf,
-                       Py_ssize_t *buf_size, Ids *out) {
+static int encode_line(Vocab *v, Work *w, PyObject *line, int lower, PyObject *normalize) {
     if (!PyUnicode_Check(line)) {
         PyErr_Format(PyExc_TypeError, "lines must be str, not %.100s", Py_TYPE(line)->tp_name);
         return -1;
     }
-    if (PyUnicode_IS_ASCII(line)) {
-        Py_ssize_t n = PyUnicode_GET_LENGTH(line);
-        if (n > *buf_size) {
-            char *grown = PyMem_Realloc(*buf, n);
-            if (!grown) {
-                PyErr_NoMemory();
-                return -1;
-            }
-            *buf = grown, *buf_size = n;
-        }
-        return encode_ascii_line(self, (const char *)PyUnicode_DATA(line), n, lower, *buf, out);
-    }
+    if (PyUnicode_IS_ASCII(line))
+        return encode_ascii_line(v, w, (const char *)PyUnicode_DATA(line), PyUnicode_GET_LENGTH(line), lower);
     PyObject *normalized = PyObject_CallOneArg(normalize, line);
     if (!normalized) return -1;
-    int status = PyUnicode_Check(normalized) ? encode_text(self, normalized, fallback, out) : -1;
+    int status = PyUnicode_Check(normalized) ? encode_text(v, w, normalized) : -1;
     if (status < 0 && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "normalize must return str");
     Py_DECREF(normalized);
     return status;
 }
 
 static PyObject *Vocab_encode_lines(Vocab *self, PyObject *args) {
-    PyObject *lines, *normalize, *fallback, *seq, *result = NULL;
+    PyObject *lines, *normalize, *seq, *result = NULL;
     int lower;
-    if (!PyArg_ParseTuple(args, "OpOO:encode_lines", &lines, &lower, &normalize, &fallback)) return NULL;
+    Work w = {{NULL, 0, 0}, NULL, 0, NULL};
+    if (!PyArg_ParseTuple(args, "OpOO:encode_lines", &lines, &lower, &normalize, &w.is_punctuation)) return NULL;
     if (!(seq = PySequence_Fast(lines, "lines must be a sequence of str"))) return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), buf_size = 0;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
     int64_t *lengths = PyMem_Malloc((count ? count : 1) * sizeof(int64_t));
-    char *buf = NULL;
-    Ids out = {NULL, 0, 0};
     if (!lengths) {
         PyErr_NoMemory();
         goto done;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t before = out.len;
-        if (encode_line(self, PySequence_Fast_GET_ITEM(seq, i), lower, normalize, fallback, &buf, &buf_size, &out) < 0)
-            goto done;
-        lengths[i] = out.len - before;
+        Py_ssize_t before = w.out.len;
+        if (encode_line(self, &w, PySequence_Fast_GET_ITEM(seq, i), lower, normalize) < 0) goto done;
+        lengths[i] = w.out.len - before;
     }
-    PyObject *ids = PyByteArray_FromStringAndSize((const char *)out.ids, out.len * (Py_ssize_t)sizeof(int32_t));
+    PyObject *ids = PyByteArray_FromStringAndSize((const char *)w.out.ids, w.out.len * (Py_ssize_t)sizeof(int32_t));
     PyObject *per_line = PyByteArray_FromStringAndSize((const char *)lengths, count * (Py_ssize_t)sizeof(int64_t));
     if (ids && per_line) result = PyTuple_Pack(2, ids, per_line);
     Py_XDECREF(ids);
@@ -257,8 +275,8 @@ static PyObject *Vocab_encode_lines(Vocab *self, PyObject *args) {
 done:
     Py_DECREF(seq);
     PyMem_Free(lengths);
-    PyMem_Free(buf);
-    PyMem_Free(out.ids);
+    PyMem_Free(w.buf);
+    PyMem_Free(w.out.ids);
     return result;
 }
 
@@ -281,6 +299,10 @@ static int Vocab_init(Vocab *self, PyObject *args, PyObject *kwargs) {
         }
         arena_size += len;
     }
+    if (arena_size >= UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "vocab too large");
+        return -1;
+    }
     Py_ssize_t entries = PyDict_Size(vocab);
     self->arena = PyMem_Malloc(arena_size + 1);
     if (!self->arena || table_init(&self->whole, entries) < 0 || table_init(&self->continuation, entries) < 0) {
@@ -297,10 +319,11 @@ static int Vocab_init(Vocab *self, PyObject *args, PyObject *kwargs) {
             PyErr_Format(PyExc_ValueError, "vocab id %ld of %R is not a non-negative int32", id, key);
             return -1;
         }
-        char *stored = memcpy(self->arena + used, utf8, len);
+        memcpy(self->arena + used, utf8, len);
+        table_put(self, &self->whole, (uint32_t)used, (uint32_t)len, (int32_t)id);
+        if (len > 2 && utf8[0] == '#' && utf8[1] == '#')
+            table_put(self, &self->continuation, (uint32_t)used + 2, (uint32_t)len - 2, (int32_t)id);
         used += len;
-        table_put(&self->whole, stored, len, (int32_t)id);
-        if (len > 2 && stored[0] == '#' && stored[1] == '#') table_put(&self->continuation, stored + 2, len - 2, (int32_t)id);
     }
     return 0;
 }
@@ -309,12 +332,13 @@ static void Vocab_dealloc(Vocab *self) {
     PyMem_Free(self->whole.slots);
     PyMem_Free(self->continuation.slots);
     PyMem_Free(self->arena);
+    PyMem_Free(self->punctuation);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef Vocab_methods[] = {
     {"encode_lines", (PyCFunction)Vocab_encode_lines, METH_VARARGS,
-     "encode_lines(lines, lower, normalize, fallback) -> (int32 ids, int64 ids per line) as bytearrays"},
+     "encode_lines(lines, lower, normalize, is_punctuation) -> (int32 ids, int64 ids per line) as bytearrays"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,12 +22,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
+# Before numpy is imported: data prep runs one thread per worker process, and OpenBLAS would start a thread
+# per core in every one of them (0.05 CPU-seconds of start-up each on a 2-core host; oversubscription with
+# --workers on a many-core node).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from bertspeed.data_prep import schema
-from bertspeed.data_prep.instances import InstanceSpec
-from bertspeed.data_prep.parts import init_worker, make_all_parts, part_path
-from bertspeed.data_prep.shards import (
+from tqdm import tqdm  # noqa: E402
+
+from bertspeed.data_prep import schema  # noqa: E402
+from bertspeed.data_prep.instances import InstanceSpec  # noqa: E402
+from bertspeed.data_prep.parts import init_worker, make_all_parts, part_path  # noqa: E402
+from bertspeed.data_prep.shards import (  # noqa: E402
     OutputDir,
     fields_for,
     read_done_marker,

@@ -8,10 +8,10 @@ and adversarial strings, cased and uncased. Why it is fast:
   the reference normaliser itself (Rust), except the rare text where canonical reordering
   of combining marks makes BERT's normalisation depend on neighbours (the Rust normaliser
   then does the whole string);
-- the compiled module _wordpiece.c normalises ASCII lines and tokenizes ASCII chunks (whitespace-delimited,
-  "(u.s.)," or "the"): punctuation split and greedy WordPiece over a hash table of the vocab, in C;
-- other chunks (and every chunk where the module is not built) are looked up in a dict; only a
-  miss splits the chunk at BERT punctuation and runs its words through the reference WordPiece model.
+- the compiled module _wordpiece.c normalises ASCII lines, splits at whitespace and punctuation and runs
+  greedy WordPiece over a hash table of the vocab, in C; Python only normalises non-ASCII lines;
+- without it, each whitespace-delimited chunk ("(u.s.)," or "the") is looked up in a dict; only a miss
+  splits it at BERT punctuation and runs its words through the reference WordPiece model.
 """
 from __future__ import annotations
 
@@ -119,20 +119,32 @@ def _split_punctuation(chunk: str) -> list[str]:
 class FastWordPiece:
     """token_ids(text) == BertTokenizer.token_ids([text])[0], several times faster.
 
-    Text is normalised (ASCII: drop controls + lowercase; else the reference normaliser), split on
-    whitespace, and each whitespace-delimited chunk is looked up in a cache; a miss splits the chunk
-    at punctuation and runs each word through a second cache over the reference WordPiece model.
-    Both splits are context-free, so caching by chunk is exact. With `compiled` (the default), ASCII
-    chunks skip the caches: _wordpiece.c splits and looks them up in C."""
+    With `compiled` (the default) the lines go to _wordpiece.c, which normalises ASCII lines itself (others
+    through `normalize`), splits at whitespace and BERT punctuation and runs greedy WordPiece over a hash
+    table of the vocab. Without it (or where the module is not built): text is normalised, split on whitespace,
+    and each whitespace-delimited chunk is looked up in a cache; a miss splits the chunk at punctuation and
+    runs each word through a second cache over the reference WordPiece model. Both splits are context-free,
+    so caching by chunk is exact."""
 
     def __init__(self, tokenizer: BertTokenizer, max_cache: int = 16_384, compiled: bool = True):
         self.tokenizer = tokenizer
         self.lower = tokenizer.do_lower_case
         self._normalizer = tokenizer.backend.normalizer
         self._char_map = _CharMap(self._normalizer)
-        model = tokenizer.backend.model
-        ints = list(range(tokenizer.vocab_size))  # one int object per id, shared by all cache entries
-        vocab = tokenizer.vocab
+        self._compiled = self._chunk_ids = None
+        if compiled and _wordpiece is not None:
+            self._compiled = _wordpiece.Vocab(tokenizer.vocab, tokenizer.unk_id,
+                                              tokenizer.backend.model.max_input_chars_per_word)
+            return
+        if compiled:
+            warnings.warn("bertspeed.data_prep._wordpiece is not built (`pip install -e .` compiles it): "
+                          "tokenizing in Python, about 2x slower", stacklevel=2)
+        self._chunk_ids = self._python_chunk_ids(max_cache)
+
+    def _python_chunk_ids(self, max_cache: int):
+        """chunk -> its ids, through two bounded caches over the reference WordPiece model."""
+        model, vocab = self.tokenizer.backend.model, self.tokenizer.vocab
+        ints = list(range(self.tokenizer.vocab_size))  # one int object per id, shared by all cache entries
 
         def wordpiece(word: str) -> tuple[int, ...]:
             whole = vocab.get(word)  # greedy longest match takes a whole in-vocab word at once
@@ -152,13 +164,7 @@ class FastWordPiece:
         # The line break of lines_ids: BERT's normalisation drops NUL, so no normalised chunk is one.
         if any(LINE_BREAK in self.normalize(f"{c}{LINE_BREAK}b") for c in ("a", "\xe9")):
             raise ValueError("the tokenizer's normaliser keeps NUL characters; FastWordPiece needs it to drop them")
-        self._chunk_ids = _Cache(chunk_ids, max_cache, {**seed, LINE_BREAK: (-1,)}).__getitem__
-        self._compiled = None
-        if compiled and _wordpiece is None:
-            warnings.warn("bertspeed.data_prep._wordpiece is not built (`pip install -e .` compiles it): "
-                          "tokenizing in Python, about 2x slower", stacklevel=2)
-        elif compiled:
-            self._compiled = _wordpiece.Vocab(vocab, tokenizer.unk_id, model.max_input_chars_per_word)
+        return _Cache(chunk_ids, max_cache, {**seed, LINE_BREAK: (-1,)}).__getitem__
 
     @classmethod
     def from_vocab_file(cls, vocab_file, do_lower_case: bool = True) -> "FastWordPiece":
@@ -186,7 +192,7 @@ class FastWordPiece:
     def lines_ids(self, lines: list[str], batch_chars: int = CHARS_PER_BATCH) -> tuple[np.ndarray, np.ndarray]:
         """token_ids of many lines at once: (all their ids one after another [int32], ids per line [int64])."""
         if self._compiled is not None:
-            ids, lengths = self._compiled.encode_lines(lines, self.lower, self.normalize, self._chunk_ids)
+            ids, lengths = self._compiled.encode_lines(lines, self.lower, self.normalize, _PUNCTUATION.__getitem__)
             return np.frombuffer(ids, np.int32), np.frombuffer(lengths, np.int64)
         return self._python_lines_ids(lines, batch_chars)
 

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from isal import isal_zlib
 
 from bertspeed.data_prep import schema
 from bertspeed.data_prep.storage import is_s3, s3_exists, upload_file
 from bertspeed.training import atomic
 
 CHUNK_ROWS = 1024
+ISAL_LEVEL = 1  # ISA-L's levels are 0-3; its 1 gives zlib level 1's size on shard chunks
 
 
 def shard_name(index: int) -> str:
@@ -41,27 +43,63 @@ def fields_for(static_masking: bool) -> dict:
 def write_shard(path: Path, pieces, num_rows: int, seq_len: int, max_pred: int, static_masking: bool) -> None:
     """Write `pieces` (an iterable of dicts of arrays, in order) as one HDF5 shard of num_rows rows."""
     dims = {"N": num_rows, "L": seq_len, "P": max_pred}
-    fields = fields_for(static_masking)
     # No HDF5 chunk cache: with it (HDF5 2.0's default 1 MB per dataset) the writer's peak RSS grew with the
     # shard's rows (63 MB at 10,000 rows, 97 MB at 75,000 in one process); without, 58 and 65 MB.
     with h5py.File(path, "w", rdcc_nbytes=0) as f:
-        datasets = {}
-        for name, (dtype, shape) in fields.items():
-            full = tuple(dims[d] for d in shape)
-            chunks = (min(CHUNK_ROWS, num_rows),) + full[1:]
-            datasets[name] = f.create_dataset(name, full, dtype=dtype, chunks=chunks,
-                                              compression=schema.COMPRESSION,
-                                              compression_opts=schema.COMPRESSION_LEVEL, shuffle=schema.SHUFFLE)
-        row = 0
+        writers = {name: ChunkWriter(f, name, dtype, tuple(dims[d] for d in shape))
+                   for name, (dtype, shape) in fields_for(static_masking).items()}
         for piece in pieces:
-            n = len(piece["input_ids"])
-            for name, ds in datasets.items():
-                ds[row:row + n] = piece[name]
-            row += n
-        if row != num_rows:
-            raise RuntimeError(f"{path}: wrote {row} rows, expected {num_rows}")
+            for name, writer in writers.items():
+                writer.append(piece[name])
+        for writer in writers.values():
+            writer.close()
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
+
+
+class ChunkWriter:
+    """One dataset, written a whole chunk of CHUNK_ROWS rows at a time with HDF5's direct chunk write, each chunk
+    byte-shuffled (NumPy) and deflated by ISA-L (python-isal) exactly as the shuffle and gzip filters the dataset
+    declares would store it: any HDF5 reader decodes it with its own zlib. ISA-L's level 1 deflates the same
+    chunks 6x faster than zlib's level 1 (HDF5's own), to the same size: it was a quarter of data prep's CPU."""
+
+    def __init__(self, f: h5py.File, name: str, dtype, shape: tuple[int, ...]):
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.chunk_rows = max(1, min(CHUNK_ROWS, shape[0]))
+        self.ds = f.create_dataset(name, shape, dtype=self.dtype, chunks=(self.chunk_rows,) + shape[1:],
+                                   compression=schema.COMPRESSION, compression_opts=schema.COMPRESSION_LEVEL,
+                                   shuffle=schema.SHUFFLE)
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = self.written = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        self.pending.append(rows)
+        self.pending_rows += len(rows)
+        if self.pending_rows >= self.chunk_rows:
+            rows = np.concatenate(self.pending)
+            full = len(rows) // self.chunk_rows * self.chunk_rows
+            for start in range(0, full, self.chunk_rows):
+                self._write(rows[start:start + self.chunk_rows])
+            self.pending, self.pending_rows = [rows[full:]], len(rows) - full
+
+    def close(self) -> None:
+        if self.pending_rows:
+            rows = np.concatenate(self.pending)  # the edge chunk: stored whole, zero rows past the dataset's end
+            self._write(np.concatenate([rows, np.zeros((self.chunk_rows - len(rows),) + rows.shape[1:], rows.dtype)]),
+                        len(rows))
+        if self.written != self.ds.shape[0]:
+            raise RuntimeError(f"{self.ds.file.filename}: wrote {self.written} rows of {self.ds.name}, "
+                               f"expected {self.ds.shape[0]}")
+
+    def _write(self, chunk: np.ndarray, rows: int | None = None) -> None:
+        if self.written >= self.ds.shape[0]:
+            raise RuntimeError(f"{self.ds.file.filename}: more rows for {self.ds.name} than {self.ds.shape[0]}")
+        raw = np.ascontiguousarray(chunk, self.dtype)
+        if schema.SHUFFLE and raw.itemsize > 1:  # HDF5's shuffle: every element's first byte, then second, ...
+            raw = raw.view(np.uint8).reshape(-1, raw.itemsize).T
+        data = isal_zlib.compress(raw.tobytes(), ISAL_LEVEL)
+        self.ds.id.write_direct_chunk((self.written,) + (0,) * (len(self.ds.shape) - 1), data)
+        self.written += self.chunk_rows if rows is None else rows
 
 
 def sha256_file(path) -> str:
