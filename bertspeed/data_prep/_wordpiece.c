@@ -30,6 +30,7 @@ typedef struct {
 typedef struct {
     Slot *slots;
     uint32_t mask;
+    uint32_t longest; /* bytes of the longest key */
 } Table;
 
 typedef struct {
@@ -38,6 +39,7 @@ typedef struct {
     Table continuation; /* "##x" tokens, keyed by "x" */
     char *arena;
     uint8_t *punctuation; /* per code point: 0 not asked yet, 1 no, 2 yes; allocated at first use */
+    uint32_t *prefix_hashes; /* wordpiece's scratch: hashes of word[start:start + k], k <= 4 * max_chars */
     int32_t unk_id;
     Py_ssize_t max_chars;
 } Vocab;
@@ -55,13 +57,21 @@ typedef struct {
     PyObject *is_punctuation;
 } Work;
 
-static uint64_t hash_bytes(const char *s, Py_ssize_t n) {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (Py_ssize_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
-    }
-    return h ^ (h >> 32);
+/* FNV-1a; hash_prefixes gives the same values for every prefix of s in one pass. */
+#define FNV_BASIS 1469598103934665603ULL
+#define FNV_PRIME 1099511628211ULL
+
+static uint32_t fold(uint64_t h) { return (uint32_t)(h ^ (h >> 32)); }
+
+static uint32_t hash_bytes(const char *s, Py_ssize_t n) {
+    uint64_t h = FNV_BASIS;
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * FNV_PRIME;
+    return fold(h);
+}
+
+static void hash_prefixes(const char *s, Py_ssize_t n, uint32_t *out) { /* out[k] = hash_bytes(s, k) */
+    uint64_t h = FNV_BASIS;
+    for (Py_ssize_t i = 0; i < n; i++) out[i + 1] = fold(h = (h ^ (unsigned char)s[i]) * FNV_PRIME);
 }
 
 static int table_init(Table *t, Py_ssize_t entries) {
@@ -69,7 +79,7 @@ static int table_init(Table *t, Py_ssize_t entries) {
     while (size < (uint64_t)entries * 2) size <<= 1;
     if (!(t->slots = PyMem_Malloc(size * sizeof(Slot)))) return -1;
     for (uint32_t i = 0; i < size; i++) t->slots[i].id = -1;
-    t->mask = size - 1;
+    t->mask = size - 1, t->longest = 0;
     return 0;
 }
 
@@ -80,14 +90,11 @@ static Slot *table_find(const Table *t, const char *arena, const char *key, uint
     }
 }
 
-static int32_t table_get(const Vocab *v, const Table *t, const char *key, Py_ssize_t len) {
-    return table_find(t, v->arena, key, (uint32_t)len, (uint32_t)hash_bytes(key, len))->id;
-}
-
 static void table_put(Vocab *v, Table *t, uint32_t offset, uint32_t len, int32_t id) {
-    uint32_t h = (uint32_t)hash_bytes(v->arena + offset, len);
+    uint32_t h = hash_bytes(v->arena + offset, len);
     Slot *s = table_find(t, v->arena, v->arena + offset, len, h);
     s->hash = h, s->id = id, s->offset = offset, s->len = len;
+    if (len > t->longest) t->longest = len;
 }
 
 static int ids_push(Ids *out, int32_t id) {
@@ -122,8 +129,14 @@ static int wordpiece(const Vocab *v, const char *word, Py_ssize_t n, Py_ssize_t 
         for (Py_ssize_t start = 0; start < n;) {
             const Table *t = start ? &v->continuation : &v->whole;
             Py_ssize_t end = n;
+            if (n - start > t->longest) /* no key is longer: start at the last character boundary that fits */
+                for (end = start + t->longest; end > start && (word[end] & 0xC0) == 0x80; end--)
+                    ;
+            if (end == start) goto unknown;
+            hash_prefixes(word + start, end - start, v->prefix_hashes);
             int32_t id;
-            while ((id = table_get(v, t, word + start, end - start)) < 0) {
+            while ((id = table_find(t, v->arena, word + start, (uint32_t)(end - start),
+                                    v->prefix_hashes[end - start])->id) < 0) {
                 do end--;
                 while (end > start && (word[end] & 0xC0) == 0x80); /* back to a character's first byte */
                 if (end == start) goto unknown;
@@ -309,6 +322,14 @@ static int Vocab_init(Vocab *self, PyObject *args, PyObject *kwargs) {
         PyErr_NoMemory();
         return -1;
     }
+    if (max_chars < 0 || max_chars > (1 << 20)) {
+        PyErr_Format(PyExc_ValueError, "max_input_chars_per_word %zd is not in [0, 2**20]", max_chars);
+        return -1;
+    }
+    if (!(self->prefix_hashes = PyMem_Malloc((4 * max_chars + 1) * sizeof(uint32_t)))) {
+        PyErr_NoMemory();
+        return -1;
+    }
     self->unk_id = unk_id, self->max_chars = max_chars;
     for (pos = 0; PyDict_Next(vocab, &pos, &key, &value);) {
         Py_ssize_t len;
@@ -333,6 +354,7 @@ static void Vocab_dealloc(Vocab *self) {
     PyMem_Free(self->continuation.slots);
     PyMem_Free(self->arena);
     PyMem_Free(self->punctuation);
+    PyMem_Free(self->prefix_hashes);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
