@@ -50,4 +50,4 @@ gpu-check: $(VENV)/.runtime
 	$(PY) -m bertspeed.preflight.run --output_dir $(or $(OUT),preflight_out)
 
 clean:
-	rm -rf $(VENV) .torch_extensions build *.egg-info
+	rm -rf $(VENV) .torch_extensions build *.egg-info bertspeed/data_prep/_wordpiece*.so

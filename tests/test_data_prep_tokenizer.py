@@ -72,7 +72,7 @@ def test_long_words_become_unk(vocab_file, compiled):
 
 
 ASCII_ALPHABET = "abcdefghijkABC019 .,-'!$\t\n\r\x0b\x1c\x00\x7f"
-UNICODE_ALPHABET = ASCII_ALPHABET + "éèüßçñ中文ΣσЖж«»—…’€😀\u00a0\u3000\u0301"
+UNICODE_ALPHABET = ASCII_ALPHABET + "éèüßçñ中文ΣσЖж«»—…’€😀ﬁ\u00a0\u3000\u0301\u302e\u200b"
 
 
 @pytest.mark.parametrize("lower", [True, False])

@@ -1,13 +1,15 @@
 /* BERT ids of many lines in C, for bertspeed.data_prep.fast_tokenizer.FastWordPiece.lines_ids.
 
    Vocab(vocab: dict[str, int], unk_id, max_input_chars_per_word)
-   .encode_lines(lines, lower, normalize, is_punctuation)
+   .encode_lines(lines, lower, normalize, char_info, is_punctuation)
        -> (bytearray of int32 ids, bytearray of int64 ids per line)
 
    - An ASCII line is normalised here as BERT does it (drop control characters; lower-case if `lower`) and
      split on the whitespace left (space, tab, CR, LF) into chunks.
-   - Any other line is normalised by normalize(line) (Python: the Unicode rules) and split as str.split()
-     splits it.
+   - Any other line is normalised character by character, each character's normalisation taken from
+     char_info(character) -> (its normalisation alone, whether it takes part in canonical reordering), asked
+     once per character and kept; a line holding a reordering character goes to normalize(line) whole.
+     The result is split as str.split() splits it.
    - A chunk is split into words at BERT punctuation: in ASCII every character but letters and digits (no
      other ASCII survives normalisation); above it, is_punctuation(character), asked once per character
      and kept in a table.
@@ -40,6 +42,12 @@ typedef struct {
     char *arena;
     uint8_t *punctuation; /* per code point: 0 not asked yet, 1 no, 2 yes; allocated at first use */
     uint32_t *prefix_hashes; /* wordpiece's scratch: hashes of word[start:start + k], k <= 4 * max_chars */
+    /* BERT's normalisation of each code point alone, asked of char_info once: blocks of 256 code points, entry
+       = (offset into normalised << 8 | length) + 1, 0 = not asked yet; REORDERS marks a character after which
+       the line is normalised as a whole (canonical reordering depends on neighbours). */
+    uint32_t *normalised_blocks[UNICODE_SIZE >> 8];
+    Py_UCS4 *normalised;
+    Py_ssize_t normalised_len, normalised_cap;
     int32_t unk_id;
     Py_ssize_t max_chars;
 } Vocab;
@@ -54,8 +62,12 @@ typedef struct {
     Ids out;
     char *buf; /* a line or a word, normalised / as UTF-8 */
     Py_ssize_t buf_size;
-    PyObject *is_punctuation;
+    Py_UCS4 *line; /* a non-ASCII line, normalised */
+    Py_ssize_t line_size;
+    PyObject *is_punctuation, *char_info;
 } Work;
+
+#define REORDERS 0xFFFFFFFFu
 
 /* FNV-1a; hash_prefixes gives the same values for every prefix of s in one pass. */
 #define FNV_BASIS 1469598103934665603ULL
@@ -210,11 +222,8 @@ static int unicode_chunk(Vocab *v, Work *w, int kind, const void *data, Py_ssize
     return 0;
 }
 
-/* A normalised str, split into chunks as str.split() splits it. */
-static int encode_text(Vocab *v, Work *w, PyObject *text) {
-    int kind = PyUnicode_KIND(text);
-    const void *data = PyUnicode_DATA(text);
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+/* Normalised text (a str's kind and data, or UCS4), split into chunks as str.split() splits it. */
+static int encode_text(Vocab *v, Work *w, int kind, const void *data, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n;) {
         while (i < n && Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i))) i++;
         Py_ssize_t lo = i;
@@ -222,6 +231,59 @@ static int encode_text(Vocab *v, Work *w, PyObject *text) {
         if (i > lo && unicode_chunk(v, w, kind, data, lo, i) < 0) return -1;
     }
     return 0;
+}
+
+/* The entry of code point c (see Vocab.normalised_blocks), asking char_info(c) -> (str, reorders) at first. */
+static uint32_t normalised_entry(Vocab *v, Work *w, Py_UCS4 c) {
+    uint32_t **block = &v->normalised_blocks[c >> 8];
+    if (!*block && !(*block = PyMem_Calloc(256, sizeof(uint32_t)))) return PyErr_NoMemory(), 0;
+    uint32_t *entry = &(*block)[c & 255];
+    if (*entry) return *entry;
+    PyObject *info = PyObject_CallFunction(w->char_info, "C", (int)c), *text;
+    int reorders;
+    if (!info || !PyArg_ParseTuple(info, "Up", &text, &reorders)) {
+        Py_XDECREF(info);
+        return 0;
+    }
+    Py_ssize_t len = PyUnicode_GET_LENGTH(text);
+    if (len > 255 || v->normalised_len + len > (1 << 23)) {
+        PyErr_Format(PyExc_ValueError, "normalisation of U+%04X too long", (unsigned)c);
+    } else if (v->normalised_len + len > v->normalised_cap) {
+        Py_ssize_t cap = 2 * (v->normalised_len + len) + 256;
+        Py_UCS4 *grown = PyMem_Realloc(v->normalised, cap * sizeof(Py_UCS4));
+        if (grown) v->normalised = grown, v->normalised_cap = cap;
+        else PyErr_NoMemory();
+    }
+    if (!PyErr_Occurred()) {
+        for (Py_ssize_t i = 0; i < len; i++) v->normalised[v->normalised_len + i] = PyUnicode_READ_CHAR(text, i);
+        *entry = reorders ? REORDERS : ((uint32_t)v->normalised_len << 8 | (uint32_t)len) + 1;
+        v->normalised_len += len;
+    }
+    Py_DECREF(info);
+    return PyErr_Occurred() ? 0 : *entry;
+}
+
+/* A non-ASCII line: normalised here, character by character, into w->line; returns its length, -1 on error,
+   -2 when the line holds a character after which it must be normalised as a whole. */
+static Py_ssize_t normalise_line(Vocab *v, Work *w, PyObject *line) {
+    int kind = PyUnicode_KIND(line);
+    const void *data = PyUnicode_DATA(line);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(line), m = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t entry = normalised_entry(v, w, PyUnicode_READ(kind, data, i));
+        if (!entry) return -1;
+        if (entry == REORDERS) return -2;
+        Py_ssize_t len = (entry - 1) & 255;
+        if (m + len > w->line_size) {
+            Py_ssize_t size = 2 * (m + len) + 256;
+            Py_UCS4 *grown = PyMem_Realloc(w->line, size * sizeof(Py_UCS4));
+            if (!grown) return PyErr_NoMemory(), -1;
+            w->line = grown, w->line_size = size;
+        }
+        memcpy(w->line + m, v->normalised + ((entry - 1) >> 8), len * sizeof(Py_UCS4));
+        m += len;
+    }
+    return m;
 }
 
 static int is_ascii_control(char c) { /* BERT's clean_text drops these; \t \n \r are whitespace */
@@ -255,10 +317,16 @@ static int encode_line(Vocab *v, Work *w, PyObject *line, int lower, PyObject *n
     }
     if (PyUnicode_IS_ASCII(line))
         return encode_ascii_line(v, w, (const char *)PyUnicode_DATA(line), PyUnicode_GET_LENGTH(line), lower);
+    Py_ssize_t n = normalise_line(v, w, line);
+    if (n != -2) return n < 0 ? -1 : encode_text(v, w, PyUnicode_4BYTE_KIND, w->line, n);
     PyObject *normalized = PyObject_CallOneArg(normalize, line);
     if (!normalized) return -1;
-    int status = PyUnicode_Check(normalized) ? encode_text(v, w, normalized) : -1;
-    if (status < 0 && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "normalize must return str");
+    int status = -1;
+    if (PyUnicode_Check(normalized))
+        status = encode_text(v, w, PyUnicode_KIND(normalized), PyUnicode_DATA(normalized),
+                             PyUnicode_GET_LENGTH(normalized));
+    else
+        PyErr_SetString(PyExc_TypeError, "normalize must return str");
     Py_DECREF(normalized);
     return status;
 }
@@ -266,8 +334,9 @@ static int encode_line(Vocab *v, Work *w, PyObject *line, int lower, PyObject *n
 static PyObject *Vocab_encode_lines(Vocab *self, PyObject *args) {
     PyObject *lines, *normalize, *seq, *result = NULL;
     int lower;
-    Work w = {{NULL, 0, 0}, NULL, 0, NULL};
-    if (!PyArg_ParseTuple(args, "OpOO:encode_lines", &lines, &lower, &normalize, &w.is_punctuation)) return NULL;
+    Work w = {{NULL, 0, 0}, NULL, 0, NULL, 0, NULL, NULL};
+    if (!PyArg_ParseTuple(args, "OpOOO:encode_lines", &lines, &lower, &normalize, &w.char_info, &w.is_punctuation))
+        return NULL;
     if (!(seq = PySequence_Fast(lines, "lines must be a sequence of str"))) return NULL;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
     int64_t *lengths = PyMem_Malloc((count ? count : 1) * sizeof(int64_t));
@@ -289,6 +358,7 @@ done:
     Py_DECREF(seq);
     PyMem_Free(lengths);
     PyMem_Free(w.buf);
+    PyMem_Free(w.line);
     PyMem_Free(w.out.ids);
     return result;
 }
@@ -355,12 +425,15 @@ static void Vocab_dealloc(Vocab *self) {
     PyMem_Free(self->arena);
     PyMem_Free(self->punctuation);
     PyMem_Free(self->prefix_hashes);
+    for (size_t i = 0; i < UNICODE_SIZE >> 8; i++) PyMem_Free(self->normalised_blocks[i]);
+    PyMem_Free(self->normalised);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef Vocab_methods[] = {
     {"encode_lines", (PyCFunction)Vocab_encode_lines, METH_VARARGS,
-     "encode_lines(lines, lower, normalize, is_punctuation) -> (int32 ids, int64 ids per line) as bytearrays"},
+     "encode_lines(lines, lower, normalize, char_info, is_punctuation) -> (int32 ids, int64 ids per line) as "
+     "bytearrays"},
     {NULL, NULL, 0, NULL},
 };
 

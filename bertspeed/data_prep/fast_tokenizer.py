@@ -8,8 +8,8 @@ and adversarial strings, cased and uncased. Why it is fast:
   the reference normaliser itself (Rust), except the rare text where canonical reordering
   of combining marks makes BERT's normalisation depend on neighbours (the Rust normaliser
   then does the whole string);
-- the compiled module _wordpiece.c normalises ASCII lines, splits at whitespace and punctuation and runs
-  greedy WordPiece over a hash table of the vocab, in C; Python only normalises non-ASCII lines;
+- the compiled module _wordpiece.c normalises lines (other characters than ASCII by the same per-character
+  table), splits at whitespace and punctuation and runs greedy WordPiece over a hash table of the vocab, in C;
 - without it, each whitespace-delimited chunk ("(u.s.)," or "the") is looked up in a dict; only a miss
   splits it at BERT punctuation and runs its words through the reference WordPiece model.
 """
@@ -180,6 +180,11 @@ class FastWordPiece:
             return self._normalizer.normalize_str(text)
         return text.translate(self._char_map)
 
+    def _char_info(self, char: str) -> tuple[str, bool]:
+        """For the compiled path: one character's normalisation alone, and whether a text holding it must be
+        normalised whole (as `normalize` decides)."""
+        return self._char_map[ord(char)], self.lower and _REORDERING_MARK[char]
+
     def words(self, text: str) -> list[str]:
         """BERT BasicTokenizer output (normalised words and punctuation)."""
         return [w for chunk in self.normalize(text).split() for w in _split_punctuation(chunk)]
@@ -192,7 +197,8 @@ class FastWordPiece:
     def lines_ids(self, lines: list[str], batch_chars: int = CHARS_PER_BATCH) -> tuple[np.ndarray, np.ndarray]:
         """token_ids of many lines at once: (all their ids one after another [int32], ids per line [int64])."""
         if self._compiled is not None:
-            ids, lengths = self._compiled.encode_lines(lines, self.lower, self.normalize, _PUNCTUATION.__getitem__)
+            ids, lengths = self._compiled.encode_lines(lines, self.lower, self.normalize, self._char_info,
+                                                       _PUNCTUATION.__getitem__)
             return np.frombuffer(ids, np.int32), np.frombuffer(lengths, np.int64)
         return self._python_lines_ids(lines, batch_chars)
 
