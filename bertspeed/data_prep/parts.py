@@ -48,7 +48,9 @@ _worker: dict = {}
 
 def init_worker(vocab_file, lower, specs, part_dirs, seed, dupe_factor, tok=None):
     tok = tok or BertTokenizer.from_vocab_file(vocab_file, lower)
-    id_to_token = [tok.backend.id_to_token(i) or "" for i in range(tok.vocab_size)]
+    id_to_token = [""] * tok.vocab_size
+    for token, i in tok.vocab.items():
+        id_to_token[i] = token
     specials = Specials(tok.cls_id, tok.sep_id, tok.mask_id, tok.vocab_size, continuation_table(id_to_token))
     _worker.update(fast=FastWordPiece(tok), specs=specs, part_dirs=part_dirs, seed=seed, dupe=dupe_factor,
                    specials=specials)
