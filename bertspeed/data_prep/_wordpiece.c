@@ -24,14 +24,19 @@
 #define UNICODE_SIZE 0x110000
 
 typedef struct {
-    uint32_t hash; /* low bits of the key's hash */
-    int32_t id;    /* -1: empty slot */
-    uint32_t offset, len; /* the key, in the Vocab's arena */
-} Slot;
+    uint32_t hash; /* of the key */
+    int32_t key;   /* index into Table.keys; -1: empty slot */
+} Slot;            /* 8 bytes: a 30,522-token vocab's table is 512 KB, mostly in cache */
+
+typedef struct {
+    uint32_t offset, len; /* in the Vocab's arena */
+    int32_t id;
+} Key;
 
 typedef struct {
     Slot *slots;
-    uint32_t mask;
+    Key *keys;
+    uint32_t mask, count;
     uint32_t longest; /* bytes of the longest key */
 } Table;
 
@@ -89,23 +94,33 @@ static void hash_prefixes(const char *s, Py_ssize_t n, uint32_t *out) { /* out[k
 static int table_init(Table *t, Py_ssize_t entries) {
     uint32_t size = 16;
     while (size < (uint64_t)entries * 2) size <<= 1;
-    if (!(t->slots = PyMem_Malloc(size * sizeof(Slot)))) return -1;
-    for (uint32_t i = 0; i < size; i++) t->slots[i].id = -1;
-    t->mask = size - 1, t->longest = 0;
+    if (!(t->slots = PyMem_Malloc(size * sizeof(Slot))) || !(t->keys = PyMem_Malloc((entries + 1) * sizeof(Key))))
+        return -1;
+    for (uint32_t i = 0; i < size; i++) t->slots[i].key = -1;
+    t->mask = size - 1, t->count = t->longest = 0;
     return 0;
 }
 
-static Slot *table_find(const Table *t, const char *arena, const char *key, uint32_t len, uint32_t h) {
+/* The slot holding key[0:len] (hash h), or the empty slot where it would go. */
+static Slot *table_slot(const Table *t, const char *arena, const char *key, uint32_t len, uint32_t h) {
     for (uint32_t i = h & t->mask;; i = (i + 1) & t->mask) {
         Slot *s = &t->slots[i];
-        if (s->id < 0 || (s->hash == h && s->len == len && memcmp(arena + s->offset, key, len) == 0)) return s;
+        if (s->key < 0) return s;
+        const Key *k = &t->keys[s->key];
+        if (s->hash == h && k->len == len && memcmp(arena + k->offset, key, len) == 0) return s;
     }
+}
+
+static int32_t table_get(const Vocab *v, const Table *t, const char *key, uint32_t len, uint32_t h) {
+    const Slot *s = table_slot(t, v->arena, key, len, h);
+    return s->key < 0 ? -1 : t->keys[s->key].id;
 }
 
 static void table_put(Vocab *v, Table *t, uint32_t offset, uint32_t len, int32_t id) {
     uint32_t h = hash_bytes(v->arena + offset, len);
-    Slot *s = table_find(t, v->arena, v->arena + offset, len, h);
-    s->hash = h, s->id = id, s->offset = offset, s->len = len;
+    Slot *s = table_slot(t, v->arena, v->arena + offset, len, h);
+    if (s->key < 0) s->hash = h, s->key = (int32_t)t->count++;
+    t->keys[s->key] = (Key){offset, len, id};
     if (len > t->longest) t->longest = len;
 }
 
@@ -147,8 +162,7 @@ static int wordpiece(const Vocab *v, const char *word, Py_ssize_t n, Py_ssize_t 
             if (end == start) goto unknown;
             hash_prefixes(word + start, end - start, v->prefix_hashes);
             int32_t id;
-            while ((id = table_find(t, v->arena, word + start, (uint32_t)(end - start),
-                                    v->prefix_hashes[end - start])->id) < 0) {
+            while ((id = table_get(v, t, word + start, (uint32_t)(end - start), v->prefix_hashes[end - start])) < 0) {
                 do end--;
                 while (end > start && (word[end] & 0xC0) == 0x80); /* back to a character's first byte */
                 if (end == start) goto unknown;
@@ -367,7 +381,7 @@ static int Vocab_init(Vocab *self, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"vocab", "unk_id", "max_input_chars_per_word", NULL};
     PyObject *vocab, *key, *value;
     int unk_id;
-    Py_ssize_t max_chars, pos = 0, arena_size = 0, used = 0;
+    Py_ssize_t max_chars, pos = 0, arena_size = 0, used = 0, continuations = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!in:Vocab", names, &PyDict_Type, &vocab, &unk_id, &max_chars))
         return -1;
     if (self->arena) {
@@ -376,11 +390,13 @@ static int Vocab_init(Vocab *self, PyObject *args, PyObject *kwargs) {
     }
     while (PyDict_Next(vocab, &pos, &key, &value)) {
         Py_ssize_t len;
-        if (!PyUnicode_Check(key) || !PyUnicode_AsUTF8AndSize(key, &len)) {
+        const char *utf8;
+        if (!PyUnicode_Check(key) || !(utf8 = PyUnicode_AsUTF8AndSize(key, &len))) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "vocab keys must be str");
             return -1;
         }
         arena_size += len;
+        continuations += len > 2 && utf8[0] == '#' && utf8[1] == '#';
     }
     if (arena_size >= UINT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "vocab too large");
@@ -388,7 +404,7 @@ static int Vocab_init(Vocab *self, PyObject *args, PyObject *kwargs) {
     }
     Py_ssize_t entries = PyDict_Size(vocab);
     self->arena = PyMem_Malloc(arena_size + 1);
-    if (!self->arena || table_init(&self->whole, entries) < 0 || table_init(&self->continuation, entries) < 0) {
+    if (!self->arena || table_init(&self->whole, entries) < 0 || table_init(&self->continuation, continuations) < 0) {
         PyErr_NoMemory();
         return -1;
     }
@@ -421,7 +437,9 @@ static int Vocab_init(Vocab *self, PyObject *args, PyObject *kwargs) {
 
 static void Vocab_dealloc(Vocab *self) {
     PyMem_Free(self->whole.slots);
+    PyMem_Free(self->whole.keys);
     PyMem_Free(self->continuation.slots);
+    PyMem_Free(self->continuation.keys);
     PyMem_Free(self->arena);
     PyMem_Free(self->punctuation);
     PyMem_Free(self->prefix_hashes);

@@ -73,14 +73,21 @@ class ChunkWriter:
         self.pending_rows = self.written = 0
 
     def append(self, rows: np.ndarray) -> None:
-        self.pending.append(rows)
-        self.pending_rows += len(rows)
-        if self.pending_rows >= self.chunk_rows:
-            rows = np.concatenate(self.pending)
-            full = len(rows) // self.chunk_rows * self.chunk_rows
-            for start in range(0, full, self.chunk_rows):
-                self._write(rows[start:start + self.chunk_rows])
-            self.pending, self.pending_rows = [rows[full:]], len(rows) - full
+        """Whole chunks go straight from `rows`; only the part of a chunk left over waits (copied, so that the
+        piece it came from can be freed)."""
+        if self.pending_rows:
+            take = min(self.chunk_rows - self.pending_rows, len(rows))
+            self.pending.append(rows[:take].copy())
+            self.pending_rows += take
+            rows = rows[take:]
+            if self.pending_rows == self.chunk_rows:
+                self._write(np.concatenate(self.pending))
+                self.pending, self.pending_rows = [], 0
+        full = len(rows) // self.chunk_rows * self.chunk_rows
+        for start in range(0, full, self.chunk_rows):
+            self._write(rows[start:start + self.chunk_rows])
+        if full < len(rows):
+            self.pending, self.pending_rows = [rows[full:].copy()], len(rows) - full
 
     def close(self) -> None:
         if self.pending_rows:
