@@ -183,6 +183,8 @@ def test_end_learning_rate_matches_the_closed_form():
 def _thor_run(rank=0, world=1, init_file=None, result_file=None):
     """Three THOR steps on a global batch of 2B sequences, this rank's share of it; weights of rank 0."""
     import torch.distributed as dist
+
+    from bertspeed.training.distributed import shutdown_distributed
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
@@ -200,8 +202,7 @@ def _thor_run(rank=0, world=1, init_file=None, result_file=None):
     if world > 1:
         if rank == 0:
             torch.save(model.state_dict(), result_file)
-        dist.barrier()  # both ranks done before gloo is torn down (a rank tearing down early aborted once)
-        dist.destroy_process_group()
+        shutdown_distributed()  # both ranks done before gloo is torn down (a rank tearing down early aborted once)
     return model.state_dict()
 
 

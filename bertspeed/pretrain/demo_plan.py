@@ -113,7 +113,7 @@ def pretraining_split(seconds_left: float, start: float, phase2_seq_per_s: float
     """(phase 1's, phase 2's) seconds: phase 2 gets its share, or the time for PHASE2_MIN_STEPS (two-rank
     `phase2_seq_per_s`) up to half of the pretraining time; phase 1 the rest."""
     pretraining = (SHARES["phase1"] + SHARES["phase2"]) * seconds_left
-    needed = start + eval_seconds(phase2_seq_per_s) / EVALUATIONS + PHASE2_MIN_STEPS * PHASE2_BATCH / phase2_seq_per_s
+    needed = start + phase2_eval_seconds(phase2_seq_per_s) + PHASE2_MIN_STEPS * PHASE2_BATCH / phase2_seq_per_s
     phase2 = min(max(SHARES["phase2"] * seconds_left, needed), pretraining / 2)
     return pretraining - phase2, phase2
 
@@ -145,6 +145,11 @@ def eval_seconds(train_seq_per_s: float) -> float:
     return EVALUATIONS * EVAL_SAMPLES / (3 * train_seq_per_s)
 
 
+def phase2_eval_seconds(train_seq_per_s: float) -> float:
+    """Phase 2 evaluates once, at its end."""
+    return eval_seconds(train_seq_per_s) / EVALUATIONS
+
+
 def scaled_seq_per_s(seq_per_s_phase1: float, config: BertConfig, seq_len: int, predictions: int) -> float:
     """Training seq/s at another sequence length, from phase 1's, by the FLOP ratio."""
     return seq_per_s_phase1 * config.pretraining_flops(PHASE1_SEQ, max_predictions(PHASE1_SEQ)) / config.pretraining_flops(
@@ -172,7 +177,7 @@ def phase2_plan(seconds_left: float, config: BertConfig, seq_per_s_phase1: float
     squad = min(phase1.squad_seconds, squad_seconds(SQUAD_MAX_QUESTIONS, config, seq_per_s_phase1, start_seconds / 2))
     stage = max(seconds_left - squad, min(phase1.phase2_seconds, seconds_left / 2))
     speed = PHASE2_EFFICIENCY * phase1.phase2_seq_per_s_measured  # on two ranks
-    train = stage - start_seconds - eval_seconds(speed) / EVALUATIONS  # phase 2 evaluates once
+    train = stage - start_seconds - phase2_eval_seconds(speed)
     return Phase2Plan(max(2, int(max(0.0, train) * speed / PHASE2_BATCH)), PHASE2_SEQ, stage)
 
 

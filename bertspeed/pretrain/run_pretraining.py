@@ -19,7 +19,6 @@ from bertspeed.model.layers import use_fused_kernels
 from bertspeed.model.unpad import set_unpad
 from bertspeed.model.model import BertForPreTraining
 from bertspeed.model.tokenizer import read_vocab
-from bertspeed.pretrain import checkpoint
 from bertspeed.pretrain.args import PretrainArgs, optimizer_spec, parse_args, read_ds_config, resolve_batch
 from bertspeed.pretrain.data import MaskingSpec, PretrainingData, ShardError, dynamic_masking, list_shards
 from bertspeed.pretrain.guard import EXIT_DIVERGED, EXIT_SIGNALLED, TrainingDiverged
@@ -29,7 +28,7 @@ from bertspeed.pretrain.optim import build_optimizer, build_schedule, use_deepsp
 from bertspeed.pretrain.trainer import Trainer
 from bertspeed.training import runs
 from bertspeed.training.atomic import write_json_atomic
-from bertspeed.training.distributed import exit_process, init_distributed
+from bertspeed.training.distributed import exit_process, init_distributed, shutdown_distributed
 from bertspeed.training.hardware import choose_precision, with_precision
 from bertspeed.training.metrics import MetricsWriter
 from bertspeed.training.params import param_groups
@@ -235,9 +234,7 @@ def main(argv=None) -> int:
                                      for k, v in summary.items() if k != "rank_param_checksums"), flush=True)
     data.close()
     metrics.close()
-    checkpoint.barrier()
-    if torch.distributed.is_initialized():  # tearing gloo down at interpreter exit can abort a finished run
-        torch.distributed.destroy_process_group()
+    shutdown_distributed()
     return EXIT_SIGNALLED if summary["stopped_by_signal"] else 0
 
 
