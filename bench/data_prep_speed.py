@@ -6,7 +6,7 @@ Corpus: the `context` paragraphs of SQuAD v1.1 train (real Wikipedia text, about
 one document per article, sentence-split once with data_prep's Punkt (trained offline on
 the corpus; splitting is not timed, as in NVIDIA's recipe whose create_pretraining_data.py
 also reads pre-split text). A size above 14 MB repeats whole articles in order
-(copies are identical text, so the word cache sees no new words after the first copy).
+(copies are identical text: no new words after the first copy).
 Each size runs `python -m bertspeed.data_prep.create_pretraining_data` in a fresh process with
 phase-1 settings (128/20, dupe factor 1, static masking, --workers 1); MB/s is raw
 input bytes over wall time and over the process's CPU time. Peak RSS is the child's own
@@ -14,7 +14,7 @@ VmHWM, written at exit: wait4's ru_maxrss would report at least the forking pare
 high-water mark (Linux records the old address space's peak at exec), i.e. this script's.
 --corpus FILE [FILE ...] replaces the SQuAD text with your own (NVIDIA format: one
 sentence per line, blank line between documents); sizes are prefixes of their concatenation,
-so text that never repeats shows how the tokenizer's bounded cache behaves.
+so text that never repeats shows speed and memory where most words are new.
 Side by side, in the same run: `tokenizers` encode_batch alone on the first size, so the
 ratio stays meaningful on a busy machine; with --nvidia_bert_dir, NVIDIA's pipeline too
 (bench/nvidia_reference.py), interleaved with ours on the first size: the speed ratio per core.
