@@ -119,9 +119,9 @@ def _split_punctuation(chunk: str) -> list[str]:
 class FastWordPiece:
     """token_ids(text) == BertTokenizer.token_ids([text])[0], several times faster.
 
-    With `compiled` (the default) the lines go to _wordpiece.c, which normalises ASCII lines itself (others
-    through `normalize`), splits at whitespace and BERT punctuation and runs greedy WordPiece over a hash
-    table of the vocab. Without it (or where the module is not built): text is normalised, split on whitespace,
+    With `compiled` (the default) the lines go to _wordpiece.c, which normalises them itself (characters
+    above ASCII from the same per-character table as `normalize`), splits at whitespace and BERT punctuation
+    and runs greedy WordPiece over a hash table of the vocab. Without it (or where the module is not built): text is normalised, split on whitespace,
     and each whitespace-delimited chunk is looked up in a cache; a miss splits the chunk at punctuation and
     runs each word through a second cache over the reference WordPiece model. Both splits are context-free,
     so caching by chunk is exact."""
@@ -138,7 +138,7 @@ class FastWordPiece:
             return
         if compiled:
             warnings.warn("bertspeed.data_prep._wordpiece is not built (`pip install -e .` compiles it): "
-                          "tokenizing in Python, about 2x slower", stacklevel=2)
+                          "tokenizing in Python, same ids, several times slower", stacklevel=2)
         self._chunk_ids = self._python_chunk_ids(max_cache)
 
     def _python_chunk_ids(self, max_cache: int):

@@ -25,7 +25,8 @@ WORD_START_FIELD = ("word_starts", np.int8, ("N", "L"))
 
 # gzip level 1 after HDF5's byte-shuffle filter (both built into every HDF5, so any h5py reader, NVIDIA's
 # included, reads them): written in half the CPU time of plain gzip level 4 (NVIDIA's) and about 10 % smaller
-# on phase-1 shards (issue 20: it was a quarter of data prep's time).
+# on phase-1 shards (issue 20: it was a quarter of data prep's time). shards.ChunkWriter applies both itself
+# (NumPy shuffle, ISA-L deflate) and writes whole chunks.
 COMPRESSION = "gzip"
 COMPRESSION_LEVEL = 1
 SHUFFLE = True
