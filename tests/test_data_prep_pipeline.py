@@ -171,6 +171,19 @@ def test_same_output_for_any_worker_count(tmp_path, corpus, vocab_file):
     assert [s["sha256"] for s in ma["shards"]] == [s["sha256"] for s in mb["shards"]]
 
 
+def test_python_tokenizer_writes_the_same_shards(tmp_path, corpus, vocab_file, static_out, monkeypatch):
+    """Where the compiled WordPiece is not built, data prep falls back to the Python path, same bytes."""
+    from bertspeed.data_prep import fast_tokenizer
+    assert fast_tokenizer._wordpiece is not None  # static_out came from the compiled path
+    monkeypatch.setattr(fast_tokenizer, "_wordpiece", None)
+    out = tmp_path / "python"
+    with pytest.warns(UserWarning, match="not built"):
+        assert run(corpus, vocab_file, out, "--phases", "128:20", "512:80") == 0
+    sha = [[s["sha256"] for s in json.loads((o / d / schema.MANIFEST).read_text())["shards"]]
+           for o in (static_out, out) for d in sorted(p.name for p in static_out.iterdir() if p.is_dir())]
+    assert len(sha) == 4 and sha[:2] == sha[2:] and all(sha)
+
+
 def test_resume_after_kill(tmp_path, corpus, vocab_file, static_out):
     out = tmp_path / "resumed"
     # The corpus four times over: enough work that the kill lands well before the run could finish.
