@@ -71,11 +71,8 @@ def main(argv=None) -> int:
 
 def run() -> None:
     """The `bertspeed` program (main() is for callers in-process)."""
-    code = main()
-    distributed = sys.modules.get("bertspeed.training.distributed")  # not loaded: no process group was joined
-    if distributed is None:
-        sys.exit(code)
-    distributed.exit_process(code)
+    from bertspeed.training.process_exit import exit_process
+    exit_process(main())
 
 
 if __name__ == "__main__":

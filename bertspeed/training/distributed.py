@@ -4,17 +4,15 @@ collective timeout so a dead or hung rank ends the job instead of stalling it.""
 from __future__ import annotations
 
 import datetime
-import logging
 import os
 import socket
-import sys
 from dataclasses import dataclass
-from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 
-_joined_process_group = False  # set by init_distributed
+# exit_process is re-exported: the entry points import it from here
+from bertspeed.training.process_exit import exit_process, mark_joined_process_group  # noqa: F401
 
 
 def single_process_env() -> None:
@@ -49,8 +47,7 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
     if torch.cuda.is_available():  # before any collective: NCCL needs each rank on its own GPU
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     deepspeed.init_distributed(timeout=timeout, verbose=False)
-    global _joined_process_group
-    _joined_process_group = True
+    mark_joined_process_group()
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -88,21 +85,6 @@ def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def exit_process(code: int | None) -> NoReturn:
-    """The end of a command run as a program: sys.exit(code); but a process that joined a process group
-    leaves by os._exit once its output is flushed. Interpreter teardown destroys the process-group objects
-    DeepSpeed still holds, and there gloo aborted ranks that had finished and left the group ("terminate
-    called without an active exception", exit -6; pytorch/pytorch#190489): about one CI run in three. By
-    then every file is written and closed (metrics are flushed per record)."""
-    code = int(code or 0)
-    if not _joined_process_group:
-        sys.exit(code)
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    logging.shutdown()
-    os._exit(code)
 
 
 def setup_runtime(deepspeed_config: str | None, timeout_s: float, local_rank: int = -1) -> Runtime:
