@@ -67,8 +67,9 @@ def test_long_words_become_unk(vocab_file, compiled):
     unk = fast.tokenizer.unk_id
     assert fast.token_ids("a" * 101) == [unk]
     assert fast.token_ids("a" * 100) != [unk]
-    # beyond the compiled path's stack buffer, in a one-byte string and beside a character that widens it
-    assert fast.token_ids("b" * 300 + " x") == fast.token_ids("b" * 300 + " x \U0001F600")[:2] == [unk, fast.tokenizer.vocab["x"]]
+    # far beyond the limit, in a one-byte string and beside a character that makes the string four bytes wide
+    x = fast.tokenizer.vocab["x"]
+    assert fast.token_ids("b" * 300 + " x") == fast.token_ids("b" * 300 + " x \U0001F600")[:2] == [unk, x]
 
 
 ASCII_ALPHABET = "abcdefghijkABC019 .,-'!$\t\n\r\x0b\x1c\x00\x7f"
@@ -92,7 +93,7 @@ def test_random_text_with_a_small_vocab_matches_reference(tmp_path, alphabet, lo
     texts = ["".join(rng.choice(chars, rng.integers(0, 80))) for _ in range(2000)]
     texts += ["é" * 100, "é" * 101, "中" * 101, "a" * 100 + "é"]  # the limit counts characters, not bytes
     expected = ref_ids(reference(vocab_file, lower), texts)
-    fast = FastWordPiece(FastWordPiece.from_vocab_file(vocab_file, do_lower_case=lower).tokenizer)
+    fast = fast_of(vocab_file, lower)
     assert fast._compiled is not None
     assert [t for t, want in zip(texts, expected) if fast.token_ids(t) != want] == []
     assert sum(row.count(1) for row in expected) > 500  # many words were unmatchable
