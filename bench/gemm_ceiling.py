@@ -6,8 +6,8 @@ step can reach on this host with this GEMM library; the gap to the real step is 
 Matmuls per step (batch B, sequence T, N = B*T tokens, M = B*predictions masked rows, H, I, V, heads):
 per layer the fused QKV, attention output, FFN in/out projections (forward x @ W^T + b, input gradient
 g @ W, weight gradient g^T @ x), attention as batched (B*heads) matmuls QK^T and PV with their four
-backward products; the MLM transform, the decoder in the tiles of bertspeed/model/mlm_loss.py, the pooler
-and NSP classifier.
+backward products, the last layer at [CLS] and the masked tokens only (keys and values of every token);
+the MLM transform, the decoder in the tiles of bertspeed/model/mlm_loss.py, the pooler and NSP classifier.
 
     python bench/gemm_ceiling.py --models mini base --threads 1 --clock cpu
 """
@@ -34,16 +34,23 @@ def linear_gemms(rows: int, k: int, n: int) -> list:
     return [("addmm", rows, k, n), ("dx", rows, n, k), ("dw", n, rows, k)]
 
 
-def step_gemms(config: BertConfig, batch: int, seq: int, predictions: int) -> list:
-    h, i, v, heads = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_attention_heads
-    n, m, d = batch * seq, batch * predictions, h // heads
-    per_layer = (linear_gemms(n, h, 3 * h) + linear_gemms(n, h, h) + linear_gemms(n, h, i)
-                 + linear_gemms(n, i, h))
+def layer_gemms(config: BertConfig, batch: int, seq: int, queries: int) -> list:
+    """One encoder layer whose `queries` tokens per sequence (seq, or the last layer's [CLS] + masked tokens)
+    attend to all `seq`: keys and values of every token, the rest of the layer on the queries' rows."""
+    h, i, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
+    n, q, d, bh = batch * seq, batch * queries, h // heads, batch * heads
+    gemms = linear_gemms(n, h, 3 * h) if queries == seq else linear_gemms(n, h, 2 * h) + linear_gemms(q, h, h)
+    gemms += linear_gemms(q, h, h) + linear_gemms(q, h, i) + linear_gemms(q, i, h)
     # attention, (B*heads) batches: S = QK^T, O = PV; backward dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q
-    per_layer += [("bmm", batch * heads, seq, d, seq), ("bmm", batch * heads, seq, seq, d)] + \
-        [("bmm", batch * heads, seq, d, seq), ("bmm", batch * heads, seq, seq, d),
-         ("bmm", batch * heads, seq, seq, d), ("bmm", batch * heads, seq, seq, d)]
-    gemms = per_layer * config.num_hidden_layers
+    return gemms + [("bmm", bh, queries, d, seq), ("bmm", bh, queries, seq, d), ("bmm", bh, queries, d, seq),
+                    ("bmm", bh, seq, queries, d), ("bmm", bh, queries, seq, d), ("bmm", bh, seq, queries, d)]
+
+
+def step_gemms(config: BertConfig, batch: int, seq: int, predictions: int) -> list:
+    h, v = config.hidden_size, config.vocab_size
+    m = batch * predictions
+    gemms = layer_gemms(config, batch, seq, seq) * (config.num_hidden_layers - 1)
+    gemms += layer_gemms(config, batch, seq, predictions + 1)  # BertForPreTraining.last_layer_at_loss_positions
     gemms += linear_gemms(m, h, h)  # MLM transform
     for r0 in range(0, m, ROWS):  # decoder tiles, as mlm_loss.py runs them
         for c0 in range(0, v, COLS):

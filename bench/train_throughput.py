@@ -14,6 +14,9 @@ Rows (per model):
   ours_plain_bf16  the same under torch.autocast(bfloat16), the like-for-like of hf_gathered_bf16
   ours_unfused / _bf16   ours_plain with the MLM decoder + loss unfused (fused_mlm_loss = False): what
                  the tiled loss of bertspeed/model/mlm_loss.py gains
+  ours_full_last_layer   ours_plain with its last encoder layer on every token
+                 (last_layer_at_loss_positions = False): what computing it at the loss's positions only gains
+Every row runs with freed memory kept (training/cpu_allocator.py), as our entry points do.
   ours_ds_fp32   our model under DeepSpeed (ZeRO 0), fp32, sparse MLM head
   ours_ds_bf16   under DeepSpeed with its bf16 mode (bf16 weights, fp32 master weights)
   ours_ds_bf16_compile   the same with torch.compile of each encoder layer (nn.Module.compile)
@@ -24,8 +27,9 @@ By default the bf16 rows run only where bf16 is native and faster (bert.hardware
 
 The host line names the hardware (CPU model, ISA, threads); the host's measured GEMM peak (fp32, and
 bf16 where native) is printed, and every row gives its achieved GFLOP/s (FLOPs counted analytically:
-3x the forward matmuls: encoder projections, attention QK^T and PV, the gathered MLM head, pooler and
-NSP; BertConfig.pretraining_flops) as a fraction of the
+3x the forward matmuls the losses need: encoder projections, attention QK^T and PV, the last layer at the
+masked tokens and [CLS] only, the gathered MLM head, pooler and NSP; BertConfig.pretraining_flops; rows
+that compute more, such as transformers' full last layer, get no credit for it) as a fraction of the
 peak of its precision, so figures from different hosts compare as fractions of their roofline.
 """
 from __future__ import annotations
@@ -45,6 +49,7 @@ from bertspeed.model.config import BertConfig  # noqa: E402
 from bertspeed.model.model import BertForPreTraining  # noqa: E402
 from bertspeed.pretrain.calibrate import synthetic_batch  # noqa: E402
 from bertspeed.pretrain.lamb import Lamb  # noqa: E402
+from bertspeed.training.cpu_allocator import keep_freed_memory  # noqa: E402
 from bertspeed.training.hardware import gemm_peaks, host_info, host_label, probe_bf16  # noqa: E402
 from bertspeed.training.params import param_groups  # noqa: E402
 
@@ -123,12 +128,15 @@ def runners(config: BertConfig, batch: dict, which: list[str]) -> dict:
                                  ("hf_gathered_fp32", "gathered", False), ("hf_gathered_bf16", "gathered", True)):
             if name in which:
                 out[name] = (lambda h, a: lambda: plain_step(hf, hf_opt, batch, autocast=a, hf=h))(head, bf16)
-    for name, bf16, fused in (("ours_plain", False, True), ("ours_plain_bf16", True, True),
-                              ("ours_unfused", False, False), ("ours_unfused_bf16", True, False)):
+    for name, bf16, fused, sparse_last in (
+            ("ours_plain", False, True, True), ("ours_plain_bf16", True, True, True),
+            ("ours_unfused", False, False, True), ("ours_unfused_bf16", True, False, True),
+            ("ours_full_last_layer", False, True, False)):
         if name in which:
             torch.manual_seed(0)
             ours = BertForPreTraining(config).train()
             ours.fused_mlm_loss = fused
+            ours.last_layer_at_loss_positions = sparse_last
             ours_opt = lamb_for(ours)
             out[name] = (lambda m, o, a: lambda: plain_step(m, o, batch, autocast=a, hf=None))(ours, ours_opt, bf16)
     for name, precision, comp in (("ours_ds_fp32", "fp32", False), ("ours_ds_bf16", "bf16", False),
@@ -158,7 +166,8 @@ def measure(steps_by_name: dict, warmup: int, steps: int, peaks: dict, clock=tim
 
 
 ALL = ["hf_fp32", "hf_bf16", "hf_gathered_fp32", "hf_gathered_bf16", "ours_plain", "ours_plain_bf16",
-       "ours_unfused", "ours_unfused_bf16", "ours_ds_fp32", "ours_ds_bf16", "ours_ds_bf16_compile"]
+       "ours_unfused", "ours_unfused_bf16", "ours_full_last_layer", "ours_ds_fp32", "ours_ds_bf16",
+       "ours_ds_bf16_compile"]
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -199,6 +208,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()
     configs = args.configs or default_configs()
     clock = CLOCKS[args.clock]
     host, peaks = host_info(), gemm_peaks(clock=clock)
@@ -227,7 +237,8 @@ def main(argv=None) -> int:
             r["fraction_of_gemm_peak"] = r["gflops"] / peak if peak else None
     print(f"host: {host_label(host)}; measured GEMM peak (max over the run's probes) "
           + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
-    print(f"batch {args.batch} x {args.seq}, {args.steps} timed steps, {args.clock} clock, ratios of minimum step times")
+    print(f"batch {args.batch} x {args.seq}, {args.steps} timed steps, {args.clock} clock, ratios of minimum step "
+          f"times; freed memory {'kept' if kept else 'NOT kept (malloc set up by the user, or not glibc)'}")
     for r in results:
         if r["config"] == "deepspeed_overhead":
             print(f"{r['model']:>6}  DeepSpeed overhead: {100 * r['fraction_of_step']:.1f} % of the step")
@@ -240,6 +251,7 @@ def main(argv=None) -> int:
                   f" peak  {ratio} vs hf_fp32  {gathered} vs hf_gathered_{precision_of(r['config'])}")
     if args.output:
         Path(args.output).write_text(json.dumps({"host": host, "clock": args.clock, "gemm_peak_gflops": peaks,
+                                                 "freed_memory_kept": kept,
                                                  "results": results},
                                                 indent=2) + "\n")
     return 0

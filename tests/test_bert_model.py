@@ -201,3 +201,88 @@ def test_whole_model_compiles_without_graph_breaks(padded):
         eager, traced = model(ids, mask, types), compiled(ids, mask, types)
     torch.testing.assert_close(traced.prediction_logits, eager.prediction_logits)
     torch.testing.assert_close(traced.seq_relationship_logits, eager.seq_relationship_logits)
+
+
+def labelled_batch():
+    """A padded batch whose labels cover [CLS] (row 0), padding-free and padded rows and a row with none."""
+    ids, mask, types = batch(True, B=4, T=11)
+    mask[3, 5:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[0, [0, 1, 4]] = torch.tensor([5, 6, 7])
+    labels[1, [2, 10]] = torch.tensor([8, 9])
+    labels[3, 3] = 10
+    return ids, mask, types, labels, torch.tensor([0, 1, 1, 0])
+
+
+def test_loss_positions_keep_cls_and_the_labelled_tokens_in_order():
+    from bertspeed.model.model import loss_positions
+    *_, labels, _ = labelled_batch()
+    positions, kept = loss_positions(labels)
+    assert positions.tolist() == [[0, 1, 4], [0, 2, 10], [0, 0, 0], [0, 3, 0]]
+    assert kept.tolist() == [[5, 6, 7], [-100, 8, 9], [-100, -100, -100], [-100, 10, -100]]
+    assert torch.equal(kept[kept != -100], labels[labels != -100])  # same rows, same order
+
+
+@pytest.mark.parametrize("at_loss_positions", [True, False])
+def test_pretraining_losses_and_grads_match_transformers_in_training(at_loss_positions):
+    """With labels, the last layer runs at [CLS] and the labelled tokens only (or everywhere): transformers'
+    losses and gradients either way."""
+    hf = hf_model("BertForPreTraining").train()
+    ours = ours_from(hf, BertForPreTraining).train()
+    ours.last_layer_at_loss_positions = at_loss_positions
+    assert ours.bert.last_layer_skips_tokens()
+    ids, mask, types, labels, nsp = labelled_batch()
+    ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels, next_sentence_label=nsp)
+    out = ours(ids, mask, types, labels=labels, next_sentence_label=nsp)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    ref.loss.backward()
+    out.loss.backward()
+    hf_params = dict(hf.named_parameters())
+    for key, param in ours.named_parameters():
+        torch.testing.assert_close(param.grad, hf_params[key].grad, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_eval_logits_at_loss_positions_equal_the_full_layers():
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(**TINY)).eval()
+    ids, mask, types, labels, _ = labelled_batch()
+    with torch.no_grad():
+        sparse = model(ids, mask, types, labels=labels)
+        model.last_layer_at_loss_positions = False
+        full = model(ids, mask, types, labels=labels)
+    torch.testing.assert_close(sparse.prediction_logits, full.prediction_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sparse.seq_relationship_logits, full.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(sparse.mlm_labels, full.mlm_labels)
+
+
+def test_pretraining_flops_count_the_steps_matmuls():
+    """BertConfig.pretraining_flops (the benches' roofline) against torch's FLOP counter on a real training step
+    (math attention and the unfused MLM loss, so that every matmul is an op the counter knows)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bertspeed.pretrain.calibrate import synthetic_batch
+    config = BertConfig.preset("tiny", vocab_size=500, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForPreTraining(config).train()
+    model.fused_mlm_loss = False
+    B, T, predictions = 3, 24, 5
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        model(**synthetic_batch(config, B, T, predictions)).loss.backward()
+    assert counter.get_total_flops() == B * config.pretraining_flops(T, predictions)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_classifier_grads_match_transformers(padded):
+    """Sequence classification runs its last layer at [CLS] only: transformers' loss and gradients."""
+    hf = hf_model("BertForSequenceClassification", num_labels=3).train()
+    ours = ours_from(hf, BertForSequenceClassification, num_labels=3).train()
+    ids, mask, types = batch(padded)
+    target = torch.tensor([0, 2, 1])
+    ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=target).loss
+    out = ours(ids, mask, types, labels=target).loss
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    ref.backward()
+    out.backward()
+    hf_params = dict(hf.named_parameters())
+    for key, param in ours.named_parameters():
+        torch.testing.assert_close(param.grad, hf_params[key].grad, atol=1e-5, rtol=1e-4, msg=key)

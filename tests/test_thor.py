@@ -213,3 +213,26 @@ def test_two_ranks_equal_one_rank_at_the_same_global_batch(tmp_path):
     two = torch.load(tmp_path / "w2.pt", weights_only=True)
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_every_bert_projection_is_preconditioned():
+    """THOR's hooks see the query, key and value projections (BERT fuses them into one GEMM otherwise), and
+    the last layer on every token (not only at the loss's positions)."""
+    from bertspeed.model import BertConfig, BertForPreTraining
+    from bertspeed.pretrain.calibrate import synthetic_batch
+    config = BertConfig.preset("tiny", vocab_size=200, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = BertForPreTraining(config).train()
+    batch = synthetic_batch(config, 4, 16, 3)
+    plain_loss = model(**batch).loss.detach()
+    optimizer = Thor(model, param_groups(model, 0.0), lr=0.01, damping=0.1, momentum=0.0, frequency=1,
+                     split_dim=32, batch_size=4)
+    assert not model.bert.last_layer_skips_tokens()
+    loss = model(**batch).loss
+    torch.testing.assert_close(loss, plain_loss)  # the unfused projections compute the same
+    loss.backward()
+    optimizer.step()
+    linears = {name for name, m in model.named_modules() if isinstance(m, nn.Linear) and not name.endswith("decoder")}
+    assert {f"bert.encoder.layer.1.attention.self.{n}" for n in ("query", "key", "value")} <= linears
+    missing = [name for name in linears if "A_inv" not in optimizer.state[model.get_submodule(name).weight]]
+    assert not missing

@@ -147,20 +147,28 @@ class BertConfig:
         heads = (h * h + h) + 2 * h + v + (2 * h + 2) if with_heads else 0
         return embeddings + self.num_hidden_layers * layer + pooler + heads
 
+    def layer_flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs of one encoder layer per token, matmuls only: projections, FFN, QK^T and AV."""
+        h, i = self.hidden_size, self.intermediate_size
+        return 2 * (4 * h * h + 2 * h * i) + 2 * 2 * seq_len * h
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3x forward), matmuls only."""
-        h, i, n = self.hidden_size, self.intermediate_size, self.num_hidden_layers
-        per_layer = 2 * (4 * h * h + 2 * h * i) + 2 * 2 * seq_len * h  # projections + QK^T and AV
-        return 3.0 * n * per_layer
+        return 3.0 * self.num_hidden_layers * self.layer_flops_per_token(seq_len)
 
     def pretraining_flops(self, seq_len: int, predictions: int) -> float:
-        """Training FLOPs of one sequence of BertForPreTraining with the sparse MLM head: the encoder
-        (flops_per_token) plus the head's transform and vocabulary projection at `predictions` positions,
-        the pooler and the NSP classifier (3x forward each)."""
+        """Training FLOPs of one sequence of BertForPreTraining as its losses need them (3x forward, matmuls):
+        every layer but the last on every token; the last layer's keys and values on every token and the rest
+        at the `predictions` masked tokens and [CLS] only (BertForPreTraining.last_layer_at_loss_positions);
+        the sparse MLM head's transform and vocabulary projection, the pooler and the NSP classifier."""
         h = self.hidden_size
-        head = 3.0 * 2 * predictions * (h * h + h * self.vocab_size)
-        pooler_nsp = 3.0 * 2 * (h * h + 2 * h)
-        return seq_len * self.flops_per_token(seq_len) + head + pooler_nsp
+        rows = predictions + 1
+        earlier = (self.num_hidden_layers - 1) * seq_len * self.layer_flops_per_token(seq_len)
+        keys_values = seq_len * 2 * 2 * h * h
+        last = keys_values + rows * (self.layer_flops_per_token(seq_len) - 2 * 2 * h * h)
+        head = 2 * predictions * (h * h + h * self.vocab_size)
+        pooler_nsp = 2 * (h * h + 2 * h)
+        return 3.0 * (earlier + last + head + pooler_nsp)
 
 
 def _shape(layers: int, hidden: int, heads: int) -> dict:

@@ -49,7 +49,8 @@ class BertForSequenceClassification(BertPreTrainedModel):
         return self.config.problem_type == "regression" or self.num_labels == 1
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output
+        cls = torch.zeros(input_ids.shape[0], 1, dtype=torch.long, device=input_ids.device)  # the last layer at [CLS]
+        pooled = self.bert(input_ids, attention_mask, token_type_ids, last_positions=cls).pooler_output
         logits = self.classifier(self.dropout(pooled)).float()  # (B, num_labels)
         loss = None
         if labels is not None:

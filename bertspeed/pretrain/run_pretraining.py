@@ -16,9 +16,9 @@ import torch
 from bertspeed.model.checkpoint import load_state_dict_into, read_state_dict, resolve_model_dir
 from bertspeed.model.config import BertConfig
 from bertspeed.model.layers import use_fused_kernels
-from bertspeed.model.unpad import set_unpad
 from bertspeed.model.model import BertForPreTraining
 from bertspeed.model.tokenizer import read_vocab
+from bertspeed.model.unpad import set_unpad
 from bertspeed.pretrain.args import PretrainArgs, optimizer_spec, parse_args, read_ds_config, resolve_batch
 from bertspeed.pretrain.data import MaskingSpec, PretrainingData, ShardError, dynamic_masking, list_shards
 from bertspeed.pretrain.guard import EXIT_DIVERGED, EXIT_SIGNALLED, TrainingDiverged
@@ -28,6 +28,7 @@ from bertspeed.pretrain.optim import build_optimizer, build_schedule, use_deepsp
 from bertspeed.pretrain.trainer import Trainer
 from bertspeed.training import runs
 from bertspeed.training.atomic import write_json_atomic
+from bertspeed.training.cpu_allocator import keep_freed_memory
 from bertspeed.training.distributed import exit_process, init_distributed, shutdown_distributed
 from bertspeed.training.hardware import choose_precision, with_precision
 from bertspeed.training.metrics import MetricsWriter
@@ -189,6 +190,7 @@ def prepare(args: PretrainArgs, world_size: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()
     rank, world_size = init_distributed(args.dist_timeout)
     try:
         setup = prepare(args, world_size)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from bertspeed.training.cpu_allocator import keep_freed_memory
+
 # exit_process is re-exported: the entry points import it from here
 from bertspeed.training.process_exit import exit_process, mark_joined_process_group  # noqa: F401
 
@@ -89,7 +91,8 @@ def shutdown_distributed() -> None:
 
 def setup_runtime(deepspeed_config: str | None, timeout_s: float, local_rank: int = -1) -> Runtime:
     """DeepSpeed when a config is given or the job has several ranks (launched by `deepspeed` or
-    torchrun); otherwise plain PyTorch in this process."""
+    torchrun); otherwise plain PyTorch in this process. Freed memory stays in the process (cpu_allocator)."""
+    keep_freed_memory()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if local_rank < 0:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
