@@ -21,6 +21,13 @@ from bertspeed.model.nezha import relative_table
 IGNORE_INDEX = -100  # label value that takes no part in a loss (as in transformers)
 
 
+def measured_by_hooks(module: nn.Module) -> bool:
+    """Marked by an optimizer whose hooks measure this module's inputs and output gradients on every call
+    (training/thor.py sets `measured_by_hooks`): it must then run as its own module call on every token.
+    Other hooks (ZeRO-3's parameter gathering) do not keep the fused QKV or the sparse last layer away."""
+    return getattr(module, "measured_by_hooks", False)
+
+
 def activation(name: str):
     if name == "gelu":
         return F.gelu
@@ -77,13 +84,13 @@ class BertSelfAttention(nn.Module):
     def qkv(self, x, queries=None):
         """Q, K, V of (..., H) tokens as (..., heads, H / heads) views. One GEMM (3x wider, faster than three
         on CPU); the weights keep HF's names. With `queries` (other rows of hidden states), Q is theirs and
-        K, V are x's. Module hooks (THOR measures each layer's inputs) get one call per projection."""
+        K, V are x's. Projections measured by hooks (THOR) are called one by one, as modules."""
         H = x.shape[-1]
 
         def heads(t, n):
             return t.view(*t.shape[:-1], n, self.num_heads, H // self.num_heads).unbind(-3)
         projections = (self.query, self.key, self.value)
-        if any(m._forward_hooks or m._forward_pre_hooks for m in projections):
+        if any(measured_by_hooks(m) for m in projections):
             q = self.query(x if queries is None else queries)
             return heads(q, 1)[0], heads(self.key(x), 1)[0], heads(self.value(x), 1)[0]
         fused = projections if queries is None else projections[1:]
@@ -272,11 +279,11 @@ class BertModel(BertPreTrainedModel):
 
     def last_layer_skips_tokens(self, output_hidden_states: bool = False) -> bool:
         """Whether `last_positions` runs the last layer at those positions only: not with every layer's output
-        asked for, not for NEZHA (relative positions between all tokens), not with module hooks in the last
-        layer (THOR measures every token). Unpadded and packed forwards compute every real token."""
+        asked for, not for NEZHA (relative positions between all tokens), not when hooks measure the last layer
+        (THOR: every token). Unpadded and packed forwards compute every real token."""
         if output_hidden_states or self.config.is_nezha or self.skips_padding:
             return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.encoder.layer[-1].modules())
+        return not any(measured_by_hooks(m) for m in self.encoder.layer[-1].modules())
 
 
 def gathered(out: BertModelOutput, positions: torch.Tensor | None) -> BertModelOutput:

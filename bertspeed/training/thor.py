@@ -72,6 +72,7 @@ class Thor(torch.optim.Optimizer):
                 kind = "linear" if linear else "embedding"
                 self._kinds[id(module.weight)] = (kind, module)
                 module.register_forward_hook(self._forward_hook)
+                module.measured_by_hooks = True  # BERT then calls it as a module on every token (model.py)
             elif isinstance(module, nn.LayerNorm):  # bertspeed.model.layers.LayerNorm subclasses it
                 for p in (module.weight, module.bias):
                     self._kinds[id(p)] = ("diagonal", module)
