@@ -5,8 +5,8 @@ step can reach on this host with this GEMM library; the gap to the real step is 
 
 Matmuls per step (batch B, sequence T, N = B*T tokens, M = B*predictions masked rows, H, I, V, heads):
 per layer the fused QKV, attention output, FFN in/out projections (forward x @ W^T + b, input gradient
-g @ W, weight gradient g^T @ x), attention as batched (B*heads) matmuls QK^T and PV with their four
-backward products, the last layer at [CLS] and the masked tokens only (keys and values of every token);
+g @ W, both through oneDNN where the step's linears are, weight gradient g^T @ x), attention as batched
+(B*heads) matmuls QK^T and PV with their four backward products, the last layer at [CLS] and the masked tokens only (keys and values of every token);
 the MLM transform, the decoder in the tiles of bertspeed/model/mlm_loss.py, the pooler and NSP classifier.
 
     python bench/gemm_ceiling.py --models mini base --threads 1 --clock cpu
@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bertspeed.model.config import BertConfig  # noqa: E402
+from bertspeed.model.cpu_linear import onednn_linear, use_onednn  # noqa: E402
 from bertspeed.model.mlm_loss import COLS, ROWS  # noqa: E402
 from bertspeed.training.cpu_allocator import keep_freed_memory  # noqa: E402
 from bertspeed.training.hardware import gemm_peaks, host_label  # noqa: E402
@@ -56,7 +57,7 @@ def step_gemms(config: BertConfig, batch: int, seq: int, predictions: int) -> li
     for r0 in range(0, m, ROWS):  # decoder tiles, as mlm_loss.py runs them
         for c0 in range(0, v, COLS):
             r, c = min(ROWS, m - r0), min(COLS, v - c0)
-            gemms += [("addmm", r, h, c), ("addmm_", r, c, h), ("addmm_t", c, r, h)]
+            gemms += [("tile", r, h, c), ("addmm_", r, c, h), ("addmm_t", c, r, h)]
     gemms += linear_gemms(batch, h, h) + linear_gemms(batch, h, 2)  # pooler, NSP
     return gemms
 
@@ -79,12 +80,16 @@ def runner(gemm, dtype):
         x, y = rand(b, p, q), rand(b, q, r)
         return lambda: torch.bmm(x, y)
     _, p, q, r = gemm
+    onednn = dtype == torch.float32 and use_onednn()  # as bertspeed/model/cpu_linear.py runs the step's linears
     if kind == "addmm":  # x (p, q) @ W^T, W (r, q)
+        x, w, bias = rand(p, q), rand(r, q), rand(r)
+        return (lambda: onednn_linear(x, w, bias)) if onednn else (lambda: torch.addmm(bias, x, w.t()))
+    if kind == "tile":  # a decoder tile: x (p, q) @ W^T, W (r, q), always PyTorch's addmm (mlm_loss.py)
         x, w, bias = rand(p, q), rand(r, q), rand(r)
         return lambda: torch.addmm(bias, x, w.t())
     if kind == "dx":  # g (p, q) @ W (q, r)
         g, w = rand(p, q), rand(q, r)
-        return lambda: g @ w
+        return (lambda: onednn_linear(g, w.t())) if onednn else (lambda: g @ w)
     if kind == "dw":  # g^T (p, q) @ x (q, r), g stored (q, p)
         g, x = rand(q, p), rand(q, r)
         return lambda: g.t() @ x

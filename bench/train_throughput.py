@@ -16,6 +16,8 @@ Rows (per model):
                  the tiled loss of bertspeed/model/mlm_loss.py gains
   ours_full_last_layer   ours_plain with its last encoder layer on every token
                  (last_layer_at_loss_positions = False): what computing it at the loss's positions only gains
+  ours_mkl_linear   ours_plain with every fp32 linear through PyTorch's F.linear (MKL), not oneDNN
+                 (BERTSPEED_CPU_GEMM=mkl around its steps; bertspeed/model/cpu_linear.py)
 Every row runs with freed memory kept (training/cpu_allocator.py), as our entry points do.
   ours_ds_fp32   our model under DeepSpeed (ZeRO 0), fp32, sparse MLM head
   ours_ds_bf16   under DeepSpeed with its bf16 mode (bf16 weights, fp32 master weights)
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -46,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bertspeed.model.config import BertConfig  # noqa: E402
+from bertspeed.model.cpu_linear import GEMM_ENV  # noqa: E402
 from bertspeed.model.model import BertForPreTraining  # noqa: E402
 from bertspeed.pretrain.calibrate import synthetic_batch  # noqa: E402
 from bertspeed.pretrain.lamb import Lamb  # noqa: E402
@@ -96,6 +100,19 @@ def plain_step(model, optimizer, batch, autocast: bool, hf: str | None):
     return loss.item()
 
 
+def with_env(name: str, value: str, fn):
+    """fn() with the environment variable `name` set to `value` (restored after)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return fn()
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
 def deepspeed_engine(config: BertConfig, precision: str, compile_model: bool):
     import deepspeed
 
@@ -131,7 +148,7 @@ def runners(config: BertConfig, batch: dict, which: list[str]) -> dict:
     for name, bf16, fused, sparse_last in (
             ("ours_plain", False, True, True), ("ours_plain_bf16", True, True, True),
             ("ours_unfused", False, False, True), ("ours_unfused_bf16", True, False, True),
-            ("ours_full_last_layer", False, True, False)):
+            ("ours_full_last_layer", False, True, False), ("ours_mkl_linear", False, True, True)):
         if name in which:
             torch.manual_seed(0)
             ours = BertForPreTraining(config).train()
@@ -139,6 +156,8 @@ def runners(config: BertConfig, batch: dict, which: list[str]) -> dict:
             ours.last_layer_at_loss_positions = sparse_last
             ours_opt = lamb_for(ours)
             out[name] = (lambda m, o, a: lambda: plain_step(m, o, batch, autocast=a, hf=None))(ours, ours_opt, bf16)
+            if name == "ours_mkl_linear":
+                out[name] = (lambda step: lambda: with_env(GEMM_ENV, "mkl", step))(out[name])
     for name, precision, comp in (("ours_ds_fp32", "fp32", False), ("ours_ds_bf16", "bf16", False),
                                   ("ours_ds_bf16_compile", "bf16", True)):
         if name in which:
@@ -166,8 +185,8 @@ def measure(steps_by_name: dict, warmup: int, steps: int, peaks: dict, clock=tim
 
 
 ALL = ["hf_fp32", "hf_bf16", "hf_gathered_fp32", "hf_gathered_bf16", "ours_plain", "ours_plain_bf16",
-       "ours_unfused", "ours_unfused_bf16", "ours_full_last_layer", "ours_ds_fp32", "ours_ds_bf16",
-       "ours_ds_bf16_compile"]
+       "ours_unfused", "ours_unfused_bf16", "ours_full_last_layer", "ours_mkl_linear", "ours_ds_fp32",
+       "ours_ds_bf16", "ours_ds_bf16_compile"]
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

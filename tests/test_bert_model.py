@@ -223,10 +223,12 @@ def test_loss_positions_keep_cls_and_the_labelled_tokens_in_order():
     assert torch.equal(kept[kept != -100], labels[labels != -100])  # same rows, same order
 
 
+@pytest.mark.parametrize("gemm", ["onednn", "mkl"])
 @pytest.mark.parametrize("at_loss_positions", [True, False])
-def test_pretraining_losses_and_grads_match_transformers_in_training(at_loss_positions):
-    """With labels, the last layer runs at [CLS] and the labelled tokens only (or everywhere): transformers'
-    losses and gradients either way."""
+def test_pretraining_losses_and_grads_match_transformers_in_training(at_loss_positions, gemm, monkeypatch):
+    """With labels, the last layer runs at [CLS] and the labelled tokens only (or everywhere), the linears through
+    oneDNN or PyTorch's own (cpu_linear.py): transformers' losses and gradients every way."""
+    monkeypatch.setenv("BERTSPEED_CPU_GEMM", gemm)
     hf = hf_model("BertForPreTraining").train()
     ours = ours_from(hf, BertForPreTraining).train()
     ours.last_layer_at_loss_positions = at_loss_positions
@@ -255,9 +257,10 @@ def test_eval_logits_at_loss_positions_equal_the_full_layers():
     assert torch.equal(sparse.mlm_labels, full.mlm_labels)
 
 
-def test_pretraining_flops_count_the_steps_matmuls():
+def test_pretraining_flops_count_the_steps_matmuls(monkeypatch):
     """BertConfig.pretraining_flops (the benches' roofline) against torch's FLOP counter on a real training step
-    (math attention and the unfused MLM loss, so that every matmul is an op the counter knows)."""
+    (math attention, the unfused MLM loss and PyTorch's own linear, so that every matmul is an op it counts)."""
+    monkeypatch.setenv("BERTSPEED_CPU_GEMM", "mkl")
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bertspeed.model.config import BertConfig
+from bertspeed.model.cpu_linear import Linear, linear
 from bertspeed.model.layers import LayerNorm, attention
 from bertspeed.model.mlm_loss import linear_cross_entropy
 from bertspeed.model.nezha import relative_table
@@ -72,9 +73,9 @@ class BertSelfAttention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.num_heads = config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = Linear(config.hidden_size, config.hidden_size)
+        self.key = Linear(config.hidden_size, config.hidden_size)
+        self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
         self.max_relative_position = config.max_relative_position if config.is_nezha else None
         if config.is_nezha:  # fixed sinusoids, recomputed rather than saved
@@ -97,8 +98,8 @@ class BertSelfAttention(nn.Module):
         weight = torch.cat([m.weight for m in fused])  # (3H or 2H, H)
         bias = torch.cat([m.bias for m in fused])
         if queries is None:
-            return heads(F.linear(x, weight, bias), 3)
-        return (heads(self.query(queries), 1)[0], *heads(F.linear(x, weight, bias), 2))
+            return heads(linear(x, weight, bias), 3)
+        return (heads(self.query(queries), 1)[0], *heads(linear(x, weight, bias), 2))
 
     def forward(self, x, key_mask, attend=None, queries=None):
         """x (B, T, H) -> context (B, T, H); with `queries` (B, Q, H), the hidden states of some of the tokens
@@ -117,7 +118,7 @@ class BertSelfAttention(nn.Module):
 class BertSelfOutput(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -138,7 +139,7 @@ class BertAttention(nn.Module):
 class BertIntermediate(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
         self.act = activation(config.hidden_act)
 
     def forward(self, x):
@@ -148,7 +149,7 @@ class BertIntermediate(nn.Module):
 class BertOutput(BertSelfOutput):
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = Linear(config.intermediate_size, config.hidden_size)
 
 
 class BertLayer(nn.Module):
@@ -196,7 +197,7 @@ def at_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 class BertPooler(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden):
         return torch.tanh(self.dense(hidden[:, 0]))  # (B, H) from [CLS]
@@ -296,7 +297,7 @@ def gathered(out: BertModelOutput, positions: torch.Tensor | None) -> BertModelO
 class BertPredictionHeadTransform(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.act = activation(config.hidden_act)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
@@ -309,7 +310,7 @@ class BertLMPredictionHead(nn.Module):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.decoder.bias = self.bias  # one tensor under both names, as in transformers
 
     def forward(self, x):
@@ -329,7 +330,7 @@ class BertPreTrainingHeads(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.predictions = BertLMPredictionHead(config)
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+        self.seq_relationship = Linear(config.hidden_size, 2)
 
 
 @dataclass

@@ -1,0 +1,92 @@
+"""fp32 Linear layers on a CPU through oneDNN where it is the faster GEMM library there.
+
+PyTorch runs an fp32 `F.linear` on a CPU through MKL's sgemm. On an AMD EPYC (Zen 4) MKL reached 93-104 GFLOP/s
+per core on BERT's shapes and oneDNN's dense linear (`torch.ops.mkldnn._linear_pointwise`, the op PyTorch's
+inductor emits for CPU linears) 108-113. `linear()` takes oneDNN for the forward and the input gradient on AMD CPUs
+(BERTSPEED_CPU_GEMM=onednn|mkl overrides that; use_onednn); the weight gradient stays a plain matmul (oneDNN was
+no faster there: it wants both operands transposed). Everything else — CUDA, bf16 and fp16, autocast,
+torch.compile — takes `F.linear`. Same parameters, keys and results to fp32 rounding.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GEMM_ENV = "BERTSPEED_CPU_GEMM"
+
+
+def onednn_op():
+    """oneDNN's dense linear `(x, weight, bias, attr, scalars, algorithm) -> x @ weight^T + bias`, or None."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K) @ weight (N, K)^T + bias through oneDNN (any strides)."""
+    return onednn_op()(x, weight, bias, "none", [], "")
+
+
+@lru_cache(maxsize=None)
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id (AuthenticAMD, GenuineIntel), or "" where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def use_onednn() -> bool:
+    """oneDNN for fp32 CPU linears: BERTSPEED_CPU_GEMM if set, else on AMD CPUs, where MKL is the slower of the
+    two (on Intel's own CPUs MKL stays). A fixed rule, not a timing, so that every rank and every resumed run of
+    a job computes with the same library and gets the same bits."""
+    choice = os.environ.get(GEMM_ENV, "").lower()
+    if choice not in ("", "onednn", "mkl"):
+        raise ValueError(f"{GEMM_ENV}={choice!r}: expected 'onednn' or 'mkl'")
+    wanted = choice == "onednn" if choice else cpu_vendor() == "AuthenticAMD"
+    return wanted and onednn_op() is not None
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        rows = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
+        return onednn_linear(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = onednn_linear(g, weight.t()).view(*grad.shape[:-1], weight.shape[1])
+        if ctx.needs_input_grad[1]:
+            dw = g.t() @ rows
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = g.sum(0)
+        return dx, dw, db
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, through oneDNN for fp32 on a CPU where that is faster (module doc)."""
+    if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and use_onednn()):
+        return _OneDnnLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state-dict keys) whose forward is `linear()`."""
+
+    def forward(self, x):
+        return linear(x, self.weight, self.bias)

@@ -1,0 +1,67 @@
+"""fp32 CPU linears through oneDNN (bertspeed/model/cpu_linear.py): output and gradients against float64."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertspeed.model.cpu_linear import GEMM_ENV, Linear, linear, onednn_op, use_onednn
+
+pytestmark = pytest.mark.skipif(onednn_op() is None, reason="this PyTorch build has no oneDNN linear")
+
+
+@pytest.fixture
+def onednn(monkeypatch):
+    monkeypatch.setenv(GEMM_ENV, "onednn")
+    assert use_onednn()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_output_and_gradients_equal_float64(onednn, bias):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 37, 24, generator=gen)[:, ::2]  # (3, 19, 24), not contiguous
+    w = torch.randn(41, 24, generator=gen)
+    b = torch.randn(41, generator=gen) if bias else None
+    leaves = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
+    ref = [t.double().requires_grad_() for t in (x, w, b) if t is not None]
+    upstream = torch.randn(3, 19, 41, generator=gen)
+    out = linear(*leaves, *([None] if not bias else []))
+    expected = F.linear(*ref, *([None] if not bias else []))
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    (out * upstream).sum().backward()
+    (expected * upstream.double()).sum().backward()
+    for got, want in zip(leaves, ref):
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_frozen_weight_and_no_grad(onednn):
+    layer = Linear(8, 5)
+    layer.weight.requires_grad_(False)
+    x = torch.randn(4, 8, requires_grad=True)
+    layer(x).sum().backward()
+    assert layer.weight.grad is None and layer.bias.grad is not None and x.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_and_autocast_take_pytorchs_linear(onednn):
+    x, w = torch.randn(4, 8), torch.randn(5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(linear(x, w), F.linear(x, w))
+    assert torch.equal(linear(x.bfloat16(), w.bfloat16()), F.linear(x.bfloat16(), w.bfloat16()))
+
+
+def test_bad_setting_names_the_variable(monkeypatch):
+    monkeypatch.setenv(GEMM_ENV, "blas")
+    with pytest.raises(ValueError, match=GEMM_ENV):
+        use_onednn()
+    monkeypatch.setenv(GEMM_ENV, "mkl")
+    assert not use_onednn()
+
+
+@pytest.mark.parametrize("vendor, expected", [("AuthenticAMD", True), ("GenuineIntel", False), ("", False)])
+def test_amd_cpus_take_onednn_unless_told(monkeypatch, vendor, expected):
+    from bertspeed.model import cpu_linear
+    monkeypatch.delenv(GEMM_ENV, raising=False)
+    monkeypatch.setattr(cpu_linear, "cpu_vendor", lambda: vendor)
+    assert use_onednn() is expected
+    monkeypatch.setenv(GEMM_ENV, "onednn")
+    assert use_onednn()
