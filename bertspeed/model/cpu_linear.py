@@ -2,8 +2,8 @@
 
 PyTorch runs an fp32 `F.linear` on a CPU through MKL's sgemm. On an AMD EPYC (Zen 4) MKL reached 93-104 GFLOP/s
 per core on BERT's shapes and oneDNN's dense linear (`torch.ops.mkldnn._linear_pointwise`, the op PyTorch's
-inductor emits for CPU linears) 108-113. `linear()` takes oneDNN for the forward and the input gradient on AMD CPUs
-(BERTSPEED_CPU_GEMM=onednn|mkl overrides that; use_onednn); the weight gradient stays a plain matmul (oneDNN was
+inductor emits for CPU linears) 108-113. `linear()` takes oneDNN for the forward and the input gradient on AMD CPUs with
+AVX-512 (BERTSPEED_CPU_GEMM=onednn|mkl overrides that; use_onednn); the weight gradient stays a plain matmul (oneDNN was
 no faster there: it wants both operands transposed). Everything else — CUDA, bf16 and fp16, autocast,
 torch.compile — takes `F.linear`. Same parameters, keys and results to fp32 rounding.
 """
@@ -32,26 +32,30 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 @lru_cache(maxsize=None)
-def cpu_vendor() -> str:
-    """/proc/cpuinfo's vendor_id (AuthenticAMD, GenuineIntel), or "" where there is none."""
+def cpu_kind() -> tuple[str, bool]:
+    """(/proc/cpuinfo's vendor_id, whether it has AVX-512F); ("", False) where there is no such file."""
+    vendor, avx512 = "", False
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                if line.startswith("vendor_id") and not vendor:
+                    vendor = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    avx512 = "avx512f" in line.split(":", 1)[1].split()
+                    break
     except OSError:
         pass
-    return ""
+    return vendor, avx512
 
 
 def use_onednn() -> bool:
-    """oneDNN for fp32 CPU linears: BERTSPEED_CPU_GEMM if set, else on AMD CPUs, where MKL is the slower of the
-    two (on Intel's own CPUs MKL stays). A fixed rule, not a timing, so that every rank and every resumed run of
-    a job computes with the same library and gets the same bits."""
+    """oneDNN for fp32 CPU linears: BERTSPEED_CPU_GEMM if set, else on AMD CPUs with AVX-512 (Zen 4 and later),
+    where it was measured faster than MKL (AVX2-only AMD and Intel's CPUs keep MKL). A fixed rule, not a timing,
+    so that every rank and every resumed run of a job computes with the same library and gets the same bits."""
     choice = os.environ.get(GEMM_ENV, "").lower()
     if choice not in ("", "onednn", "mkl"):
         raise ValueError(f"{GEMM_ENV}={choice!r}: expected 'onednn' or 'mkl'")
-    wanted = choice == "onednn" if choice else cpu_vendor() == "AuthenticAMD"
+    wanted = choice == "onednn" if choice else cpu_kind() == ("AuthenticAMD", True)
     return wanted and onednn_op() is not None
 
 
