@@ -24,7 +24,7 @@ from bertspeed.model.model import BertForPreTraining  # noqa: E402
 from bertspeed.pretrain.calibrate import synthetic_batch  # noqa: E402
 from bertspeed.training.hardware import host_label  # noqa: E402
 
-GEMMS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm"}
+GEMMS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "mkldnn::_linear_pointwise"}  # the last: cpu_linear.py
 OPTIMIZER = "Optimizer.step#Lamb.step"
 LOSS = "_LinearCrossEntropy"
 
