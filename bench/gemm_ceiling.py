@@ -6,8 +6,9 @@ step can reach on this host with this GEMM library; the gap to the real step is 
 Matmuls per step (batch B, sequence T, N = B*T tokens, M = B*predictions masked rows, H, I, V, heads):
 per layer the fused QKV, attention output, FFN in/out projections (forward x @ W^T + b, input gradient
 g @ W, both through oneDNN where the step's linears are, weight gradient g^T @ x), attention as batched
-(B*heads) matmuls QK^T and PV with their four backward products, the last layer at [CLS] and the masked tokens only (keys and values of every token);
-the MLM transform, the decoder in the tiles of bertspeed/model/mlm_loss.py, the pooler and NSP classifier.
+(B*heads) matmuls QK^T and PV with their four backward products, the last layer at [CLS] and the masked
+tokens only (keys and values of every token); the MLM transform, the decoder in the tiles of
+bertspeed/model/mlm_loss.py, the pooler and NSP classifier.
 
     python bench/gemm_ceiling.py --models mini base --threads 1 --clock cpu
 """
@@ -23,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bertspeed.model.config import BertConfig  # noqa: E402
-from bertspeed.model.cpu_linear import onednn_linear, use_onednn  # noqa: E402
+from bertspeed.model.cpu_linear import use_onednn  # noqa: E402
 from bertspeed.model.mlm_loss import COLS, ROWS  # noqa: E402
 from bertspeed.training.cpu_allocator import keep_freed_memory  # noqa: E402
-from bertspeed.training.hardware import gemm_peaks, host_label  # noqa: E402
+from bertspeed.training.hardware import gemm_peaks, host_label, onednn_linear  # noqa: E402
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 

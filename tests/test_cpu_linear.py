@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertspeed.model.cpu_linear import GEMM_ENV, Linear, linear, onednn_op, use_onednn
+from bertspeed.model.cpu_linear import GEMM_ENV, Linear, linear, use_onednn
+from bertspeed.training.hardware import onednn_op
 
 pytestmark = pytest.mark.skipif(onednn_op() is None, reason="this PyTorch build has no oneDNN linear")
 

@@ -16,36 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bertspeed.training.hardware import cpu_flags, cpu_vendor, onednn_linear, onednn_op
+
 GEMM_ENV = "BERTSPEED_CPU_GEMM"
-
-
-def onednn_op():
-    """oneDNN's dense linear `(x, weight, bias, attr, scalars, algorithm) -> x @ weight^T + bias`, or None."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-
-
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (M, K) @ weight (N, K)^T + bias through oneDNN (any strides)."""
-    return onednn_op()(x, weight, bias, "none", [], "")
 
 
 @lru_cache(maxsize=None)
 def cpu_kind() -> tuple[str, bool]:
-    """(/proc/cpuinfo's vendor_id, whether it has AVX-512F); ("", False) where there is no such file."""
-    vendor, avx512 = "", False
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id") and not vendor:
-                    vendor = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    avx512 = "avx512f" in line.split(":", 1)[1].split()
-                    break
-    except OSError:
-        pass
-    return vendor, avx512
+    """(the CPU's vendor_id, whether it has AVX-512F)."""
+    return cpu_vendor(), "avx512f" in cpu_flags()
 
 
 def use_onednn() -> bool:

@@ -21,8 +21,6 @@ from functools import lru_cache
 
 import torch
 
-from bertspeed.model.cpu_linear import onednn_linear, onednn_op
-
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRECISION_HELP = (
     "auto: bf16 where it is native and faster (CUDA with bf16; a CPU where oneDNN reports native bf16 and a "
@@ -66,6 +64,25 @@ def cpu_flags() -> list[str]:
     match = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", _cpuinfo(), re.M)
     present = set(match.group(1).split()) if match else set()
     return [flag for flag in ISA_FLAGS if flag in present]
+
+
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id (AuthenticAMD, GenuineIntel), or "" where it has none."""
+    match = re.search(r"^vendor_id\s*:\s*(.+)$", _cpuinfo(), re.M)
+    return match.group(1).strip() if match else ""
+
+
+def onednn_op():
+    """oneDNN's dense linear `(x, weight, bias, attr, scalars, algorithm) -> x @ weight^T + bias` (the op PyTorch's
+    inductor emits for CPU linears), or None where this PyTorch has none."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K) @ weight (N, K)^T + bias through oneDNN (any strides)."""
+    return onednn_op()(x, weight, bias, "none", [], "")
 
 
 def isa_label(flags: list[str]) -> str:
