@@ -18,10 +18,10 @@ Rows (per model):
                  (last_layer_at_loss_positions = False): what computing it at the loss's positions only gains
   ours_mkl_linear   ours_plain with every fp32 linear through PyTorch's F.linear (MKL), not oneDNN
                  (BERTSPEED_CPU_GEMM=mkl around its steps; bertspeed/model/cpu_linear.py)
-Every row runs with freed memory kept (training/cpu_allocator.py), as our entry points do.
   ours_ds_fp32   our model under DeepSpeed (ZeRO 0), fp32, sparse MLM head
   ours_ds_bf16   under DeepSpeed with its bf16 mode (bf16 weights, fp32 master weights)
   ours_ds_bf16_compile   the same with torch.compile of each encoder layer (nn.Module.compile)
+Every row runs with freed memory kept (training/cpu_allocator.py), as our entry points do.
 --clock cpu times each step in CPU time of this process (time.process_time; the GEMM peak too): with
 --threads 1 on a shared host it is not inflated by other jobs' time slices, as wall time is.
 Ratios: each row's seq/s over hf_fp32 and over hf_gathered of its precision; DeepSpeed overhead = 1 - t(ours_plain) / t(ours_ds_fp32).
@@ -43,6 +43,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -100,19 +101,6 @@ def plain_step(model, optimizer, batch, autocast: bool, hf: str | None):
     return loss.item()
 
 
-def with_env(name: str, value: str, fn):
-    """fn() with the environment variable `name` set to `value` (restored after)."""
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        return fn()
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
-
-
 def deepspeed_engine(config: BertConfig, precision: str, compile_model: bool):
     import deepspeed
 
@@ -157,7 +145,7 @@ def runners(config: BertConfig, batch: dict, which: list[str]) -> dict:
             ours_opt = lamb_for(ours)
             out[name] = (lambda m, o, a: lambda: plain_step(m, o, batch, autocast=a, hf=None))(ours, ours_opt, bf16)
             if name == "ours_mkl_linear":
-                out[name] = (lambda step: lambda: with_env(GEMM_ENV, "mkl", step))(out[name])
+                out[name] = (lambda step: mock.patch.dict(os.environ, {GEMM_ENV: "mkl"})(step))(out[name])
     for name, precision, comp in (("ours_ds_fp32", "fp32", False), ("ours_ds_bf16", "bf16", False),
                                   ("ours_ds_bf16_compile", "bf16", True)):
         if name in which:

@@ -121,10 +121,10 @@ class FastWordPiece:
 
     With `compiled` (the default) the lines go to _wordpiece.c, which normalises them itself (characters
     above ASCII from the same per-character table as `normalize`), splits at whitespace and BERT punctuation
-    and runs greedy WordPiece over a hash table of the vocab. Without it (or where the module is not built): text is normalised, split on whitespace,
-    and each whitespace-delimited chunk is looked up in a cache; a miss splits the chunk at punctuation and
-    runs each word through a second cache over the reference WordPiece model. Both splits are context-free,
-    so caching by chunk is exact."""
+    and runs greedy WordPiece over a hash table of the vocab. Without it (or where the module is not built):
+    text is normalised, split on whitespace, and each whitespace-delimited chunk is looked up in a cache; a
+    miss splits the chunk at punctuation and runs each word through a second cache over the reference
+    WordPiece model. Both splits are context-free, so caching by chunk is exact."""
 
     def __init__(self, tokenizer: BertTokenizer, max_cache: int = 16_384, compiled: bool = True):
         self.tokenizer = tokenizer

@@ -2,10 +2,10 @@
 
 PyTorch runs an fp32 `F.linear` on a CPU through MKL's sgemm. On an AMD EPYC (Zen 4) MKL reached 93-104 GFLOP/s
 per core on BERT's shapes and oneDNN's dense linear (`torch.ops.mkldnn._linear_pointwise`, the op PyTorch's
-inductor emits for CPU linears) 108-113. `linear()` takes oneDNN for the forward and the input gradient on AMD CPUs with
-AVX-512 (BERTSPEED_CPU_GEMM=onednn|mkl overrides that; use_onednn); the weight gradient stays a plain matmul (oneDNN was
-no faster there: it wants both operands transposed). Everything else — CUDA, bf16 and fp16, autocast,
-torch.compile — takes `F.linear`. Same parameters, keys and results to fp32 rounding.
+inductor emits for CPU linears) 108-113. `linear()` takes oneDNN for the forward and the input gradient on AMD
+CPUs with AVX-512 (BERTSPEED_CPU_GEMM=onednn|mkl overrides that; use_onednn); the weight gradient stays a plain
+matmul (oneDNN was no faster there: it wants both operands transposed). Everything else — CUDA, bf16 and fp16,
+autocast, torch.compile — takes `F.linear`. Same parameters, keys and results to fp32 rounding.
 """
 from __future__ import annotations
 

@@ -271,12 +271,13 @@ class BertModel(BertPreTrainedModel):
         if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             key_mask = attention_mask.bool()  # (B, T), True = a real token
         x = self.embeddings(input_ids, token_type_ids)
-        if last_positions is not None and self.last_layer_skips_tokens(output_hidden_states):
-            x, _ = self.encoder(x, key_mask, last_positions=last_positions)  # (B, Q, H), position 0 first
-            return BertModelOutput(x, self.pooler(x) if self.pooler is not None else None)
-        x, all_hidden = self.encoder(x, key_mask, output_hidden_states)
+        skips = last_positions is not None and self.last_layer_skips_tokens(output_hidden_states)
+        # skipping: x comes out (B, Q, H), position 0 first, so the pooler pools [CLS] either way
+        queries_at = last_positions if skips else None
+        x, all_hidden = self.encoder(x, key_mask, output_hidden_states, last_positions=queries_at)
         pooled = self.pooler(x) if self.pooler is not None else None
-        return gathered(BertModelOutput(x, pooled, all_hidden), last_positions)
+        out = BertModelOutput(x, pooled, all_hidden)
+        return out if skips else gathered(out, last_positions)
 
     def last_layer_skips_tokens(self, output_hidden_states: bool = False) -> bool:
         """Whether `last_positions` runs the last layer at those positions only: not with every layer's output

@@ -100,9 +100,9 @@ def isa_label(flags: list[str]) -> str:
 
 
 def gemm_gflops(dtype: torch.dtype, n: int = 512, repeats: int = 5, device: str = "cpu",
-                clock=time.perf_counter) -> float:
-    """GFLOP/s of the fastest of `repeats` n x n x n matmuls (one warm-up first), timed by `clock`
-    (time.process_time: CPU time, not inflated by other jobs on a shared host; CPU devices only)."""
+                clock=time.perf_counter, product=torch.matmul) -> float:
+    """GFLOP/s of the fastest of `repeats` n x n x n products `product(a, b)` (one warm-up first), timed by
+    `clock` (time.process_time: CPU time, not inflated by other jobs on a shared host; CPU devices only)."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
@@ -110,7 +110,7 @@ def gemm_gflops(dtype: torch.dtype, n: int = 512, repeats: int = 5, device: str 
         if device != "cpu":
             torch.cuda.synchronize()
         start = clock()
-        a @ b
+        product(a, b)
         if device != "cpu":
             torch.cuda.synchronize()
         if i:
@@ -308,27 +308,14 @@ def host_label(info: dict | None = None) -> str:
     return ", ".join(parts)
 
 
-def onednn_gemm_gflops(n: int = 512, repeats: int = 5, clock=time.perf_counter) -> float:
-    """gemm_gflops of an fp32 n x n x n product through oneDNN's linear on the CPU (0 where it is missing)."""
-    if onednn_op() is None:
-        return 0.0
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    best = float("inf")
-    for i in range(repeats + 1):
-        start = clock()
-        onednn_linear(a, b)
-        if i:
-            best = min(best, clock() - start)
-    return 2 * n ** 3 / best / 1e9
-
-
 def gemm_peaks(device: str = "cpu", clock=time.perf_counter) -> dict:
     """The host's measured GEMM peak in GFLOP/s: fp32, and bf16 where it is native (see gemm_gflops). On a CPU the
     fp32 peak is the better of PyTorch's matmul (MKL) and oneDNN's linear, both of which training uses
     (bertspeed/model/cpu_linear.py)."""
     peaks = {"fp32": max(gemm_gflops(torch.float32, n, device=device, clock=clock) for n in (512, 1024))}
-    if device == "cpu":
-        peaks["fp32"] = max(peaks["fp32"], *(onednn_gemm_gflops(n, clock=clock) for n in (512, 1024)))
+    if device == "cpu" and onednn_op() is not None:
+        peaks["fp32"] = max(peaks["fp32"], *(gemm_gflops(torch.float32, n, clock=clock, product=onednn_linear)
+                                             for n in (512, 1024)))
     if probe_bf16("cuda" if device != "cpu" else "cpu").native:
         peaks["bf16"] = max(gemm_gflops(torch.bfloat16, n, device=device, clock=clock) for n in (512, 1024))
     return peaks
