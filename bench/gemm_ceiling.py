@@ -8,7 +8,8 @@ per layer the fused QKV, attention output, FFN in/out projections (forward x @ W
 g @ W, both through oneDNN where the step's linears are, weight gradient g^T @ x), attention as batched
 (B*heads) matmuls QK^T and PV with their four backward products, the last layer at [CLS] and the masked
 tokens only (keys and values of every token); the MLM transform, the decoder in the tiles of
-bertspeed/model/mlm_loss.py, the pooler and NSP classifier.
+bertspeed/model/mlm_loss.py (forward and input gradient through the linears' library), the pooler and NSP
+classifier.
 
     python bench/gemm_ceiling.py --models mini base --threads 1 --clock cpu
 """
@@ -85,18 +86,18 @@ def runner(gemm, dtype):
     if kind == "addmm":  # x (p, q) @ W^T, W (r, q)
         x, w, bias = rand(p, q), rand(r, q), rand(r)
         return (lambda: onednn_linear(x, w, bias)) if onednn else (lambda: torch.addmm(bias, x, w.t()))
-    if kind == "tile":  # a decoder tile: x (p, q) @ W^T, W (r, q), always PyTorch's addmm (mlm_loss.py)
+    if kind == "tile":  # a decoder tile, x (p, q) @ W^T + b, W (r, q); as a Linear (mlm_loss.py)
         x, w, bias = rand(p, q), rand(r, q), rand(r)
-        return lambda: torch.addmm(bias, x, w.t())
+        return (lambda: onednn_linear(x, w, bias)) if onednn else (lambda: torch.addmm(bias, x, w.t()))
     if kind == "dx":  # g (p, q) @ W (q, r)
         g, w = rand(p, q), rand(q, r)
         return (lambda: onednn_linear(g, w.t())) if onednn else (lambda: g @ w)
     if kind == "dw":  # g^T (p, q) @ x (q, r), g stored (q, p)
         g, x = rand(q, p), rand(q, r)
         return lambda: g.t() @ x
-    if kind == "addmm_":  # accumulate g (p, q) @ W (q, r)
+    if kind == "addmm_":  # accumulate g (p, q) @ W (q, r) (oneDNN: its product, then an add)
         acc, g, w = rand(p, r), rand(p, q), rand(q, r)
-        return lambda: acc.addmm_(g, w)
+        return (lambda: acc.add_(onednn_linear(g, w.t()))) if onednn else (lambda: acc.addmm_(g, w))
     acc, g, x = rand(p, r), rand(q, p), rand(q, r)  # "addmm_t": accumulate g^T @ x
     return lambda: acc.addmm_(g.t(), x)
 

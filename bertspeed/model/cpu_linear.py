@@ -60,10 +60,15 @@ class _OneDnnLinear(torch.autograd.Function):
         return dx, dw, db
 
 
+def uses_onednn(x: torch.Tensor) -> bool:
+    """Whether `linear` runs an fp32 input `x` (with an fp32 weight) through oneDNN."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() > 0
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and use_onednn())
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, through oneDNN for fp32 on a CPU where that is faster (module doc)."""
-    if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel()
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and use_onednn()):
+    if weight.dtype == torch.float32 and uses_onednn(x):
         return _OneDnnLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 

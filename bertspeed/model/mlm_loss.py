@@ -4,10 +4,13 @@
 labels)` (mean over the rows), and its gradients, without ever holding the (rows, vocab) logits: rows are
 taken `ROWS` at a time and the vocabulary `COLS` words at a time. Each tile is a small contiguous GEMM
 (on CPU a (640, 256) x (256, 30522) product written into one wide matrix runs at about half the speed of
-the same product in 2,048-column tiles), the softmax runs on a block that stays in cache, and the gradient
-(softmax - one-hot) / rows is formed in place and fed straight into the GEMMs for the input, weight and bias
-gradients. Those are computed in the forward (the loss is a scalar: backward only scales them by the
-incoming gradient), so nothing of vocabulary width is kept for backward but the weight gradient itself.
+the same product in 2,048-column tiles), through the GEMM library of the model's linears (oneDNN where
+bertspeed/model/cpu_linear.py picks it: 1.05x for the whole loss at bert-mini's shapes). Each tile is
+exponentiated against its own row maxima while it is still in cache; once every tile of a row block is done,
+one rescaling per tile gives the softmax. The gradient (softmax - one-hot) / rows is formed in place and fed
+straight into the GEMMs for the input, weight and bias gradients. Those are computed in the forward (the loss
+is a scalar: backward only scales them by the incoming gradient), so nothing of vocabulary width is kept for
+backward but the weight gradient itself.
 
 Precision: under torch.autocast the GEMMs run in the autocast dtype (bf16) with fp32 softmax, as
 `F.linear` under autocast followed by `.float()` does; the weight/bias gradients are accumulated in fp32.
@@ -15,6 +18,10 @@ Precision: under torch.autocast the GEMMs run in the autocast dtype (bf16) with 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from bertspeed.model.cpu_linear import uses_onednn
+from bertspeed.training.hardware import onednn_linear
 
 ROWS = 256  # rows of logits held at once: 256 x 30,522 fp32 = 31 MB
 COLS = 2048  # vocabulary words per GEMM tile
@@ -27,47 +34,52 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _tile_logits(buf, xr, weight, bias, cols):
-    """Logits of rows `xr` against the whole vocabulary, as a list of contiguous (m, <=cols) fp32 tiles
-    laid out one after the other in `buf`."""
-    m, vocab, tiles, offset = xr.shape[0], weight.shape[0], [], 0
+def _logits(xr, weight, bias):
+    """fp32 logits xr @ weight.T + bias of one tile, through the GEMM library of the model's linears."""
+    if uses_onednn(xr):
+        return onednn_linear(xr, weight, bias)
+    return F.linear(xr, weight, bias).float()
+
+
+def _exp_tiles(xr, labels, weight, bias, cols):
+    """The row block `xr` against the whole vocabulary, `cols` words at a time. While a tile is still in cache
+    it is turned into exp(logits - tile max) in place. Returns the tiles, their row maxima and row sums
+    (tiles, m) and the labels' logits."""
+    m, vocab = xr.shape[0], weight.shape[0]
+    tiles, maxima, sums = [], [], []
+    target = torch.empty(m, dtype=torch.float32, device=xr.device)
     for c0 in range(0, vocab, cols):
-        n = min(cols, vocab - c0)
-        tile = buf[offset:offset + m * n].view(m, n)
-        offset += m * n
-        b = None if bias is None else bias[c0:c0 + n]
-        if xr.dtype == torch.float32:
-            torch.mm(xr, weight[c0:c0 + n].t(), out=tile) if b is None else \
-                torch.addmm(b, xr, weight[c0:c0 + n].t(), out=tile)
-        else:
-            logits = xr @ weight[c0:c0 + n].t() if b is None else torch.addmm(b, xr, weight[c0:c0 + n].t())
-            tile.copy_(logits)
-        tiles.append(tile)
-    return tiles
+        tile = _logits(xr, weight[c0:c0 + cols], None if bias is None else bias[c0:c0 + cols])
+        rows = ((labels >= c0) & (labels < c0 + tile.shape[1])).nonzero().squeeze(1)
+        target[rows] = tile[rows, labels[rows] - c0]
+        tile_max = tile.amax(1)
+        tile.sub_(tile_max[:, None]).exp_()
+        tiles.append((c0, rows, tile)), maxima.append(tile_max), sums.append(tile.sum(1))
+    return tiles, torch.stack(maxima), torch.stack(sums), target
 
 
-def _target_offsets(labels, m, vocab, cols):
-    """Offsets in the tile buffer of each row's label logit."""
-    tile = torch.div(labels, cols, rounding_mode="floor")
-    width = (vocab - tile * cols).clamp(max=cols)
-    return m * tile * cols + torch.arange(m, device=labels.device) * width + (labels - tile * cols)
-
-
-def _add_grads(tiles, xr, weight, gx, gw, gb, cols):
-    """gx (rows of xr) = sum over tiles of G @ W_tile; gw, gb tiles += G^T @ xr, G.sum(0)."""
+def _add_grads(tiles, scales, labels, total, xr, weight, gx, gw, gb):
+    """Each tile becomes (softmax - one-hot) / total, in place, and goes straight into the GEMMs for
+    gx (rows of xr) += G @ W_tile, gw tile += G^T @ xr and gb tile += G.sum(0)."""
     dtype = xr.dtype
-    for i, tile in enumerate(tiles):
-        c0, n = i * cols, tile.shape[1]
-        gd = tile if dtype == torch.float32 else tile.to(dtype)
-        w = weight[c0:c0 + n]
-        if dtype == torch.float32:
+    onednn_dx = dtype == torch.float32 and uses_onednn(xr)
+    for (c0, rows, tile), scale in zip(tiles, scales):
+        tile.mul_(scale[:, None])
+        tile[rows, labels[rows] - c0] -= 1.0 / total
+        gd = tile.to(dtype)
+        w = weight[c0:c0 + tile.shape[1]]
+        if onednn_dx:
+            gx.add_(onednn_linear(gd, w.t()))
+        elif dtype == torch.float32:
             gx.addmm_(gd, w)
-            gw[c0:c0 + n].addmm_(gd.t(), xr)
         else:
             gx.add_(gd @ w)
-            gw[c0:c0 + n].add_(gd.t() @ xr)
+        if dtype == torch.float32:
+            gw[c0:c0 + w.shape[0]].addmm_(gd.t(), xr)
+        else:
+            gw[c0:c0 + w.shape[0]].add_(gd.t() @ xr)
         if gb is not None:
-            gb[c0:c0 + n].add_(tile.sum(0))
+            gb[c0:c0 + w.shape[0]].add_(tile.sum(0))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -88,32 +100,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _forward(ctx, x, weight, bias, labels, dtype, need_grad, rows, cols):
-    total, vocab = x.shape[0], weight.shape[0]
+    total = x.shape[0]
     xc, wc = x.to(dtype), weight.to(dtype)
     bc = None if bias is None else bias.to(dtype)
     f32 = {"dtype": torch.float32, "device": x.device}
     gx = torch.zeros(x.shape, **f32) if need_grad else None
     gw = torch.zeros(weight.shape, **f32) if need_grad else None
-    gb = torch.zeros(vocab, **f32) if need_grad and bias is not None else None
-    buf = torch.empty(min(rows, total) * vocab, **f32)
+    gb = torch.zeros(weight.shape[0], **f32) if need_grad and bias is not None else None
     loss = torch.zeros((), **f32)
     for r0 in range(0, total, rows):
         xr, lab = xc[r0:r0 + rows], labels[r0:r0 + rows]
-        m = xr.shape[0]
-        tiles = _tile_logits(buf, xr, wc, bc, cols)
-        target_at = _target_offsets(lab, m, vocab, cols)
-        target = buf[target_at]  # the labels' logits (a copy)
-        rowmax = torch.stack([t.amax(1) for t in tiles]).amax(0)
-        sumexp = torch.zeros(m, **f32)
-        for t in tiles:
-            t.sub_(rowmax[:, None]).exp_()
-            sumexp += t.sum(1)
+        tiles, maxima, sums, target = _exp_tiles(xr, lab, wc, bc, cols)
+        rowmax = maxima.amax(0)
+        scales = (maxima - rowmax).exp_()  # exp(tile max - row max): rescales each tile's exp and sum
+        sumexp = (sums * scales).sum(0)
         loss += (rowmax + sumexp.log() - target).sum()
-        if need_grad:  # (softmax - one-hot) / total, in place
-            for t in tiles:
-                t.mul_((1.0 / (sumexp * total))[:, None])
-            buf[target_at] -= 1.0 / total
-            _add_grads(tiles, xr, wc, gx[r0:r0 + m], gw, gb, cols)
+        if need_grad:
+            _add_grads(tiles, scales.div_(sumexp * total), lab, total, xr, wc, gx[r0:r0 + rows], gw, gb)
     if need_grad:
         ctx.grads = (gx, gw, gb)
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
