@@ -11,7 +11,8 @@ Finetuning (SQuAD at --batch, MRPC at 2 x --batch; random batches): first the sh
 tokens computed by the finetuning loop's own batching over the whole file (fixed padding; dynamic padding with
 length-grouped batches, the default, or shuffled ones; packed rows), then timed rows padded_<max> (fixed padding,
 as NVIDIA's and HF's pad-to-max-length), padded_dynamic (padded to the batch's longest, our collate), unpadded
-(--unpad), packed (--pack: rows of the max length; rows per batch printed). Phase 2: padded_512, unpadded, packed.
+(--unpad), packed (--pack: rows of the max length; rows per batch printed). Phase 2: padded_512, unpadded, packed,
+packed_whole_last (packed with the whole last layer computed, as before it ran at [CLS] and the masked tokens only).
 """
 from __future__ import annotations
 
@@ -180,14 +181,17 @@ def main(argv=None) -> int:
 
     data = PretrainingData(list_shards(phase2_shards(Path(args.work_dir), vocab)), args.batch, 0, 1, seed=0)
     batches = [next(data) for _ in range(args.rounds + 1)]
-    padded, unpadded = BertForPreTraining(config), BertForPreTraining(config)
+    padded, unpadded, whole_last = BertForPreTraining(config), BertForPreTraining(config), BertForPreTraining(config)
     unpadded.load_state_dict(padded.state_dict())
+    whole_last.load_state_dict(padded.state_dict())
     set_unpad(unpadded)
+    whole_last.last_layer_at_loss_positions = False
     packed = [pack_batch(b) for b in batches]
     index = {id(b): k for k, b in enumerate(batches)}
     times = measure({"padded_512": (padded, lambda b: lambda: padded(**b)),
                      "unpadded": (unpadded, lambda b: lambda: unpadded(**b)),
-                     "packed": (padded, lambda b: lambda: padded(packed=packed[index[id(b)]]))},
+                     "packed": (padded, lambda b: lambda: padded(packed=packed[index[id(b)]])),
+                     "packed_whole_last": (whole_last, lambda b: lambda: whole_last(packed=packed[index[id(b)]]))},
                     batches, args.rounds, CLOCKS[args.clock])
     real = sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
     rows = sum(len(p["input_ids"]) for p in packed) / len(packed)

@@ -16,6 +16,7 @@ from bertspeed.model.checkpoint import save_pretrained
 from bertspeed.model.config import BertConfig
 from bertspeed.model.crf import BertCRFForTokenClassification
 from bertspeed.model.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+from bertspeed.model.layers import use_fused_kernels
 from bertspeed.model.model import BertForPreTraining
 from bertspeed.model.packing import plan_packing
 from bertspeed.model.tokenizer import BertTokenizer
@@ -196,7 +197,21 @@ def test_pretraining_unpadded_and_packed_match_padded(pretraining_batch):
     packed_batch = pack_batch(batch)
     assert packed_batch["input_ids"].shape[0] < batch["input_ids"].shape[0]  # several instances per row
     assert (packed_batch["cls_positions"] >= 0).sum() == len(lengths)
+    rows_seen = []  # rows the last layer's FFN ran on: the packed model's last layer at [CLS] + labelled tokens
+    hook = model.bert.encoder.layer[-1].intermediate.dense.register_forward_hook(
+        lambda module, args, out: rows_seen.append(args[0].shape[:-1].numel()))
     packed = loss_and_grads(model, lambda: model(packed=packed_batch))
+    hook.remove()
+    wanted = int((batch["labels"] != -100).sum()) + len(lengths)
+    assert wanted <= rows_seen[0] < packed_batch["input_ids"].numel()
+    use_fused_kernels(True)  # their attention with the last layer's per-query mask (reference path on a CPU)
+    try:
+        assert_same(padded, loss_and_grads(model, lambda: model(packed=packed_batch)))
+    finally:
+        use_fused_kernels(False)
+    model.last_layer_at_loss_positions = False  # the whole last layer in packed rows
+    assert_same(padded, loss_and_grads(model, lambda: model(packed=packed_batch)))
+    model.last_layer_at_loss_positions = True
     set_unpad(model)
     unpadded = loss_and_grads(model, lambda: model(**batch))
     assert_same(padded, unpadded)

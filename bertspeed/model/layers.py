@@ -44,21 +44,24 @@ class LayerNorm(nn.LayerNorm):
 
 
 def attention(q, k, v, key_mask, dropout_p: float, relative=None):
-    """Softmax attention; q, k, v (B, heads, T, D); key_mask (B, T) bool, True = attend, or None;
-    relative: NEZHA's (table, max_relative_position), or None for BERT."""
+    """Softmax attention; q (B, heads, Q, D), k, v (B, heads, T, D); key_mask, True = attend, (B, T) for all
+    queries alike, or (B, Q, T) per query (not with `relative`), or None; relative: NEZHA's
+    (table, max_relative_position), or None for BERT."""
     if key_mask is not None:
-        # A sequence with no real token attends to everything (as an additive mask does).
+        # A sequence (or query) with no real token to attend to attends to everything (as an additive mask does).
         key_mask = key_mask | ~key_mask.any(dim=-1, keepdim=True)
     if relative is not None:
         return relative_attention(q, k, v, key_mask, dropout_p, *relative)
     if fused_kernels_enabled():
         additive = None
-        if key_mask is not None:
+        scores = q @ k.transpose(-2, -1)  # (B, heads, Q, T)
+        if key_mask is not None and key_mask.dim() == 3:
+            scores = scores.masked_fill(~key_mask[:, None], -math.inf)
+        elif key_mask is not None:
             additive = torch.zeros(key_mask.shape, device=q.device).masked_fill(~key_mask, -math.inf)
-        scores = q @ k.transpose(-2, -1)  # (B, heads, T, T)
         probs = fused_ops.masked_softmax(scores, additive, 1.0 / math.sqrt(q.shape[-1]), dropout_p)
         return probs @ v
-    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, T)
+    mask = None if key_mask is None else key_mask[:, None] if key_mask.dim() == 3 else key_mask[:, None, None, :]
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.requires_grad:
         # Training in bf16 on CPU: SDPA's bf16 backward is slow there (a bert-mini bf16 step 1.10x faster
         # with attention in fp32); fp32 is also the more exact of the two.

@@ -171,15 +171,19 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
 
-    def forward(self, x, key_mask, output_hidden_states=False, attend=None, last_positions=None):
+    def forward(self, x, key_mask, output_hidden_states=False, attend=None, last_positions=None,
+                last_key_mask=None):
         """`attend`: the attention of another token layout (BertSelfAttention.forward), else masked SDPA.
         `last_positions` (B, Q): the last layer runs at those positions only (its keys and values still come
-        from every token) and the output is (B, Q, H)."""
+        from every token) and the output is (B, Q, H). `last_key_mask` (B, Q, T): that layer's mask per query,
+        in place of `key_mask` and `attend` (packed rows: each query attends to its own instance)."""
         all_hidden = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layer):
             queries = None
             if last_positions is not None and i == len(self.layer) - 1:
                 queries = at_positions(x, last_positions)
+                if last_key_mask is not None:
+                    key_mask, attend = last_key_mask, None
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, key_mask, attend, queries, use_reentrant=False)
             else:
@@ -395,12 +399,14 @@ class BertForPreTraining(BertPreTrainedModel):
         return PreTrainingOutput(loss, mlm_loss, nsp_loss, logits, seq_logits, mlm_labels, out.hidden_states)
 
 
-def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) labels -> positions (B, Q) of [CLS] (position 0) and every labelled token of each row, in order, and
-    their labels (B, Q): a row with fewer fills up with position 0 labelled IGNORE_INDEX. The labelled rows of the
-    result are those of `labels`, in the same order."""
-    keep = labels != IGNORE_INDEX
-    keep[:, 0] = True
+def loss_positions(labels: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) labels -> positions (B, Q) of [CLS] (position 0; or the True positions of `keep`) and every labelled
+    token of each row, in order, and their labels (B, Q): a row with fewer fills up with position 0 labelled
+    IGNORE_INDEX. The labelled rows of the result are those of `labels`, in the same order."""
+    if keep is None:
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, 0] = True
+    keep = keep | (labels != IGNORE_INDEX)
     counts = keep.sum(1)
     order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices  # kept positions first, in order
     filled = torch.arange(int(counts.max()), device=labels.device) < counts[:, None]  # (B, Q)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from bertspeed.model.layers import attention
-from bertspeed.model.model import IGNORE_INDEX, BertModel, BertModelOutput, PreTrainingOutput
+from bertspeed.model.model import IGNORE_INDEX, BertModel, BertModelOutput, PreTrainingOutput, loss_positions
 from bertspeed.model.packing import packed_inputs, plan_packing, prefix_lengths
 
 
@@ -119,9 +119,11 @@ def segment_lengths(instance_ids: torch.Tensor) -> list[int]:
     return torch.unique_consecutive(key.reshape(-1), return_counts=True)[1].tolist()
 
 
-def encode_packed(bert, packed: dict) -> torch.Tensor:
+def encode_packed(bert, packed: dict, last_positions: torch.Tensor | None = None) -> torch.Tensor:
     """Packed rows (`bertspeed.model.packing.packed_inputs`) -> hidden (R, C, H). Block-diagonal attention: each
-    instance attends to its own tokens only (varlen attention over the rows' runs; a row's padding to itself)."""
+    instance attends to its own tokens only (varlen attention over the rows' runs; a row's padding to itself).
+    With `last_positions` (R, Q) of instance tokens, the last layer runs at those tokens only, each attending to
+    its instance's tokens (a masked SDPA call), and the result is (R, Q, H)."""
     x = bert.embeddings(packed["input_ids"], packed["token_type_ids"], packed["position_ids"])
     R, C = packed["input_ids"].shape
     lengths = segment_lengths(packed["instance_ids"])
@@ -129,7 +131,11 @@ def encode_packed(bert, packed: dict) -> torch.Tensor:
     def attend(q, k, v, dropout_p):  # (R, C, heads, D) each
         q, k, v = (t.reshape(R * C, *t.shape[2:]) for t in (q, k, v))
         return varlen_attention(q, k, v, lengths, dropout_p).view(R, C, -1)
-    return run_encoder(bert, x, attend)
+    last_key_mask = None
+    if last_positions is not None:
+        ids = packed["instance_ids"]
+        last_key_mask = ids.gather(1, last_positions)[:, :, None] == ids[:, None, :]  # (R, Q, C)
+    return bert.encoder(x, None, attend=attend, last_positions=last_positions, last_key_mask=last_key_mask)[0]
 
 
 def packed_bert_forward(bert, input_ids, attention_mask, token_type_ids=None) -> BertModelOutput:
@@ -142,14 +148,21 @@ def packed_bert_forward(bert, input_ids, attention_mask, token_type_ids=None) ->
 
 
 def packed_pretraining_forward(model, packed: dict) -> PreTrainingOutput:
-    """BertForPreTraining on packed rows: the padded model's MLM and NSP losses over the same instances."""
-    hidden = encode_packed(model.bert, packed)
+    """BertForPreTraining on packed rows: the padded model's MLM and NSP losses over the same instances. As in the
+    padded model, the last layer runs only at each instance's [CLS] and labelled tokens where it can."""
     cls = packed["cls_positions"]  # (R, K) positions of each instance's [CLS], -1 = none
     has = cls >= 0
-    rows = torch.arange(cls.shape[0], device=cls.device)[:, None].expand_as(cls)
-    pooled = model.bert.pooler.dense(hidden[rows[has], cls[has]]).tanh()  # (instances, H)
+    rows = torch.arange(cls.shape[0], device=cls.device)[:, None].expand_as(cls)[has]
+    cls, labels = cls[has], packed["labels"]
+    positions = None
+    if model.last_layer_at_loss_positions and model.bert.last_layer_skips_tokens():
+        keep = labels != IGNORE_INDEX
+        keep[rows, cls] = True
+        positions, labels = loss_positions(labels, keep)
+        cls = (keep.cumsum(1) - 1)[rows, cls]  # each [CLS]'s column among the kept positions
+    hidden = encode_packed(model.bert, packed, positions)
+    pooled = model.bert.pooler.dense(hidden[rows, cls]).tanh()  # (instances, H)
     seq_logits = model.cls.seq_relationship(pooled)
-    labels = packed["labels"]
     selected = labels != IGNORE_INDEX
     mlm_labels = labels[selected]
     logits, mlm_loss = model.cls.predictions.loss(hidden[selected], mlm_labels,
