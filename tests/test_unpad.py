@@ -174,6 +174,26 @@ def test_glue_and_token_heads_packed_match_padded(vocab_file, glue_dir):
     assert scores[1] == scores[0]
 
 
+def test_classifier_last_layer_runs_at_cls_only_in_every_layout(vocab_file, glue_dir):
+    """Padded, unpadded and packed, the classifier's last layer runs at [CLS] only, with the same loss and
+    gradients (real MRPC dev pairs)."""
+    task = glue.get_task("MRPC")
+    examples = glue.read_examples(task, glue_dir / "MRPC" / "dev.tsv")[:16]
+    batch = collate_padded(glue.featurize(examples, BertTokenizer.from_vocab_file(vocab_file), 128))
+    assert not batch["attention_mask"].all()
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config(num_labels=2)).eval()
+    results = []
+    for layout in ("padded", "unpad", "pack"):
+        set_unpad(model, layout == "unpad")
+        set_pack(model, 128 if layout == "pack" else None)
+        result, rows = last_layer_rows(model, partial(model, **batch))
+        assert rows == len(examples), layout
+        results.append(result)
+    assert_same(results[0], results[1])
+    assert_same(results[0], results[2])
+
+
 @pytest.fixture(scope="module")
 def pretraining_shards(tmp_path_factory, squad_dev, vocab_file):
     """Real phase-2-style shards (sentence pairs of real text of every length)."""
@@ -186,7 +206,20 @@ def pretraining_batch(pretraining_shards):
     return next(PretrainingData(list_shards(pretraining_shards), 12, 0, 1, seed=0))
 
 
+def last_layer_rows(model, run):
+    """Loss and gradients of `run`, and the number of tokens the model's last layer computed its FFN on."""
+    rows = []
+    hook = model.bert.encoder.layer[-1].intermediate.dense.register_forward_hook(
+        lambda module, args, out: rows.append(args[0].shape[:-1].numel()))
+    try:
+        return loss_and_grads(model, run), rows[0]
+    finally:
+        hook.remove()
+
+
 def test_pretraining_unpadded_and_packed_match_padded(pretraining_batch):
+    """Every layout with the last layer at [CLS] and the labelled tokens only (the default), and packed with the
+    whole last layer, gives the padded model's losses and gradients."""
     batch = pretraining_batch
     lengths = batch["attention_mask"].sum(1)
     assert lengths.min() < 128 < lengths.max()  # some short instances to pack
@@ -197,27 +230,26 @@ def test_pretraining_unpadded_and_packed_match_padded(pretraining_batch):
     packed_batch = pack_batch(batch)
     assert packed_batch["input_ids"].shape[0] < batch["input_ids"].shape[0]  # several instances per row
     assert (packed_batch["cls_positions"] >= 0).sum() == len(lengths)
-    rows_seen = []  # rows the last layer's FFN ran on: the packed model's last layer at [CLS] + labelled tokens
-    hook = model.bert.encoder.layer[-1].intermediate.dense.register_forward_hook(
-        lambda module, args, out: rows_seen.append(args[0].shape[:-1].numel()))
-    packed = loss_and_grads(model, lambda: model(packed=packed_batch))
-    hook.remove()
-    wanted = int((batch["labels"] != -100).sum()) + len(lengths)
-    assert wanted <= rows_seen[0] < packed_batch["input_ids"].numel()
+    wanted = int((batch["labels"] != -100).sum()) + len(lengths)  # [CLS] and labelled tokens
+    packed, rows = last_layer_rows(model, lambda: model(packed=packed_batch))
+    assert wanted <= rows < int(lengths.sum())
+    assert_same(padded, packed)
+    for name in ("mlm_loss", "nsp_loss"):
+        torch.testing.assert_close(getattr(packed[0], name), getattr(padded[0], name), atol=TOL, rtol=TOL)
     use_fused_kernels(True)  # their attention with the last layer's per-query mask (reference path on a CPU)
     try:
         assert_same(padded, loss_and_grads(model, lambda: model(packed=packed_batch)))
     finally:
         use_fused_kernels(False)
     model.last_layer_at_loss_positions = False  # the whole last layer in packed rows
-    assert_same(padded, loss_and_grads(model, lambda: model(packed=packed_batch)))
+    packed_whole, rows = last_layer_rows(model, lambda: model(packed=packed_batch))
+    assert rows == packed_batch["input_ids"].numel()
+    assert_same(padded, packed_whole)
     model.last_layer_at_loss_positions = True
     set_unpad(model)
-    unpadded = loss_and_grads(model, lambda: model(**batch))
+    unpadded, rows = last_layer_rows(model, lambda: model(**batch))
+    assert wanted <= rows < int(lengths.sum())
     assert_same(padded, unpadded)
-    assert_same(padded, packed)
-    for name in ("mlm_loss", "nsp_loss"):
-        torch.testing.assert_close(getattr(packed[0], name), getattr(padded[0], name), atol=TOL, rtol=TOL)
 
 
 def test_run_pretraining_with_unpad_or_pack_trains_as_padded(tmp_path, pretraining_shards):

@@ -172,18 +172,19 @@ class BertEncoder(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, x, key_mask, output_hidden_states=False, attend=None, last_positions=None,
-                last_key_mask=None):
+                last_layout=None):
         """`attend`: the attention of another token layout (BertSelfAttention.forward), else masked SDPA.
         `last_positions` (B, Q): the last layer runs at those positions only (its keys and values still come
-        from every token) and the output is (B, Q, H). `last_key_mask` (B, Q, T): that layer's mask per query,
-        in place of `key_mask` and `attend` (packed rows: each query attends to its own instance)."""
+        from every token) and the output is (B, Q, H). `last_layout(x) -> (x, key_mask)`: the last layer's input
+        in the (B, T, H) layout `last_positions` index and its mask ((B, T), or (B, Q, T) per query), in place of
+        `attend` (unpad.py: unpadded or packed tokens back in the batch's layout, or packed rows as they are)."""
         all_hidden = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layer):
             queries = None
             if last_positions is not None and i == len(self.layer) - 1:
+                if last_layout is not None:
+                    (x, key_mask), attend = last_layout(x), None
                 queries = at_positions(x, last_positions)
-                if last_key_mask is not None:
-                    key_mask, attend = last_key_mask, None
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, key_mask, attend, queries, use_reentrant=False)
             else:
@@ -265,20 +266,16 @@ class BertModel(BertPreTrainedModel):
         """last_positions (B, Q), position 0 first in every row: only those positions of the output are wanted.
         last_hidden_state is then (B, Q, H), the full output gathered there, and the last layer runs at those
         positions only where it can (last_layer_skips_tokens). The pooler pools position 0 either way."""
-        if self.skips_padding and attention_mask is not None and not output_hidden_states:
-            from bertspeed.model import unpad
-            forward = unpad.unpadded_bert_forward if self.unpad else unpad.packed_bert_forward
-            return gathered(forward(self, input_ids, attention_mask, token_type_ids), last_positions)
-        key_mask = None
-        # Eager mode skips an all-ones mask (SDPA is faster without one); under torch.compile the mask is
-        # always kept, because a branch on tensor values would break the graph. Results are the same.
-        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
-            key_mask = attention_mask.bool()  # (B, T), True = a real token
-        x = self.embeddings(input_ids, token_type_ids)
         skips = last_positions is not None and self.last_layer_skips_tokens(output_hidden_states)
         # skipping: x comes out (B, Q, H), position 0 first, so the pooler pools [CLS] either way
         queries_at = last_positions if skips else None
-        x, all_hidden = self.encoder(x, key_mask, output_hidden_states, last_positions=queries_at)
+        if self.skips_padding and attention_mask is not None and not output_hidden_states:
+            from bertspeed.model import unpad
+            forward = unpad.unpadded_bert_forward if self.unpad else unpad.packed_bert_forward
+            out = forward(self, input_ids, attention_mask, token_type_ids, queries_at)
+            return out if skips else gathered(out, last_positions)
+        x = self.embeddings(input_ids, token_type_ids)
+        x, all_hidden = self.encoder(x, key_mask_of(attention_mask), output_hidden_states, last_positions=queries_at)
         pooled = self.pooler(x) if self.pooler is not None else None
         out = BertModelOutput(x, pooled, all_hidden)
         return out if skips else gathered(out, last_positions)
@@ -286,10 +283,19 @@ class BertModel(BertPreTrainedModel):
     def last_layer_skips_tokens(self, output_hidden_states: bool = False) -> bool:
         """Whether `last_positions` runs the last layer at those positions only: not with every layer's output
         asked for, not for NEZHA (relative positions between all tokens), not when hooks measure the last layer
-        (THOR: every token). Unpadded and packed forwards compute every real token."""
-        if output_hidden_states or self.config.is_nezha or self.skips_padding:
+        (THOR: every token). Unpadded and packed forwards run it in the batch's layout (unpad.py)."""
+        if output_hidden_states or self.config.is_nezha:
             return False
         return not any(measured_by_hooks(m) for m in self.encoder.layer[-1].modules())
+
+
+def key_mask_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The (B, T) attention mask as attention's key mask (True = a real token), or None where every token is real.
+    Eager mode skips an all-ones mask (SDPA is faster without one); under torch.compile the mask is always kept,
+    because a branch on tensor values would break the graph. Results are the same."""
+    if attention_mask is None or (not torch.compiler.is_compiling() and bool(attention_mask.all())):
+        return None
+    return attention_mask.bool()
 
 
 def gathered(out: BertModelOutput, positions: torch.Tensor | None) -> BertModelOutput:

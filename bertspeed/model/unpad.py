@@ -13,6 +13,10 @@ NSP from each instance's own [CLS]); `set_pack(model, row_length)` makes every B
 rows of `row_length` and unpack its output to the batch's layout, so every finetuning head runs on each
 sequence's own tokens ([CLS] pooled per sequence, QA softmax over its tokens, a label per token).
 
+Where only some positions of the output are wanted (pretraining's [CLS] and masked tokens, a classifier's [CLS]),
+the last layer runs at those tokens only, as in the padded model: back in the batch's layout (unpadded, packed
+finetuning), or in the packed rows with a per-query mask (packed pretraining: each token attends to its instance).
+
 Both use the padded model's weights and modules (same state dict); dropout draws differ, results in eval mode
 equal the padded model's to fp32 rounding. NEZHA (relative positions) is refused.
 """
@@ -22,7 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from bertspeed.model.layers import attention
-from bertspeed.model.model import IGNORE_INDEX, BertModel, BertModelOutput, PreTrainingOutput, loss_positions
+from bertspeed.model.model import (
+    IGNORE_INDEX,
+    BertModel,
+    BertModelOutput,
+    PreTrainingOutput,
+    key_mask_of,
+    loss_positions,
+)
 from bertspeed.model.packing import packed_inputs, plan_packing, prefix_lengths
 
 
@@ -87,28 +98,24 @@ def varlen_attention(q, k, v, lengths: list[int], dropout_p: float):
     return torch.cat(outputs)
 
 
-def run_encoder(bert, x, attend):
-    """The encoder's layers on tokens x of any layout, attention by `attend` (BertSelfAttention.forward)."""
-    return bert.encoder(x, None, attend=attend)[0]
-
-
-def encode_unpadded(bert, input_ids, attention_mask, token_type_ids=None):
-    """Real tokens only: hidden (N, H), their flat indices into B*T, the sequence lengths."""
+def unpadded_bert_forward(bert, input_ids, attention_mask, token_type_ids=None,
+                          last_positions=None) -> BertModelOutput:
+    """BertModel.forward without padding FLOPs; last_hidden_state re-padded (zeros at padding). With
+    `last_positions` (B, Q), the last layer runs re-padded at those positions only; the output is (B, Q, H)."""
     index, positions, lengths = flat_indices(attention_mask)
     if token_type_ids is None:
         token_type_ids = torch.zeros_like(input_ids)
-    x = bert.embeddings(input_ids.reshape(-1)[index], token_type_ids.reshape(-1)[index], positions)
-    x = run_encoder(bert, x, lambda q, k, v, p: varlen_attention(q, k, v, lengths, p))
-    return x, index, lengths
-
-
-def unpadded_bert_forward(bert, input_ids, attention_mask, token_type_ids=None) -> BertModelOutput:
-    """BertModel.forward without padding FLOPs; last_hidden_state re-padded (zeros at padding)."""
-    hidden, index, _ = encode_unpadded(bert, input_ids, attention_mask, token_type_ids)
     B, T = input_ids.shape
-    padded = hidden.new_zeros(B * T, hidden.shape[-1]).index_copy(0, index, hidden).view(B, T, -1)
-    pooled = bert.pooler(padded) if bert.pooler is not None else None
-    return BertModelOutput(padded, pooled, None)
+
+    def repad(hidden):
+        return hidden.new_zeros(B * T, hidden.shape[-1]).index_copy(0, index, hidden).view(B, T, -1)
+    x = bert.embeddings(input_ids.reshape(-1)[index], token_type_ids.reshape(-1)[index], positions)
+    hidden = bert.encoder(x, None, attend=lambda q, k, v, p: varlen_attention(q, k, v, lengths, p),
+                          last_positions=last_positions,
+                          last_layout=lambda h: (repad(h), key_mask_of(attention_mask)))[0]
+    hidden = repad(hidden) if last_positions is None else hidden
+    pooled = bert.pooler(hidden) if bert.pooler is not None else None
+    return BertModelOutput(hidden, pooled, None)
 
 
 def segment_lengths(instance_ids: torch.Tensor) -> list[int]:
@@ -119,11 +126,10 @@ def segment_lengths(instance_ids: torch.Tensor) -> list[int]:
     return torch.unique_consecutive(key.reshape(-1), return_counts=True)[1].tolist()
 
 
-def encode_packed(bert, packed: dict, last_positions: torch.Tensor | None = None) -> torch.Tensor:
+def encode_packed(bert, packed: dict, last_positions=None, last_layout=None) -> torch.Tensor:
     """Packed rows (`bertspeed.model.packing.packed_inputs`) -> hidden (R, C, H). Block-diagonal attention: each
     instance attends to its own tokens only (varlen attention over the rows' runs; a row's padding to itself).
-    With `last_positions` (R, Q) of instance tokens, the last layer runs at those tokens only, each attending to
-    its instance's tokens (a masked SDPA call), and the result is (R, Q, H)."""
+    `last_positions`, `last_layout`: the last layer at some tokens only (BertEncoder.forward)."""
     x = bert.embeddings(packed["input_ids"], packed["token_type_ids"], packed["position_ids"])
     R, C = packed["input_ids"].shape
     lengths = segment_lengths(packed["instance_ids"])
@@ -131,18 +137,17 @@ def encode_packed(bert, packed: dict, last_positions: torch.Tensor | None = None
     def attend(q, k, v, dropout_p):  # (R, C, heads, D) each
         q, k, v = (t.reshape(R * C, *t.shape[2:]) for t in (q, k, v))
         return varlen_attention(q, k, v, lengths, dropout_p).view(R, C, -1)
-    last_key_mask = None
-    if last_positions is not None:
-        ids = packed["instance_ids"]
-        last_key_mask = ids.gather(1, last_positions)[:, :, None] == ids[:, None, :]  # (R, Q, C)
-    return bert.encoder(x, None, attend=attend, last_positions=last_positions, last_key_mask=last_key_mask)[0]
+    return bert.encoder(x, None, attend=attend, last_positions=last_positions, last_layout=last_layout)[0]
 
 
-def packed_bert_forward(bert, input_ids, attention_mask, token_type_ids=None) -> BertModelOutput:
+def packed_bert_forward(bert, input_ids, attention_mask, token_type_ids=None, last_positions=None) -> BertModelOutput:
     """BertModel.forward on the batch packed into rows of bert.pack_length tokens; last_hidden_state unpacked to
-    the batch's layout (zeros at padding), so the pooler and every head see each sequence's own tokens."""
+    the batch's layout (zeros at padding), so the pooler and every head see each sequence's own tokens. With
+    `last_positions` (B, Q), the last layer runs unpacked at those positions only; the output is (B, Q, H)."""
     layout = plan_packing(attention_mask, bert.pack_length)
-    hidden = layout.gather(encode_packed(bert, packed_inputs(layout, input_ids, token_type_ids)))
+    hidden = encode_packed(bert, packed_inputs(layout, input_ids, token_type_ids), last_positions,
+                           lambda h: (layout.gather(h), key_mask_of(attention_mask)))
+    hidden = layout.gather(hidden) if last_positions is None else hidden
     pooled = bert.pooler(hidden) if bert.pooler is not None else None
     return BertModelOutput(hidden, pooled, None)
 
@@ -160,7 +165,14 @@ def packed_pretraining_forward(model, packed: dict) -> PreTrainingOutput:
         keep[rows, cls] = True
         positions, labels = loss_positions(labels, keep)
         cls = (keep.cumsum(1) - 1)[rows, cls]  # each [CLS]'s column among the kept positions
-    hidden = encode_packed(model.bert, packed, positions)
+    last_layout = None
+    if positions is not None:  # packed rows as they are, each query attending to its own instance's tokens
+        ids = packed["instance_ids"]
+        own_instance = ids.gather(1, positions)[:, :, None] == ids[:, None, :]  # (R, Q, C)
+
+        def last_layout(hidden):
+            return hidden, own_instance
+    hidden = encode_packed(model.bert, packed, positions, last_layout)
     pooled = model.bert.pooler.dense(hidden[rows, cls]).tanh()  # (instances, H)
     seq_logits = model.cls.seq_relationship(pooled)
     selected = labels != IGNORE_INDEX
