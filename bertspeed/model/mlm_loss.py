@@ -54,7 +54,9 @@ def _exp_tiles(xr, labels, weight, bias, cols):
         target[rows] = tile[rows, labels[rows] - c0]
         tile_max = tile.amax(1)
         tile.sub_(tile_max[:, None]).exp_()
-        tiles.append((c0, rows, tile)), maxima.append(tile_max), sums.append(tile.sum(1))
+        tiles.append((c0, rows, tile))
+        maxima.append(tile_max)
+        sums.append(tile.sum(1))
     return tiles, torch.stack(maxima), torch.stack(sums), target
 
 
