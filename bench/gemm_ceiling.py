@@ -59,7 +59,7 @@ def step_gemms(config: BertConfig, batch: int, seq: int, predictions: int) -> li
     for r0 in range(0, m, ROWS):  # decoder tiles, as mlm_loss.py runs them
         for c0 in range(0, v, COLS):
             r, c = min(ROWS, m - r0), min(COLS, v - c0)
-            gemms += [("tile", r, h, c), ("addmm_", r, c, h), ("addmm_t", c, r, h)]
+            gemms += [("addmm", r, h, c), ("addmm_", r, c, h), ("addmm_t", c, r, h)]
     gemms += linear_gemms(batch, h, h) + linear_gemms(batch, h, 2)  # pooler, NSP
     return gemms
 
@@ -83,10 +83,7 @@ def runner(gemm, dtype):
         return lambda: torch.bmm(x, y)
     _, p, q, r = gemm
     onednn = dtype == torch.float32 and use_onednn()  # as bertspeed/model/cpu_linear.py runs the step's linears
-    if kind == "addmm":  # x (p, q) @ W^T, W (r, q)
-        x, w, bias = rand(p, q), rand(r, q), rand(r)
-        return (lambda: onednn_linear(x, w, bias)) if onednn else (lambda: torch.addmm(bias, x, w.t()))
-    if kind == "tile":  # a decoder tile, x (p, q) @ W^T + b, W (r, q); as a Linear (mlm_loss.py)
+    if kind == "addmm":  # x (p, q) @ W^T + b, W (r, q): a Linear's forward, or a decoder tile's (mlm_loss.py)
         x, w, bias = rand(p, q), rand(r, q), rand(r)
         return (lambda: onednn_linear(x, w, bias)) if onednn else (lambda: torch.addmm(bias, x, w.t()))
     if kind == "dx":  # g (p, q) @ W (q, r)

@@ -145,7 +145,7 @@ def runners(config: BertConfig, batch: dict, which: list[str]) -> dict:
             ours_opt = lamb_for(ours)
             out[name] = (lambda m, o, a: lambda: plain_step(m, o, batch, autocast=a, hf=None))(ours, ours_opt, bf16)
             if name == "ours_mkl_linear":
-                out[name] = (lambda step: mock.patch.dict(os.environ, {GEMM_ENV: "mkl"})(step))(out[name])
+                out[name] = mock.patch.dict(os.environ, {GEMM_ENV: "mkl"})(out[name])
     for name, precision, comp in (("ours_ds_fp32", "fp32", False), ("ours_ds_bf16", "bf16", False),
                                   ("ours_ds_bf16_compile", "bf16", True)):
         if name in which:

@@ -64,7 +64,7 @@ def _add_grads(tiles, scales, labels, total, xr, weight, gx, gw, gb):
     """Each tile becomes (softmax - one-hot) / total, in place, and goes straight into the GEMMs for
     gx (rows of xr) += G @ W_tile, gw tile += G^T @ xr and gb tile += G.sum(0)."""
     dtype = xr.dtype
-    onednn_dx = dtype == torch.float32 and uses_onednn(xr)
+    onednn_dx = uses_onednn(xr)
     for (c0, rows, tile), scale in zip(tiles, scales, strict=True):
         tile.mul_(scale[:, None])
         tile[rows, labels[rows] - c0] -= 1.0 / total

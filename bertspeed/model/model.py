@@ -273,11 +273,11 @@ class BertModel(BertPreTrainedModel):
             from bertspeed.model import unpad
             forward = unpad.unpadded_bert_forward if self.unpad else unpad.packed_bert_forward
             out = forward(self, input_ids, attention_mask, token_type_ids, queries_at)
-            return out if skips else gathered(out, last_positions)
-        x = self.embeddings(input_ids, token_type_ids)
-        x, all_hidden = self.encoder(x, key_mask_of(attention_mask), output_hidden_states, last_positions=queries_at)
-        pooled = self.pooler(x) if self.pooler is not None else None
-        out = BertModelOutput(x, pooled, all_hidden)
+        else:
+            x = self.embeddings(input_ids, token_type_ids)
+            x, all_hidden = self.encoder(x, key_mask_of(attention_mask), output_hidden_states,
+                                         last_positions=queries_at)
+            out = BertModelOutput(x, self.pooler(x) if self.pooler is not None else None, all_hidden)
         return out if skips else gathered(out, last_positions)
 
     def last_layer_skips_tokens(self, output_hidden_states: bool = False) -> bool:
