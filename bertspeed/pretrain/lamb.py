@@ -21,6 +21,7 @@ applies exactly the trust ratio unpartitioned LAMB would.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -89,22 +90,27 @@ class Lamb(Optimizer):
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
         c1, c2 = (1 - beta1 ** step, 1 - beta2 ** step) if group["bias_correction"] else (1.0, 1.0)
-        denom = torch._foreach_div(exp_avg_sqs, c2)
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, group["eps"])
-        updates = torch._foreach_div(exp_avgs, denom)
-        if c1 != 1.0:
-            torch._foreach_div_(updates, c1)
+        # u = (m / c1) / (sqrt(v / c2) + eps) + wd w, with the corrections folded into two scalars:
+        # m / (sqrt(v) + eps sqrt(c2)) * (sqrt(c2) / c1) + wd w takes four passes over memory instead of six.
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denom, group["eps"] * math.sqrt(c2))
+        scale = math.sqrt(c2) / c1
         if group["weight_decay"] != 0:
-            torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+            updates = torch._foreach_mul(params, group["weight_decay"])
+            torch._foreach_addcdiv_(updates, exp_avgs, denom, value=scale)
+        else:
+            updates = torch._foreach_div(exp_avgs, denom)
+            if scale != 1.0:
+                torch._foreach_mul_(updates, scale)
         if adaptive:
-            u_views, ratios = self._trust_ratios(params, updates)
-            torch._foreach_mul_(u_views, ratios)  # in place on views of `updates`
-        torch._foreach_add_(params, updates, alpha=-group["lr"])  # w -= lr * r * u
+            for w, u, ratio in zip(*self._trust_ratios(params, updates), strict=True):
+                w.add_(u, alpha=-group["lr"] * ratio)  # w -= lr * r * u, on views of the parameters
+        else:
+            torch._foreach_add_(params, updates, alpha=-group["lr"])  # w -= lr * u
 
     def _trust_ratios(self, params, updates):
-        """Views of `updates` (whole tensors, or the slices of flat tensors) and the trust ratio
-        of the parameter each view belongs to."""
+        """Views of `params` and of `updates` (whole tensors, or the slices of flat tensors) and the
+        trust ratio of the parameter each view belongs to."""
         w_views, u_views, slots = [], [], []
         n = self._num_params
         for k, (p, u) in enumerate(zip(params, updates)):
@@ -127,7 +133,7 @@ class Lamb(Optimizer):
             sums[:, :n] = shared.cpu()
         w_norm, u_norm = sums.sqrt()
         ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-        return u_views, ratio[slots].tolist() if slots else []
+        return w_views, u_views, ratio[slots].tolist() if slots else []
 
     def _reduce_device(self):
         for group in self.param_groups:
