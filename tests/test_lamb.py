@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from bertspeed.pretrain import lamb as lamb_module
 from bertspeed.pretrain.lamb import Lamb, Segment
 
 
@@ -43,8 +44,10 @@ def random_problem(seed=0, steps=6):
     return weights, grads
 
 
+@pytest.mark.parametrize("per_view", [True, False], ids=["cpu_update", "foreach_update"])
 @pytest.mark.parametrize("use_nvlamb", [False, True])
-def test_lamb_matches_float64_reference(use_nvlamb):
+def test_lamb_matches_float64_reference(use_nvlamb, per_view, monkeypatch):
+    monkeypatch.setattr(lamb_module, "_update_per_view", lambda device: per_view)  # both ways of the last update
     weights, grads = random_problem()
     lr, betas, eps, wd = 0.01, (0.9, 0.999), 1e-6, 0.01
     decays = [wd, 0.0, wd, 0.0]
