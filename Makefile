@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test test-fast venv venv-test kernels kernels-cuda-build gpu-check clean
 
-$(VENV)/.runtime: requirements.txt requirements-assets.txt pyproject.toml bertspeed/data_prep/_wordpiece.c
+$(VENV)/.runtime: requirements.txt requirements-assets.txt pyproject.toml bertspeed/data_prep/_wordpiece.c bertspeed/pretrain/_lamb_cpu.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps -r requirements-assets.txt

@@ -44,10 +44,25 @@ def random_problem(seed=0, steps=6):
     return weights, grads
 
 
-@pytest.mark.parametrize("per_view", [True, False], ids=["cpu_update", "foreach_update"])
+PATHS = ["compiled", "cpu_update", "foreach_update"]
+
+
+def take_path(path, monkeypatch):
+    """Run LAMB as it runs on a CPU with `_lamb_cpu` built ('compiled'), without it ('cpu_update'), or with a GPU's
+    multi-tensor last update ('foreach_update')."""
+    if path != "compiled":
+        monkeypatch.setattr(lamb_module, "_lamb_cpu", None)
+    monkeypatch.setattr(lamb_module, "_update_per_view", lambda device: path == "cpu_update")
+
+
+def test_compiled_passes_are_built():
+    assert lamb_module._lamb_cpu is not None, "bertspeed/pretrain/_lamb_cpu.c is not built: pip install -e ."
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("use_nvlamb", [False, True])
-def test_lamb_matches_float64_reference(use_nvlamb, per_view, monkeypatch):
-    monkeypatch.setattr(lamb_module, "_update_per_view", lambda device: per_view)  # both ways of the last update
+def test_lamb_matches_float64_reference(use_nvlamb, path, monkeypatch):
+    take_path(path, monkeypatch)
     weights, grads = random_problem()
     lr, betas, eps, wd = 0.01, (0.9, 0.999), 1e-6, 0.01
     decays = [wd, 0.0, wd, 0.0]
@@ -93,10 +108,12 @@ def flat_grads(grads, num_parts):
     return [p.detach() for p in parts]
 
 
-def test_partitioned_flat_tensors_use_per_parameter_trust_ratios():
+@pytest.mark.parametrize("path", PATHS[:2])
+def test_partitioned_flat_tensors_use_per_parameter_trust_ratios(path, monkeypatch):
     """Parameters cut across partitions (as ZeRO 1/2 cuts them): with the layout attached, the
     result equals unpartitioned LAMB; without it (one ratio per partition, DeepSpeed's
     behaviour) it does not, so the layout is what makes the difference."""
+    take_path(path, monkeypatch)
     weights, grads = random_problem(seed=1)
     lr, betas, eps, wd = 0.02, (0.9, 0.999), 1e-6, 0.01
     expected = reference_lamb(weights, grads, lr, betas, eps, [wd] * len(weights))
@@ -120,6 +137,40 @@ def test_partitioned_flat_tensors_use_per_parameter_trust_ratios():
     per_partition = run(with_layout=False)
     worst = max(float((g - e).abs().max()) for g, e in zip(per_partition, expected))
     assert worst > 1e-3, "per-partition trust ratios should differ from per-parameter ones"
+
+
+def test_compiled_chunks_give_the_same_bits_on_any_thread_count(monkeypatch):
+    """Tensors longer than a chunk are split into chunks run on torch's threads; the chunks are fixed, so one and
+    two threads give identical parameters, and the float64 reference's to fp32 tolerance."""
+    monkeypatch.setattr(lamb_module, "CHUNK", 16)
+    weights, grads = random_problem(seed=2, steps=3)
+    expected = reference_lamb(weights, grads, 0.01, (0.9, 0.999), 1e-6, [0.01] * len(weights))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            params = [torch.nn.Parameter(w.clone()) for w in weights]
+            opt = Lamb(params, lr=0.01, weight_decay=0.01)
+            for step_grads in grads:
+                for p, g in zip(params, step_grads, strict=True):
+                    p.grad = g.clone()
+                opt.step()
+            results.append([p.detach().clone() for p in params])
+    finally:
+        torch.set_num_threads(threads)
+    for one, two, e in zip(*results, expected, strict=True):
+        assert torch.equal(one, two)
+        torch.testing.assert_close(one.double(), e, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_passes_refuse_mismatched_arrays():
+    np = pytest.importorskip("numpy")
+    a = np.zeros(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="one length"):
+        lamb_module._lamb_cpu.apply(a, a, np.zeros(5, dtype=np.float32), 1e-6, 1.0, 0.0, 0.1)
+    with pytest.raises(ValueError, match="float32"):
+        lamb_module._lamb_cpu.apply(a, a, np.zeros(4), 1e-6, 1.0, 0.0, 0.1)
 
 
 def test_invalid_hyperparameters_are_refused():
