@@ -35,12 +35,16 @@ def test_output_and_gradients_equal_float64(onednn, bias):
             torch.testing.assert_close(leaf.grad.double(), want.grad, rtol=1e-5, atol=1e-4)
 
 
-def test_frozen_weight_and_no_grad(onednn):
+@pytest.mark.parametrize("frozen", ["weight", "bias"])
+def test_frozen_weight_or_bias_and_no_grad(onednn, frozen):
     layer = Linear(8, 5)
-    layer.weight.requires_grad_(False)
+    getattr(layer, frozen).requires_grad_(False)
     x = torch.randn(4, 8, requires_grad=True)
     layer(x).sum().backward()
-    assert layer.weight.grad is None and layer.bias.grad is not None and x.grad is not None
+    assert getattr(layer, frozen).grad is None and x.grad is not None
+    trained = layer.bias if frozen == "weight" else layer.weight
+    expected = torch.ones(4, 5).sum(0) if frozen == "weight" else torch.ones(4, 5).t() @ x.detach()
+    torch.testing.assert_close(trained.grad, expected, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
 

@@ -85,6 +85,14 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return onednn_op()(x, weight, bias, "none", [], "")
 
 
+def onednn_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: bool):
+    """(grad (M, N)^T @ x (M, K), grad's column sums or None) through oneDNN's inner-product backward-weights
+    primitive, which takes oneDNN tensors: both operands are copied into them first."""
+    dw, db = torch.ops.aten.mkldnn_linear_backward_weights(
+        grad.contiguous().to_mkldnn(), x.contiguous().to_mkldnn(), weight, bias)
+    return dw, (db if bias else None)
+
+
 def isa_label(flags: list[str]) -> str:
     if "amx_bf16" in flags:
         return "AMX-BF16"
