@@ -5,9 +5,10 @@ step can reach on this host with this GEMM library; the gap to the real step is 
 
 Matmuls per step (batch B, sequence T, N = B*T tokens, M = B*predictions masked rows, H, I, V, heads):
 per layer the fused QKV, attention output, FFN in/out projections (forward x @ W^T + b, input gradient
-g @ W, both through oneDNN where the step's linears are, weight gradient g^T @ x), attention as batched
-(B*heads) matmuls QK^T and PV with their four backward products, the last layer at [CLS] and the masked
-tokens only (keys and values of every token); the MLM transform, the decoder in the tiles of
+g @ W and weight gradient g^T @ x, all three through oneDNN where the step's linears are, the weight gradient
+with its bias sum as the step computes it), attention as batched (B*heads) matmuls QK^T and PV with their
+four backward products, the last layer at [CLS] and the masked tokens only (keys and values of every
+token); the MLM transform, the decoder in the tiles of
 bertspeed/model/mlm_loss.py (forward and input gradient through the linears' library), the pooler and NSP
 classifier.
 
@@ -28,7 +29,7 @@ from bertspeed.model.config import BertConfig  # noqa: E402
 from bertspeed.model.cpu_linear import use_onednn  # noqa: E402
 from bertspeed.model.mlm_loss import COLS, ROWS  # noqa: E402
 from bertspeed.training.cpu_allocator import keep_freed_memory  # noqa: E402
-from bertspeed.training.hardware import gemm_peaks, host_label, onednn_linear  # noqa: E402
+from bertspeed.training.hardware import gemm_peaks, host_label, onednn_linear, onednn_weight_grad  # noqa: E402
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -89,9 +90,9 @@ def runner(gemm, dtype):
     if kind == "dx":  # g (p, q) @ W (q, r)
         g, w = rand(p, q), rand(q, r)
         return (lambda: onednn_linear(g, w.t())) if onednn else (lambda: g @ w)
-    if kind == "dw":  # g^T (p, q) @ x (q, r), g stored (q, p)
-        g, x = rand(q, p), rand(q, r)
-        return lambda: g.t() @ x
+    if kind == "dw":  # g^T (p, q) @ x (q, r), g stored (q, p); oneDNN's primitive also sums the bias gradient
+        g, x, w = rand(q, p), rand(q, r), rand(p, r)
+        return (lambda: onednn_weight_grad(g, x, w, True)) if onednn else (lambda: g.t() @ x)
     if kind == "addmm_":  # accumulate g (p, q) @ W (q, r) (oneDNN: its product, then an add)
         acc, g, w = rand(p, r), rand(p, q), rand(q, r)
         return (lambda: acc.add_(onednn_linear(g, w.t()))) if onednn else (lambda: acc.addmm_(g, w))

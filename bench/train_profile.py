@@ -25,7 +25,8 @@ from bertspeed.pretrain.calibrate import synthetic_batch  # noqa: E402
 from bertspeed.training.cpu_allocator import keep_freed_memory  # noqa: E402
 from bertspeed.training.hardware import host_label  # noqa: E402
 
-GEMMS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "mkldnn::_linear_pointwise"}  # the last: cpu_linear.py
+GEMMS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm",
+         "mkldnn::_linear_pointwise", "aten::mkldnn_linear_backward_weights"}  # the last two: cpu_linear.py
 OPTIMIZER = "Optimizer.step#Lamb.step"
 LOSS = "_LinearCrossEntropy"
 
@@ -47,6 +48,8 @@ def category(name: str, ancestors: set) -> str:
         return "copy_ (addmm's bias broadcast into its output, autocast casts)"
     if name in ("aten::fill_", "aten::zero_"):
         return "fill_ / zero_"
+    if name == "aten::to_mkldnn":
+        return "to_mkldnn (the weight gradient's operands copied into oneDNN tensors)"
     return "everything else (adds, sums, indexing, views, autograd)"
 
 
