@@ -8,7 +8,9 @@
 
    PyTorch's multi-tensor ops take about 23 passes over parameter-sized memory for the same step; these take 10.
    Every argument buffer is a C-contiguous float32 array of one length (NumPy views of the tensors); the GIL is
-   released while they run, so the caller can run chunks on several threads. */
+   released while they run, so the caller can run chunks on several threads. Built with -ffp-contract=off (no
+   fused multiply-adds), every element gets the same bits from each of the clones below; only the order of the
+   sums of squares depends on the vector width. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>

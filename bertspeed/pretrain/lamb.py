@@ -80,7 +80,9 @@ def _run_chunks(kernel, views: list[tuple], extra: list[tuple]) -> list[list]:
     chunks = [(k, [a[start:start + CHUNK] for a in arrays])
               for k, arrays in enumerate(views) for start in range(0, len(arrays[0]), CHUNK)]
     threads = torch.get_num_threads()
-    call = lambda chunk: kernel(*chunk[1], *extra[chunk[0]])  # noqa: E731
+
+    def call(chunk):
+        return kernel(*chunk[1], *extra[chunk[0]])
     results = list(_pool(threads).map(call, chunks)) if threads > 1 and len(chunks) > 1 else map(call, chunks)
     per_view = [[] for _ in views]
     for (k, _), result in zip(chunks, results, strict=True):
@@ -178,7 +180,7 @@ class Lamb(Optimizer):
         sums = _run_chunks(_lamb_cpu.moments, views, [moments] * len(views))
         if adaptive:
             squares = torch.tensor([[sum(chunk[i] for chunk in chunks) for chunks in sums] for i in (0, 1)])
-            ratios = self._trust_ratios(slots, squares.reshape(2, -1), len(params))
+            ratios = self._trust_ratios(slots, squares, len(params))  # squares: (2, views)
         else:
             ratios = [1.0] * len(views)
         _run_chunks(_lamb_cpu.apply, [v[1:] for v in views],
