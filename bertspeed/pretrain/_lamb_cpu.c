@@ -36,7 +36,7 @@ CLONES static void moments_kernel(const float *restrict g, float *restrict m, fl
         float block_w = 0.0f, block_u = 0.0f;
 #pragma omp simd reduction(+ : block_w, block_u)
         for (Py_ssize_t i = start; i < end; i++) {
-            float gi = g[i], mi = m[i] + one_minus_b1 * (g[i] - m[i]);
+            float gi = g[i], mi = m[i] + one_minus_b1 * (gi - m[i]);
             float vi = v[i] * b2 + one_minus_b2 * gi * gi;
             float u = update(mi, vi, w[i], eps, scale, wd);
             m[i] = mi;

@@ -19,9 +19,9 @@ slice belongs to which model parameter. `step` then computes per-slice sums of s
 all-reduces one small vector (one entry per parameter) over the data-parallel group, and so
 applies exactly the trust ratio unpartitioned LAMB would.
 
-On a CPU, fp32 tensors go through the compiled passes of `_lamb_cpu.c` (two passes over memory instead of
-PyTorch's multi-tensor ops' 23, split into fixed chunks run on torch's thread count); elsewhere, or where it is
-not built, the multi-tensor ops compute the same update.
+On a CPU, fp32 tensors go through the two compiled passes of `_lamb_cpu.c` (10 reads and writes of
+parameter-sized memory instead of PyTorch's multi-tensor ops' 23, split into fixed chunks run on torch's thread
+count); elsewhere, or where it is not built, the multi-tensor ops compute the same update.
 """
 from __future__ import annotations
 
